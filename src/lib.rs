@@ -4,9 +4,16 @@
 //! B batch (parallel streams), T time steps in a window, D input size of a layer,
 //! E embedding size, H hidden size, V vocabulary size, L number of layers.
 
+pub mod batch;
 pub mod checkpoint;
+pub mod corpus;
 pub mod error;
+pub mod model;
+pub mod nn;
+pub mod optim;
 pub mod sample;
+pub mod snapshot;
 pub mod tokenizer;
+pub mod train;
 
 pub use error::{Error, Result};

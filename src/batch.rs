@@ -1,0 +1,96 @@
+//! Truncated-BPTT batching: the token sequence cut into B parallel streams, read in windows
+//! of T steps.
+//!
+//! With N tokens, each stream has S = ⌊N / B⌋ consecutive tokens: stream b covers
+//! `tokens[b·S .. (b+1)·S]`. Window w reads inputs at positions w·T .. w·T+T of every stream
+//! and targets one position later, so an epoch has ⌊(S − 1) / T⌋ windows and consecutive
+//! windows continue each stream exactly where the last one ended (which is what makes carrying
+//! (h, c) from window to window meaningful).
+
+use crate::error::{Error, Result};
+
+/// Window geometry over a token sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batcher {
+    /// Streams B.
+    pub b: usize,
+    /// Window length T.
+    pub t: usize,
+    /// Tokens per stream S.
+    pub stream_len: usize,
+}
+
+impl Batcher {
+    /// Geometry for `n` tokens; errors when there is not even one window.
+    pub fn new(n: usize, b: usize, t: usize) -> Result<Self> {
+        if b == 0 || t == 0 {
+            return Err(Error::config("batch/seq", "batch and seq must be at least 1"));
+        }
+        let min = Self::min_tokens(b, t);
+        if n < min {
+            return Err(Error::config(
+                "corpus size",
+                format!(
+                    "{n} tokens is too few for batch {b} and seq {t}: need at least {min} \
+                     (B × (T + 1)); use a smaller --batch or --seq or a larger corpus"
+                ),
+            ));
+        }
+        Ok(Batcher {
+            b,
+            t,
+            stream_len: n / b,
+        })
+    }
+
+    /// Fewest tokens that give one window: B · (T + 1).
+    pub fn min_tokens(b: usize, t: usize) -> usize {
+        b.saturating_mul(t.saturating_add(1))
+    }
+
+    /// Windows per epoch.
+    pub fn windows(&self) -> usize {
+        (self.stream_len - 1) / self.t
+    }
+
+    /// Writes window `w`'s inputs and targets, each (T·B) time-major: entry `t·B + b`.
+    pub fn fill(&self, tokens: &[u32], w: usize, x: &mut [u32], y: &mut [u32]) {
+        let (b_n, t_n, s) = (self.b, self.t, self.stream_len);
+        debug_assert!(w < self.windows());
+        for t in 0..t_n {
+            for b in 0..b_n {
+                let pos = b * s + w * t_n + t;
+                x[t * b_n + b] = tokens[pos];
+                y[t * b_n + b] = tokens[pos + 1];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn streams_continue_across_windows() {
+        let tokens: Vec<u32> = (0..100).collect();
+        let bt = Batcher::new(tokens.len(), 4, 5).unwrap();
+        assert_eq!(bt.stream_len, 25);
+        assert_eq!(bt.windows(), 4);
+        let (mut x, mut y) = (vec![0; 20], vec![0; 20]);
+        bt.fill(&tokens, 0, &mut x, &mut y);
+        assert_eq!(&x[..4], &[0, 25, 50, 75]);
+        assert_eq!(&y[..4], &[1, 26, 51, 76]);
+        bt.fill(&tokens, 1, &mut x, &mut y);
+        // window 1 starts where window 0 ended in every stream
+        assert_eq!(&x[..4], &[5, 30, 55, 80]);
+        assert_eq!(&x[16..], &[9, 34, 59, 84]);
+        assert_eq!(&y[16..], &[10, 35, 60, 85]);
+    }
+
+    #[test]
+    fn too_small_corpus_names_minimum() {
+        let e = Batcher::new(10, 4, 5).unwrap_err().to_string();
+        assert!(e.contains("need at least 24"), "{e}");
+    }
+}

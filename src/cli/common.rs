@@ -1,0 +1,28 @@
+//! Helpers shared by subcommands.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use quill::snapshot::{self, LoadedModel};
+
+/// Default directory of checkpoints.
+pub const CHECKPOINT_DIR: &str = "checkpoints";
+
+/// Resolves `--checkpoint` (or the newest best checkpoint in `checkpoints/`) and loads it.
+pub fn load_model(path: Option<&Path>) -> anyhow::Result<LoadedModel> {
+    let path: PathBuf = match path {
+        Some(p) => p.to_path_buf(),
+        None => snapshot::find_default(Path::new(CHECKPOINT_DIR))
+            .context("no --checkpoint given and none found in checkpoints/")?,
+    };
+    Ok(snapshot::load_model(&path)?)
+}
+
+/// Human-readable parameter count: 3.2M, 850K.
+pub fn human_count(n: usize) -> String {
+    match n {
+        n if n >= 1_000_000 => format!("{:.2}M", n as f64 / 1e6),
+        n if n >= 10_000 => format!("{:.0}K", n as f64 / 1e3),
+        n => n.to_string(),
+    }
+}

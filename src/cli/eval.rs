@@ -1,0 +1,72 @@
+//! `quill eval`: loss of a model on any text file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use quill::corpus::Corpus;
+use quill::model::Workspace;
+use quill::train::evaluate_tokens;
+
+use super::common::load_model;
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// Checkpoint to evaluate [default: as for `sample`].
+    #[arg(long, short)]
+    checkpoint: Option<PathBuf>,
+    /// Text file to score.
+    #[arg(long, short)]
+    file: PathBuf,
+    /// Streams evaluated in parallel.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Window length.
+    #[arg(long, default_value_t = 128)]
+    seq: usize,
+    /// Replace invalid UTF-8 in the file instead of failing.
+    #[arg(long)]
+    lossy: bool,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    if a.batch == 0 || a.seq == 0 {
+        anyhow::bail!("invalid batch/seq: must be at least 1");
+    }
+    let lm = load_model(a.checkpoint.as_deref())?;
+    let corpus = Corpus::load(&a.file, a.lossy)?;
+    let tokens = lm
+        .tokenizer
+        .encode(&corpus.text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+    if tokens.len() < 2 {
+        anyhow::bail!("{}: too short to evaluate (fewer than 2 tokens)", a.file.display());
+    }
+    let mut ws = Workspace::default();
+    let (nats, n) = evaluate_tokens(&lm.model, &mut ws, &tokens, a.batch, a.seq);
+    let loss = nats / n as f64;
+    // Bits per character: total bits over the characters those tokens cover, estimated
+    // from the file's token/char ratio.
+    let chars = corpus.text.chars().count() as f64 * n as f64 / tokens.len() as f64;
+    let bpc = nats / std::f64::consts::LN_2 / chars;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "checkpoint": lm.path, "file": a.file, "tokens": n, "loss_per_token": loss,
+                "perplexity": loss.exp(), "bits_per_char": bpc,
+                "tokenizer": lm.tokenizer.kind(),
+            })
+        );
+    } else {
+        println!("checkpoint      {}", lm.path.display());
+        println!("file            {} ({} tokens scored)", a.file.display(), n);
+        println!("loss            {loss:.4} nats/token");
+        println!("perplexity      {:.3}", loss.exp());
+        println!("bits per char   {bpc:.4}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,100 @@
+//! `quill info` and `quill export`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use quill::snapshot::{self, CheckpointKind};
+
+use super::common::human_count;
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// Checkpoint file.
+    path: PathBuf,
+    /// Print the metadata as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
+    let lm = snapshot::load_model(&a.path)?;
+    let m = &lm.meta;
+    if a.json {
+        let mut v = serde_json::to_value(m)?;
+        if let Some(o) = v.as_object_mut() {
+            o.remove("tokenizer");
+            o.insert("tokenizer_kind".into(), serde_json::to_value(lm.tokenizer.kind())?);
+            o.insert("vocab_size".into(), lm.tokenizer.vocab_size().into());
+            o.insert("params".into(), m.model.num_params().into());
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let c = &m.model;
+    let p = &m.progress;
+    println!("checkpoint   {} ({:?})", a.path.display(), m.kind);
+    println!(
+        "model        {} layers x {} hidden, embed {}, dropout {}{}",
+        c.layers,
+        c.hidden,
+        c.embed,
+        c.dropout,
+        if c.tie_weights { ", tied weights" } else { "" }
+    );
+    println!(
+        "parameters   {} ({})",
+        c.num_params(),
+        human_count(c.num_params())
+    );
+    println!(
+        "tokenizer    {:?}, vocabulary {}",
+        lm.tokenizer.kind(),
+        lm.tokenizer.vocab_size()
+    );
+    println!(
+        "training     step {}, epoch {}, {:.1} min, {} tokens seen; batch {} x seq {}, lr {}",
+        p.step,
+        p.epoch,
+        p.elapsed_secs / 60.0,
+        p.tokens_seen,
+        m.train.batch,
+        m.train.seq,
+        m.train.lr
+    );
+    println!(
+        "corpus       {} ({} train / {} val tokens, sha256 {}…)",
+        m.corpus.path.display(),
+        m.corpus.train_tokens,
+        m.corpus.val_tokens,
+        &m.corpus.fingerprint[..m.corpus.fingerprint.len().min(16)]
+    );
+    if let Some(h) = p.history.last() {
+        println!(
+            "losses       train {:.4}, val {}, best val {}",
+            h.train_loss,
+            h.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+            p.best_val.map_or("-".into(), |v| format!("{v:.4}"))
+        );
+    }
+    println!("written by   quill {}", m.quill_version);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Checkpoint to read.
+    input: PathBuf,
+    /// Weights-only checkpoint to write.
+    output: PathBuf,
+}
+
+pub fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
+    let lm = snapshot::load_model(&a.input)?;
+    let mut meta = lm.meta.clone();
+    meta.kind = CheckpointKind::Weights;
+    snapshot::save(&a.output, &lm.model, &meta, None)?;
+    let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
+    eprintln!("wrote {} ({:.1} MB, weights only)", a.output.display(), size as f64 / 1e6);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,52 @@
+//! Subcommands of the `quill` binary. This is the only place that prints.
+
+mod common;
+mod eval;
+mod info;
+mod sample;
+mod train;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// quill: an LSTM language model that learns any text and writes new text in its style.
+#[derive(Debug, Parser)]
+#[command(name = "quill", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Train a model on a text corpus (default: the bundled Shakespeare corpus).
+    Train(train::TrainArgs),
+    /// Generate text from a trained model, streamed to stdout.
+    Sample(sample::SampleArgs),
+    /// Loss, perplexity and bits per character of a model on a text file.
+    Eval(eval::EvalArgs),
+    /// Describe a checkpoint: configuration, parameter count, vocabulary, progress, losses.
+    Info(info::InfoArgs),
+    /// Write a weights-only copy of a checkpoint (for sampling and sharing; not resumable).
+    Export(info::ExportArgs),
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Train(a) => train::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::Eval(a) => eval::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Export(a) => info::export(a),
+    }
+}
+
+/// Whether an error is a closed stdout (e.g. `quill sample | head`), which is not a failure.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

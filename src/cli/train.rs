@@ -1,0 +1,313 @@
+//! `quill train`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use quill::corpus::Corpus;
+use quill::model::ModelConfig;
+use quill::optim::Schedule;
+use quill::snapshot;
+use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::{Control, Event, TrainConfig, Trainer};
+
+use super::common::human_count;
+
+/// Bundled default corpus.
+pub const DEFAULT_CORPUS: &str = "corpora/shakespeare.txt";
+/// Time limit of a `train` with no limit flags, so the default run ends within ~10 minutes.
+const DEFAULT_MINUTES: f64 = 8.0;
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Text file to train on.
+    #[arg(long, default_value = DEFAULT_CORPUS)]
+    corpus: PathBuf,
+    /// Replace invalid UTF-8 in the corpus instead of failing.
+    #[arg(long)]
+    lossy: bool,
+    /// Token level.
+    #[arg(long, value_enum, default_value_t = TokenizerKind::Char)]
+    tokenizer: TokenizerKind,
+    /// Vocabulary cap for word/BPE tokenizers [default: 10000 word, 2000 bpe].
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Minimum count for a word/BPE token to enter the vocabulary.
+    #[arg(long, default_value_t = 2)]
+    min_frequency: u64,
+    /// LSTM layers L.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Hidden size H.
+    #[arg(long, default_value_t = 256)]
+    hidden: usize,
+    /// Embedding size E [default: 64 for char, = hidden otherwise].
+    #[arg(long)]
+    embed: Option<usize>,
+    /// Dropout on each layer's output while training, in [0, 1).
+    #[arg(long, default_value_t = 0.1)]
+    dropout: f32,
+    /// Share input embedding and output weights (needs embed = hidden).
+    #[arg(long)]
+    tie_weights: bool,
+    /// Parallel streams B.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Window length T (truncated BPTT).
+    #[arg(long, default_value_t = 64)]
+    seq: usize,
+    /// Peak learning rate (Adam).
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+    /// Learning-rate decay after warm-up.
+    #[arg(long, value_enum, default_value_t = Schedule::Cosine)]
+    schedule: Schedule,
+    /// Final learning rate as a fraction of --lr (cosine).
+    #[arg(long, default_value_t = 0.1)]
+    min_lr_ratio: f32,
+    /// AdamW decoupled weight decay (0 = Adam).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// Global gradient-norm clip (0 = off).
+    #[arg(long, default_value_t = 5.0)]
+    clip: f32,
+    /// Random seed (initialisation, dropout).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Fraction of the corpus (its end) held out for validation.
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f32,
+    /// Validate every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 200)]
+    eval_every: u64,
+    /// Write NAME-latest every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 200)]
+    save_every: u64,
+    /// Stop after N steps in total.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Stop after N epochs (fractions allowed).
+    #[arg(long)]
+    epochs: Option<f64>,
+    /// Stop after N minutes of training [default: 8 when no other limit is given].
+    #[arg(long)]
+    max_minutes: Option<f64>,
+    /// Stop this run after N steps without changing the planned schedule (resume later).
+    #[arg(long)]
+    steps_this_run: Option<u64>,
+    /// Directory for checkpoints and the metrics log.
+    #[arg(long, default_value = "checkpoints")]
+    out: PathBuf,
+    /// Checkpoint name prefix [default: the corpus file's stem].
+    #[arg(long)]
+    name: Option<String>,
+    /// Continue from a full checkpoint (e.g. checkpoints/NAME-latest.safetensors).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// No progress bar; one line per evaluation instead.
+    #[arg(long)]
+    quiet: bool,
+}
+
+impl TrainArgs {
+    fn train_config(&self) -> TrainConfig {
+        let no_limit = self.max_steps.is_none() && self.epochs.is_none() && self.max_minutes.is_none();
+        TrainConfig {
+            batch: self.batch,
+            seq: self.seq,
+            lr: self.lr,
+            warmup_steps: self.warmup,
+            schedule: self.schedule,
+            min_lr_ratio: self.min_lr_ratio,
+            weight_decay: self.weight_decay,
+            clip: self.clip,
+            seed: self.seed,
+            val_fraction: self.val_fraction,
+            eval_every: self.eval_every,
+            save_every: self.save_every,
+            max_steps: self.max_steps,
+            epochs: self.epochs,
+            max_minutes: if no_limit { Some(DEFAULT_MINUTES) } else { self.max_minutes },
+            name: self.name.clone().unwrap_or_else(|| {
+                self.corpus
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("model")
+                    .to_string()
+            }),
+            out: self.out.clone(),
+        }
+    }
+
+    fn model_config(&self) -> ModelConfig {
+        let embed = self.embed.unwrap_or(match self.tokenizer {
+            TokenizerKind::Char => 64,
+            _ => self.hidden,
+        });
+        ModelConfig {
+            vocab: 1, // set from the tokenizer
+            embed,
+            hidden: self.hidden,
+            layers: self.layers,
+            dropout: self.dropout,
+            tie_weights: self.tie_weights,
+        }
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let config = args.train_config();
+    config.validate()?;
+    let model_config = args.model_config();
+    if args.resume.is_none() {
+        let mut check = model_config.clone();
+        check.vocab = 1;
+        check.validate()?;
+    }
+    let corpus = Corpus::load(&args.corpus, args.lossy)?;
+
+    let mut trainer = match &args.resume {
+        Some(path) => {
+            let r = snapshot::load_resumable(path)?;
+            eprintln!(
+                "resuming {} at step {} (epoch {})",
+                path.display(),
+                r.loaded.meta.progress.step,
+                r.loaded.meta.progress.epoch
+            );
+            Trainer::resume(&corpus, r, config)?
+        }
+        None => {
+            let opts = TokenizerOptions {
+                vocab_size: args.vocab_size.unwrap_or(match args.tokenizer {
+                    TokenizerKind::Bpe => 2000,
+                    _ => 10_000,
+                }),
+                min_frequency: args.min_frequency,
+            };
+            // A char vocabulary is the corpus's character set; word/BPE vocabularies are
+            // learned from the training split only.
+            let tok_text = match args.tokenizer {
+                TokenizerKind::Char => corpus.text.as_str(),
+                _ => corpus.split(config.val_fraction).0,
+            };
+            let tokenizer = Tokenizer::train(args.tokenizer, tok_text, &opts)
+                .with_context(|| format!("training the tokenizer on {}", args.corpus.display()))?;
+            Trainer::new(&corpus, tokenizer, model_config, config)?
+        }
+    };
+
+    // Ctrl-C / SIGTERM: the first finishes the step, saves and exits; a second exits at once
+    // (checkpoints are written atomically, so nothing on disk is half-written).
+    let interrupts = Arc::new(AtomicUsize::new(0));
+    {
+        let interrupts = interrupts.clone();
+        let _ = ctrlc::set_handler(move || {
+            if interrupts.fetch_add(1, Ordering::SeqCst) >= 1 {
+                std::process::exit(130);
+            }
+        });
+    }
+
+    let bar = if args.quiet {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(1000)
+    };
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let mut last_val: Option<f64> = None;
+    let mut smooth: Option<f64> = None;
+    let quiet = args.quiet;
+    let steps_this_run = args.steps_this_run;
+    let mut on_event = |e: &Event| -> Control {
+        match e {
+            Event::Start {
+                params,
+                train_tokens,
+                val_tokens,
+                windows_per_epoch,
+                start_step,
+                planned_steps,
+            } => {
+                bar.println(format!(
+                    "model {} parameters; {} training / {} validation tokens; {} windows per epoch{}{}",
+                    human_count(*params),
+                    train_tokens,
+                    val_tokens,
+                    windows_per_epoch,
+                    if *start_step > 0 { format!("; from step {start_step}") } else { String::new() },
+                    planned_steps.map(|s| format!("; {s} steps planned")).unwrap_or_default(),
+                ));
+            }
+            Event::Step(s) => {
+                smooth = Some(smooth.map_or(s.loss, |m| 0.95 * m + 0.05 * s.loss));
+                if let Some(p) = s.progress {
+                    bar.set_position((p * 1000.0).round() as u64);
+                }
+                bar.set_message(format!(
+                    "step {} ep {:.2} loss {:.3} val {} lr {:.1e} {:.0} tok/s",
+                    s.step,
+                    s.epoch,
+                    smooth.unwrap_or(s.loss),
+                    last_val.map_or("-".into(), |v| format!("{v:.3}")),
+                    s.lr,
+                    s.tokens_per_s
+                ));
+            }
+            Event::Eval { step, val_loss, best } => {
+                last_val = Some(*val_loss);
+                let line = format!(
+                    "step {step}: val loss {val_loss:.4} nats/token{}",
+                    if *best { " (best)" } else { "" }
+                );
+                if quiet {
+                    eprintln!("{line}");
+                } else {
+                    bar.println(line);
+                }
+            }
+            Event::Saved { .. } => {}
+            Event::Warning(w) => bar.println(format!("warning: {w}")),
+        }
+        if interrupts.load(Ordering::SeqCst) > 0 {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    };
+    let summary = trainer.run(steps_this_run, &mut on_event)?;
+    bar.finish_and_clear();
+    eprintln!(
+        "done: {} steps ({} this run, {}), {:.0} tokens/s; final val loss {}; best {}",
+        summary.steps,
+        summary.steps_this_run,
+        summary.reason,
+        summary.tokens_per_s,
+        summary.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.best_val.map_or("-".into(), |v| format!("{v:.4}")),
+    );
+    eprintln!("latest checkpoint: {}", summary.latest.display());
+    if summary.best_val.is_some() {
+        eprintln!("best checkpoint:   {}", trainer.config.checkpoint_path("best").display());
+    }
+    eprintln!("metrics log:       {}", trainer.config.metrics_path().display());
+    Ok(if interrupts.load(Ordering::SeqCst) > 0 {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,620 @@
+//! The language model: embedding (V→E) → L LSTM layers → dropout → linear (H→V) → softmax.
+//!
+//! Dropout (inverted) is applied to the output of every LSTM layer, i.e. between layers and
+//! before the output layer, only while training.
+
+use std::sync::Arc;
+
+use ndarray::{Array1, Array2, ArrayView2};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::nn::dropout::{dropout_backward, dropout_forward};
+use crate::nn::embedding::{embedding_backward, embedding_forward};
+use crate::nn::linear::{linear_backward, linear_forward};
+use crate::nn::loss::softmax_xent;
+use crate::nn::lstm::{lstm_backward, lstm_forward, lstm_step, LstmCache, LstmParams};
+use crate::nn::Float;
+
+/// Largest sizes a model may declare; guards allocations driven by untrusted checkpoints.
+const MAX_VOCAB: usize = 1 << 21;
+const MAX_WIDTH: usize = 1 << 14;
+const MAX_LAYERS: usize = 64;
+
+/// Architecture of a model. Saved in every checkpoint; it is what rebuilds the model on load.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Vocabulary size V.
+    pub vocab: usize,
+    /// Embedding size E.
+    pub embed: usize,
+    /// Hidden size H of every layer.
+    pub hidden: usize,
+    /// Number of LSTM layers L.
+    pub layers: usize,
+    /// Dropout probability on each layer's output while training, in [0, 1).
+    pub dropout: f32,
+    /// Share the embedding table with the output layer's weight (needs E = H).
+    #[serde(default)]
+    pub tie_weights: bool,
+}
+
+impl ModelConfig {
+    /// Checks every field; run before any allocation.
+    pub fn validate(&self) -> Result<()> {
+        let check = |name: &'static str, v: usize, max: usize| {
+            if v == 0 || v > max {
+                Err(Error::config(name, format!("{v} is outside 1..={max}")))
+            } else {
+                Ok(())
+            }
+        };
+        check("vocab", self.vocab, MAX_VOCAB)?;
+        check("embed", self.embed, MAX_WIDTH)?;
+        check("hidden", self.hidden, MAX_WIDTH)?;
+        check("layers", self.layers, MAX_LAYERS)?;
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::config(
+                "dropout",
+                format!("{} is outside [0, 1)", self.dropout),
+            ));
+        }
+        if self.tie_weights && self.embed != self.hidden {
+            return Err(Error::config(
+                "tie-weights",
+                format!(
+                    "tied weights need embed = hidden, got embed {} and hidden {}",
+                    self.embed, self.hidden
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Input size D of layer `l`.
+    pub fn input_size(&self, l: usize) -> usize {
+        if l == 0 {
+            self.embed
+        } else {
+            self.hidden
+        }
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        let (v, e, h) = (self.vocab, self.embed, self.hidden);
+        let lstm: usize = (0..self.layers)
+            .map(|l| (self.input_size(l) + h) * 4 * h + 4 * h)
+            .sum();
+        let out_w = if self.tie_weights { 0 } else { v * h };
+        v * e + lstm + out_w + v
+    }
+}
+
+/// All parameters of a model (also the layout of its gradients and Adam moments).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Params<F> {
+    /// Embedding table, (V, E).
+    pub embed: Array2<F>,
+    /// One entry per layer.
+    pub lstm: Vec<LstmParams<F>>,
+    /// Output weight, (V, H), PyTorch's `nn.Linear` layout; `None` when tied to `embed`.
+    pub out_w: Option<Array2<F>>,
+    /// Output bias, (V).
+    pub out_b: Array1<F>,
+}
+
+impl<F: Float> Params<F> {
+    /// All zeros (gradients, moments).
+    pub fn zeros(cfg: &ModelConfig) -> Self {
+        Params {
+            embed: Array2::zeros((cfg.vocab, cfg.embed)),
+            lstm: (0..cfg.layers)
+                .map(|l| LstmParams::zeros(cfg.input_size(l), cfg.hidden))
+                .collect(),
+            out_w: (!cfg.tie_weights).then(|| Array2::zeros((cfg.vocab, cfg.hidden))),
+            out_b: Array1::zeros(cfg.vocab),
+        }
+    }
+
+    /// Initialisation: embedding U(−0.1, 0.1); LSTM as [`LstmParams::init`] (U(±1/√H),
+    /// forget bias 1); output weight U(±1/√H) and bias 0 (PyTorch's `nn.Linear` bound).
+    pub fn init(cfg: &ModelConfig, rng: &mut impl Rng) -> Self {
+        let mut p = Self::zeros(cfg);
+        p.embed.mapv_inplace(|_| F::c(rng.random_range(-0.1..0.1)));
+        for (l, layer) in p.lstm.iter_mut().enumerate() {
+            *layer = LstmParams::init(cfg.input_size(l), cfg.hidden, rng);
+        }
+        let k = 1.0 / (cfg.hidden as f64).sqrt();
+        if let Some(w) = p.out_w.as_mut() {
+            w.mapv_inplace(|_| F::c(rng.random_range(-k..k)));
+        }
+        p
+    }
+
+    /// The output layer's weight (V, H): its own, or the embedding when tied.
+    pub fn out_weight(&self) -> &Array2<F> {
+        self.out_w.as_ref().unwrap_or(&self.embed)
+    }
+
+    /// Every tensor as a flat slice, in a fixed order (for the optimizer and clipping).
+    pub fn slices(&self) -> Vec<&[F]> {
+        let mut v: Vec<&[F]> = vec![self.embed.as_slice().expect("standard layout")];
+        for l in &self.lstm {
+            v.push(l.wx.as_slice().expect("standard layout"));
+            v.push(l.wh.as_slice().expect("standard layout"));
+            v.push(l.b.as_slice().expect("standard layout"));
+        }
+        if let Some(w) = &self.out_w {
+            v.push(w.as_slice().expect("standard layout"));
+        }
+        v.push(self.out_b.as_slice().expect("standard layout"));
+        v
+    }
+
+    /// Mutable twin of [`Params::slices`], same order.
+    pub fn slices_mut(&mut self) -> Vec<&mut [F]> {
+        let mut v: Vec<&mut [F]> = vec![self.embed.as_slice_mut().expect("standard layout")];
+        for l in &mut self.lstm {
+            v.push(l.wx.as_slice_mut().expect("standard layout"));
+            v.push(l.wh.as_slice_mut().expect("standard layout"));
+            v.push(l.b.as_slice_mut().expect("standard layout"));
+        }
+        if let Some(w) = &mut self.out_w {
+            v.push(w.as_slice_mut().expect("standard layout"));
+        }
+        v.push(self.out_b.as_slice_mut().expect("standard layout"));
+        v
+    }
+
+    /// Sets every element to zero.
+    pub fn zero(&mut self) {
+        for s in self.slices_mut() {
+            s.fill(F::zero());
+        }
+    }
+
+    /// Converts element type (f32 ↔ f64 for checks).
+    pub fn cast<G: Float>(&self) -> Params<G> {
+        let c2 = |a: &Array2<F>| a.mapv(|v| G::c(v.f64()));
+        let c1 = |a: &Array1<F>| a.mapv(|v| G::c(v.f64()));
+        Params {
+            embed: c2(&self.embed),
+            lstm: self
+                .lstm
+                .iter()
+                .map(|l| LstmParams {
+                    wx: c2(&l.wx),
+                    wh: c2(&l.wh),
+                    b: c1(&l.b),
+                })
+                .collect(),
+            out_w: self.out_w.as_ref().map(c2),
+            out_b: c1(&self.out_b),
+        }
+    }
+}
+
+/// A named tensor in PyTorch state-dict layout: (name, shape, row-major data).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+impl Params<f32> {
+    /// The tensors under the names and layouts of a PyTorch state dict of `nn.Embedding`
+    /// (`embed`), `nn.LSTM` (`rnn`) and `nn.Linear` (`out`), each name prefixed by `prefix`.
+    /// `weight_ih_l{k}` is (4H, D) = wxᵀ, `weight_hh_l{k}` is (4H, H) = whᵀ, gate order
+    /// i, f, g, o; the bias goes to `bias_ih_l{k}` and `bias_hh_l{k}` is zero. A tied model
+    /// writes `out.weight` too (a copy of `embed.weight`), as PyTorch's state dict has both.
+    pub fn to_named(&self, prefix: &str) -> Vec<NamedTensor> {
+        let flat = |a: ArrayView2<'_, f32>| a.iter().copied().collect::<Vec<f32>>();
+        let mut v = vec![(
+            format!("{prefix}embed.weight"),
+            self.embed.shape().to_vec(),
+            flat(self.embed.view()),
+        )];
+        for (k, l) in self.lstm.iter().enumerate() {
+            let (d, h4) = l.wx.dim();
+            let h = h4 / 4;
+            v.push((
+                format!("{prefix}rnn.weight_ih_l{k}"),
+                vec![h4, d],
+                flat(l.wx.t()),
+            ));
+            v.push((
+                format!("{prefix}rnn.weight_hh_l{k}"),
+                vec![h4, h],
+                flat(l.wh.t()),
+            ));
+            v.push((format!("{prefix}rnn.bias_ih_l{k}"), vec![h4], l.b.to_vec()));
+            v.push((format!("{prefix}rnn.bias_hh_l{k}"), vec![h4], vec![0.0; h4]));
+        }
+        let w = self.out_weight();
+        v.push((
+            format!("{prefix}out.weight"),
+            w.shape().to_vec(),
+            flat(w.view()),
+        ));
+        v.push((
+            format!("{prefix}out.bias"),
+            vec![self.out_b.len()],
+            self.out_b.to_vec(),
+        ));
+        v
+    }
+
+    /// Inverse of [`Params::to_named`]. `get(name, shape)` returns the tensor's data or an
+    /// error naming what is missing or misshapen. The two LSTM biases are summed, so weights
+    /// trained in PyTorch load too.
+    pub fn from_named(
+        cfg: &ModelConfig,
+        prefix: &str,
+        mut get: impl FnMut(&str, &[usize]) -> Result<Vec<f32>>,
+    ) -> Result<Self> {
+        cfg.validate()?;
+        let (v, e, h) = (cfg.vocab, cfg.embed, cfg.hidden);
+        let arr2 = |r: usize, c: usize, d: Vec<f32>| {
+            Array2::from_shape_vec((r, c), d).map_err(|e| Error::Shape(e.to_string()))
+        };
+        let embed = arr2(v, e, get(&format!("{prefix}embed.weight"), &[v, e])?)?;
+        let mut lstm = Vec::with_capacity(cfg.layers);
+        for k in 0..cfg.layers {
+            let d = cfg.input_size(k);
+            let wih = arr2(4 * h, d, get(&format!("{prefix}rnn.weight_ih_l{k}"), &[4 * h, d])?)?;
+            let whh = arr2(4 * h, h, get(&format!("{prefix}rnn.weight_hh_l{k}"), &[4 * h, h])?)?;
+            let bih = get(&format!("{prefix}rnn.bias_ih_l{k}"), &[4 * h])?;
+            let bhh = get(&format!("{prefix}rnn.bias_hh_l{k}"), &[4 * h])?;
+            lstm.push(LstmParams {
+                wx: wih.t().as_standard_layout().into_owned(),
+                wh: whh.t().as_standard_layout().into_owned(),
+                b: bih.iter().zip(&bhh).map(|(a, b)| a + b).collect(),
+            });
+        }
+        let out_w = if cfg.tie_weights {
+            None
+        } else {
+            Some(arr2(v, h, get(&format!("{prefix}out.weight"), &[v, h])?)?)
+        };
+        let out_b = Array1::from(get(&format!("{prefix}out.bias"), &[v])?);
+        Ok(Params {
+            embed,
+            lstm,
+            out_w,
+            out_b,
+        })
+    }
+}
+
+/// The carried recurrent state of B streams: per layer h and c, each (B, H).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LstmState<F> {
+    /// Hidden state per layer, (B, H) each.
+    pub h: Vec<Array2<F>>,
+    /// Cell state per layer, (B, H) each.
+    pub c: Vec<Array2<F>>,
+}
+
+impl<F: Float> LstmState<F> {
+    /// The zero state for `b` streams.
+    pub fn zeros(cfg: &ModelConfig, b: usize) -> Self {
+        LstmState {
+            h: vec![Array2::zeros((b, cfg.hidden)); cfg.layers],
+            c: vec![Array2::zeros((b, cfg.hidden)); cfg.layers],
+        }
+    }
+
+    /// Sets every element to zero (epoch boundary).
+    pub fn reset(&mut self) {
+        self.h.iter_mut().chain(self.c.iter_mut()).for_each(|a| a.fill(F::zero()));
+    }
+
+    /// Number of streams B.
+    pub fn batch(&self) -> usize {
+        self.h.first().map_or(0, |a| a.nrows())
+    }
+}
+
+/// Activations and workspaces of one window, reused across windows.
+#[derive(Clone, Debug, Default)]
+pub struct Workspace<F> {
+    n: usize,
+    /// Embedded inputs, (T·B, E).
+    x0: Array2<F>,
+    caches: Vec<LstmCache<F>>,
+    /// Dropout masks per layer, (T·B, H).
+    masks: Vec<Array2<F>>,
+    /// Layer outputs after dropout, (T·B, H).
+    dropped: Vec<Array2<F>>,
+    /// Logits, then their gradient, (T·B, V).
+    logits: Array2<F>,
+    /// Gradient w.r.t. the current layer's output, (T·B, H).
+    dh: Array2<F>,
+    /// Gradient w.r.t. a layer's input when that is another layer's output, (T·B, H).
+    dxh: Array2<F>,
+    /// Gradient w.r.t. the embedded inputs, (T·B, E).
+    dx0: Array2<F>,
+}
+
+impl<F: Float> Workspace<F> {
+    fn ensure(&mut self, cfg: &ModelConfig, n: usize) {
+        if self.n != n || self.caches.len() != cfg.layers || self.logits.ncols() != cfg.vocab {
+            self.n = n;
+            self.x0 = Array2::zeros((n, cfg.embed));
+            self.caches = vec![LstmCache::default(); cfg.layers];
+            self.masks = vec![Array2::zeros((n, cfg.hidden)); cfg.layers];
+            self.dropped = vec![Array2::zeros((n, cfg.hidden)); cfg.layers];
+            self.logits = Array2::zeros((n, cfg.vocab));
+            self.dh = Array2::zeros((n, cfg.hidden));
+            self.dxh = Array2::zeros((n, cfg.hidden));
+            self.dx0 = Array2::zeros((n, cfg.embed));
+        }
+    }
+
+    /// Logits of the last forward pass, (T·B, V) (after a backward pass: their gradient).
+    pub fn logits(&self) -> ArrayView2<'_, F> {
+        self.logits.view()
+    }
+}
+
+/// A language model: its configuration and parameters.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Model<F> {
+    /// Architecture.
+    pub config: ModelConfig,
+    /// Weights.
+    pub params: Params<F>,
+}
+
+impl<F: Float> Model<F> {
+    /// A freshly initialised model.
+    pub fn new(config: ModelConfig, rng: &mut impl Rng) -> Result<Self> {
+        config.validate()?;
+        let params = Params::init(&config, rng);
+        Ok(Model { config, params })
+    }
+
+    /// Forward pass over a window of T steps of B streams: `tokens` (T·B) time-major,
+    /// `state` the carried state (B streams). Dropout is active when `rng` is given and the
+    /// configured probability is non-zero. Logits land in `ws`.
+    pub fn forward(
+        &self,
+        ws: &mut Workspace<F>,
+        tokens: &[u32],
+        state: &LstmState<F>,
+        mut rng: Option<&mut dyn rand::RngCore>,
+    ) {
+        let cfg = &self.config;
+        let b = state.batch();
+        let n = tokens.len();
+        let t_len = n / b;
+        ws.ensure(cfg, n);
+        let drop = rng.is_some() && cfg.dropout > 0.0;
+        embedding_forward(&self.params.embed, tokens, ws.x0.view_mut());
+        for l in 0..cfg.layers {
+            let (done, rest) = ws.caches.split_at_mut(l);
+            let (dropped_done, dropped_rest) = ws.dropped.split_at_mut(l);
+            let input = match l {
+                0 => ws.x0.view(),
+                _ if drop => dropped_done[l - 1].view(),
+                _ => done[l - 1].output(),
+            };
+            let cache = &mut rest[0];
+            lstm_forward(
+                &self.params.lstm[l],
+                input,
+                state.h[l].view(),
+                state.c[l].view(),
+                t_len,
+                cache,
+            );
+            if drop {
+                let rng = rng.as_mut().expect("drop implies rng");
+                dropout_forward(
+                    cache.output(),
+                    cfg.dropout,
+                    rng,
+                    &mut ws.masks[l],
+                    dropped_rest[0].view_mut(),
+                );
+            }
+        }
+        let top = if drop {
+            ws.dropped[cfg.layers - 1].view()
+        } else {
+            ws.caches[cfg.layers - 1].output()
+        };
+        linear_forward(
+            top,
+            self.params.out_weight(),
+            &self.params.out_b,
+            ws.logits.view_mut(),
+        );
+    }
+
+    /// Copies each layer's final (h, c) into `state` (the carry to the next window).
+    fn carry(&self, ws: &Workspace<F>, state: &mut LstmState<F>) {
+        for l in 0..self.config.layers {
+            state.h[l].assign(&ws.caches[l].last_h());
+            state.c[l].assign(&ws.caches[l].last_c());
+        }
+    }
+
+    /// One training window: forward, mean cross-entropy against `targets` (T·B), backward.
+    /// Gradients are *accumulated* into `grads`; `state` is advanced to the window's end.
+    /// Returns the mean loss in nats per token.
+    pub fn forward_backward(
+        &self,
+        ws: &mut Workspace<F>,
+        grads: &mut Params<F>,
+        tokens: &[u32],
+        targets: &[u32],
+        state: &mut LstmState<F>,
+        rng: Option<&mut dyn rand::RngCore>,
+    ) -> f64 {
+        let cfg = &self.config;
+        let drop = rng.is_some() && cfg.dropout > 0.0;
+        self.forward(ws, tokens, state, rng);
+        let n = tokens.len();
+        let loss = softmax_xent(ws.logits.view_mut(), targets, true) / n as f64;
+
+        // Output layer.
+        let last = cfg.layers - 1;
+        {
+            let top = if drop {
+                ws.dropped[last].view()
+            } else {
+                ws.caches[last].output()
+            };
+            let dw = match grads.out_w.as_mut() {
+                Some(w) => w,
+                None => &mut grads.embed,
+            };
+            linear_backward(
+                top,
+                self.params.out_weight(),
+                ws.logits.view(),
+                dw,
+                &mut grads.out_b,
+                Some(ws.dh.view_mut()),
+            );
+        }
+        // LSTM layers, top to bottom.
+        for l in (0..cfg.layers).rev() {
+            if drop {
+                dropout_backward(ws.dh.view_mut(), &ws.masks[l]);
+            }
+            let (done, rest) = ws.caches.split_at_mut(l);
+            let input = match l {
+                0 => ws.x0.view(),
+                _ if drop => ws.dropped[l - 1].view(),
+                _ => done[l - 1].output(),
+            };
+            let dx = if l == 0 {
+                ws.dx0.view_mut()
+            } else {
+                ws.dxh.view_mut()
+            };
+            lstm_backward(
+                &self.params.lstm[l],
+                input,
+                ws.dh.view(),
+                &mut rest[0],
+                &mut grads.lstm[l],
+                Some(dx),
+            );
+            if l > 0 {
+                std::mem::swap(&mut ws.dh, &mut ws.dxh);
+            }
+        }
+        embedding_backward(&mut grads.embed, tokens, ws.dx0.view());
+        self.carry(ws, state);
+        loss
+    }
+
+    /// Evaluation of one window (no dropout, no gradients): returns the *sum* of the
+    /// per-token losses in nats and advances `state`.
+    pub fn eval_window(
+        &self,
+        ws: &mut Workspace<F>,
+        tokens: &[u32],
+        targets: &[u32],
+        state: &mut LstmState<F>,
+    ) -> f64 {
+        self.forward(ws, tokens, state, None);
+        let sum = softmax_xent(ws.logits.view_mut(), targets, false);
+        self.carry(ws, state);
+        sum
+    }
+}
+
+/// Token-by-token generation for B streams at once, with the weights shared (`Arc`) so a
+/// worker thread can own it. No allocation per step.
+#[derive(Clone, Debug)]
+pub struct Generator {
+    model: Arc<Model<f32>>,
+    state: LstmState<f32>,
+    /// Input to the current layer, (B, E) for layer 0.
+    x: Array2<f32>,
+    /// Gate workspace, (B, 4H).
+    gx: Array2<f32>,
+    /// Logits of the last step, (B, V).
+    logits: Array2<f32>,
+}
+
+impl Generator {
+    /// A generator for `b` streams starting from the zero state.
+    pub fn new(model: Arc<Model<f32>>, b: usize) -> Self {
+        let cfg = &model.config;
+        Generator {
+            state: LstmState::zeros(cfg, b),
+            x: Array2::zeros((b, cfg.embed)),
+            gx: Array2::zeros((b, 4 * cfg.hidden)),
+            logits: Array2::zeros((b, cfg.vocab)),
+            model,
+        }
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<Model<f32>> {
+        &self.model
+    }
+
+    /// Number of streams B.
+    pub fn batch(&self) -> usize {
+        self.logits.nrows()
+    }
+
+    /// The recurrent state (to save and restore, e.g. "continue" in the UI).
+    pub fn state(&self) -> &LstmState<f32> {
+        &self.state
+    }
+
+    /// Replaces the recurrent state (must have the same B).
+    pub fn set_state(&mut self, state: LstmState<f32>) {
+        self.state = state;
+    }
+
+    /// Back to the zero state.
+    pub fn reset(&mut self) {
+        self.state.reset();
+    }
+
+    /// Feeds one token per stream (`tokens` has B entries) and returns the next-token
+    /// logits, (B, V).
+    pub fn step(&mut self, tokens: &[u32]) -> ArrayView2<'_, f32> {
+        let p = &self.model.params;
+        embedding_forward(&p.embed, tokens, self.x.view_mut());
+        let layers = self.model.config.layers;
+        for l in 0..layers {
+            let (below, here) = self.state.h.split_at_mut(l);
+            let input = if l == 0 { self.x.view() } else { below[l - 1].view() };
+            ndarray::linalg::general_mat_mul(1.0, &input, &p.lstm[l].wx, 0.0, &mut self.gx);
+            self.gx += &p.lstm[l].b;
+            lstm_step(&p.lstm[l], &mut self.gx, &mut here[0], &mut self.state.c[l]);
+        }
+        linear_forward(
+            self.state.h[layers - 1].view(),
+            p.out_weight(),
+            &p.out_b,
+            self.logits.view_mut(),
+        );
+        self.logits.view()
+    }
+
+    /// Feeds a sequence of tokens, the same for every stream (a prime); returns the logits
+    /// after the last one, or `None` if `tokens` is empty.
+    pub fn feed(&mut self, tokens: &[u32]) -> Option<ArrayView2<'_, f32>> {
+        let b = self.batch();
+        let mut row = vec![0u32; b];
+        for &t in tokens {
+            row.fill(t);
+            self.step(&row);
+        }
+        (!tokens.is_empty()).then(|| self.logits.view())
+    }
+
+    /// Logits of stream `i` from the last step, (V).
+    pub fn logits_row(&self, i: usize) -> &[f32] {
+        let v = self.logits.ncols();
+        &self.logits.as_slice().expect("standard layout")[i * v..(i + 1) * v]
+    }
+}

@@ -1,0 +1,776 @@
+//! The truncated-BPTT training loop: B streams, windows of T steps, (h, c) carried from
+//! window to window and reset at each epoch boundary, Adam(W), global-norm clipping, a
+//! warm-up + cosine learning-rate schedule, periodic validation and checkpoints.
+//!
+//! The library never prints: progress leaves through the `on_event` callback, whose return
+//! value lets the caller stop training or ask for a checkpoint (Ctrl-C, a dashboard key).
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use rand::SeedableRng;
+use rand_pcg::Pcg64;
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batcher;
+use crate::corpus::Corpus;
+use crate::error::{Error, Result};
+use crate::model::{LstmState, Model, ModelConfig, Params, Workspace};
+use crate::optim::{clip_grad_norm, Adam, AdamConfig, LrSchedule, Schedule};
+use crate::snapshot::{self, CheckpointKind, CorpusInfo, Meta, Resumable};
+use crate::tokenizer::Tokenizer;
+
+/// Training hyper-parameters and run control. Saved in every checkpoint.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Parallel streams B.
+    pub batch: usize,
+    /// Window length T (truncated-BPTT length).
+    pub seq: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Decay after warm-up.
+    pub schedule: Schedule,
+    /// Final learning rate as a fraction of `lr` (cosine).
+    pub min_lr_ratio: f32,
+    /// AdamW decoupled weight decay (0 = Adam).
+    pub weight_decay: f32,
+    /// Global gradient-norm limit (0 = no clipping).
+    pub clip: f32,
+    /// Seed of initialisation and dropout.
+    pub seed: u64,
+    /// Fraction of the corpus (its end) held out for validation.
+    pub val_fraction: f32,
+    /// Validate every this many steps (0 = only at the end).
+    pub eval_every: u64,
+    /// Write `NAME-latest` every this many steps (0 = only at the end).
+    pub save_every: u64,
+    /// Stop after this many optimizer steps in total.
+    pub max_steps: Option<u64>,
+    /// Stop after this many epochs (may be fractional).
+    pub epochs: Option<f64>,
+    /// Stop after this many minutes of training in total (resumes included).
+    pub max_minutes: Option<f64>,
+    /// Checkpoint name prefix.
+    pub name: String,
+    /// Directory for checkpoints and the metrics log.
+    pub out: PathBuf,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            batch: 32,
+            seq: 64,
+            lr: 2e-3,
+            warmup_steps: 100,
+            schedule: Schedule::Cosine,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.0,
+            clip: 5.0,
+            seed: 1,
+            val_fraction: 0.1,
+            eval_every: 200,
+            save_every: 200,
+            max_steps: None,
+            epochs: None,
+            max_minutes: None,
+            name: "model".into(),
+            out: PathBuf::from("checkpoints"),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks every value before any work starts.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch == 0 || self.batch > 1 << 16 {
+            return Err(Error::config("batch", format!("{} is outside 1..=65536", self.batch)));
+        }
+        if self.seq == 0 || self.seq > 1 << 16 {
+            return Err(Error::config("seq", format!("{} is outside 1..=65536", self.seq)));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::config("lr", format!("{} must be a positive number", self.lr)));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(Error::config("min-lr-ratio", "must be in [0, 1]"));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(Error::config("weight-decay", "must be >= 0"));
+        }
+        if !(self.clip.is_finite() && self.clip >= 0.0) {
+            return Err(Error::config("clip", "must be >= 0 (0 disables clipping)"));
+        }
+        if !(0.0..0.9).contains(&self.val_fraction) {
+            return Err(Error::config("val-fraction", format!("{} is outside [0, 0.9)", self.val_fraction)));
+        }
+        if self.max_steps == Some(0) {
+            return Err(Error::config("max-steps", "must be at least 1"));
+        }
+        if let Some(e) = self.epochs {
+            if !(e.is_finite() && e > 0.0) {
+                return Err(Error::config("epochs", "must be a positive number"));
+            }
+        }
+        if let Some(m) = self.max_minutes {
+            if !(m.is_finite() && m > 0.0) {
+                return Err(Error::config("max-minutes", "must be a positive number"));
+            }
+        }
+        if self.name.is_empty() || self.name.contains(['/', '\\']) {
+            return Err(Error::config("name", "must be a non-empty file name without slashes"));
+        }
+        Ok(())
+    }
+
+    fn schedule(&self) -> LrSchedule {
+        LrSchedule {
+            base: self.lr,
+            warmup_steps: self.warmup_steps,
+            schedule: self.schedule,
+            min_lr_ratio: self.min_lr_ratio,
+        }
+    }
+
+    /// Path of the `latest` or `best` checkpoint.
+    pub fn checkpoint_path(&self, which: &str) -> PathBuf {
+        self.out.join(format!("{}-{which}.safetensors", self.name))
+    }
+
+    /// Path of the metrics log (JSON lines).
+    pub fn metrics_path(&self) -> PathBuf {
+        self.out.join(format!("{}-metrics.jsonl", self.name))
+    }
+}
+
+/// One validation point of the loss history.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HistoryPoint {
+    /// Optimizer step.
+    pub step: u64,
+    /// Mean training loss since the previous point (nats/token).
+    pub train_loss: f64,
+    /// Validation loss (nats/token), if there is a validation split.
+    pub val_loss: Option<f64>,
+}
+
+/// Where training stands; saved in checkpoints so a resume continues exactly.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Completed epochs.
+    pub epoch: u64,
+    /// Next window of the current epoch (the data cursor).
+    pub window: usize,
+    /// Training time so far, all runs together, in seconds.
+    pub elapsed_secs: f64,
+    /// Tokens trained on.
+    pub tokens_seen: u64,
+    /// Best validation loss so far.
+    pub best_val: Option<f64>,
+    /// Loss history at every validation.
+    pub history: Vec<HistoryPoint>,
+    /// Multiplier on the scheduled learning rate (lowered after a non-finite loss).
+    pub lr_scale: f32,
+    /// Dropout RNG.
+    pub rng: Pcg64,
+    /// Sum and count of training losses since the last history point.
+    pub loss_acc: (f64, u64),
+}
+
+impl Progress {
+    fn new(seed: u64) -> Self {
+        Progress {
+            step: 0,
+            epoch: 0,
+            window: 0,
+            elapsed_secs: 0.0,
+            tokens_seen: 0,
+            best_val: None,
+            history: Vec::new(),
+            lr_scale: 1.0,
+            rng: Pcg64::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+            loss_acc: (0.0, 0),
+        }
+    }
+}
+
+/// Per-step figures sent to the caller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepInfo {
+    /// Step just completed (1-based count of steps done).
+    pub step: u64,
+    /// Epochs done, fractional.
+    pub epoch: f64,
+    /// This window's mean loss (nats/token).
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Training throughput of this run so far.
+    pub tokens_per_s: f64,
+    /// Fraction of the planned run done, [0, 1], if a limit is set.
+    pub progress: Option<f64>,
+    /// Training seconds, all runs together.
+    pub elapsed_secs: f64,
+}
+
+/// What training reports as it goes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Training is about to start (or continue).
+    Start {
+        /// Parameter count.
+        params: usize,
+        /// Tokens in the training and validation splits.
+        train_tokens: usize,
+        /// Validation tokens.
+        val_tokens: usize,
+        /// Windows per epoch.
+        windows_per_epoch: usize,
+        /// Step at which this run starts (non-zero on resume).
+        start_step: u64,
+        /// Planned total steps if known from --max-steps/--epochs.
+        planned_steps: Option<u64>,
+    },
+    /// One optimizer step finished.
+    Step(StepInfo),
+    /// A validation finished.
+    Eval {
+        /// Step.
+        step: u64,
+        /// Validation loss (nats/token).
+        val_loss: f64,
+        /// Whether it is the best so far.
+        best: bool,
+    },
+    /// A checkpoint was written.
+    Saved {
+        /// Its path.
+        path: PathBuf,
+    },
+    /// Something the user should know (e.g. a skipped non-finite step).
+    Warning(String),
+}
+
+/// The caller's answer to an event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Control {
+    /// Keep going.
+    #[default]
+    Continue,
+    /// Write `NAME-latest` now, then keep going.
+    SaveNow,
+    /// Finish: validate, write `NAME-latest`, return.
+    Stop,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Summary {
+    /// Steps done in total.
+    pub steps: u64,
+    /// Steps done in this run.
+    pub steps_this_run: u64,
+    /// Last validation loss.
+    pub val_loss: Option<f64>,
+    /// Best validation loss.
+    pub best_val: Option<f64>,
+    /// Mean training loss over the last stretch.
+    pub train_loss: Option<f64>,
+    /// Throughput of this run.
+    pub tokens_per_s: f64,
+    /// Path of the latest checkpoint.
+    pub latest: PathBuf,
+    /// Why it stopped.
+    pub reason: String,
+}
+
+/// Loss of a model over a token sequence, evaluated as B streams in windows of T steps from
+/// a zero state (the last partial window included). Returns (sum of nats, tokens scored).
+pub fn evaluate_tokens(
+    model: &Model<f32>,
+    ws: &mut Workspace<f32>,
+    tokens: &[u32],
+    b: usize,
+    t: usize,
+) -> (f64, usize) {
+    if tokens.len() < 2 {
+        return (0.0, 0);
+    }
+    let b = b.clamp(1, (tokens.len() - 1).max(1));
+    let s = tokens.len() / b;
+    if s < 2 {
+        return (0.0, 0);
+    }
+    let mut state = LstmState::zeros(&model.config, b);
+    let (mut total, mut count) = (0.0, 0usize);
+    let mut x = Vec::with_capacity(t * b);
+    let mut y = Vec::with_capacity(t * b);
+    let mut pos = 0;
+    while pos + 1 < s {
+        let len = t.min(s - 1 - pos);
+        x.clear();
+        y.clear();
+        for k in 0..len {
+            for stream in 0..b {
+                x.push(tokens[stream * s + pos + k]);
+                y.push(tokens[stream * s + pos + k + 1]);
+            }
+        }
+        total += model.eval_window(ws, &x, &y, &mut state);
+        count += x.len();
+        pos += len;
+    }
+    (total, count)
+}
+
+/// A training session: model, optimizer, data and progress.
+pub struct Trainer {
+    /// The model being trained.
+    pub model: Model<f32>,
+    /// Optimizer state.
+    pub adam: Adam,
+    /// Carried state of the B streams.
+    pub state: LstmState<f32>,
+    /// Progress (cursor, losses, RNG).
+    pub progress: Progress,
+    /// Hyper-parameters.
+    pub config: TrainConfig,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+    corpus: CorpusInfo,
+    grads: Params<f32>,
+    ws: Workspace<f32>,
+    train_tokens: Vec<u32>,
+    val_tokens: Vec<u32>,
+    batcher: Batcher,
+    x: Vec<u32>,
+    y: Vec<u32>,
+}
+
+impl Trainer {
+    /// A new session: splits the corpus, encodes both parts with `tokenizer` (already trained
+    /// on the training part) and initialises the model from `config.seed`.
+    pub fn new(
+        corpus: &Corpus,
+        tokenizer: Tokenizer,
+        mut model_config: ModelConfig,
+        config: TrainConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        model_config.vocab = tokenizer.vocab_size();
+        model_config.validate()?;
+        let (train_tokens, val_tokens) = encode_split(corpus, &tokenizer, config.val_fraction)?;
+        let mut rng = Pcg64::seed_from_u64(config.seed);
+        let model = Model::new(model_config, &mut rng)?;
+        let adam = Adam::new(
+            AdamConfig {
+                weight_decay: config.weight_decay,
+                ..AdamConfig::default()
+            },
+            &model.config,
+        );
+        let progress = Progress::new(config.seed);
+        Self::assemble(corpus, tokenizer, model, adam, None, progress, config, train_tokens, val_tokens)
+    }
+
+    /// Continues from a full checkpoint. The corpus must be the one it was trained on (same
+    /// fingerprint); `config` may change run limits, intervals and output, but not the shapes
+    /// of the data (batch, seq, val-fraction) or the seed.
+    pub fn resume(corpus: &Corpus, r: Resumable, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        let meta = &r.loaded.meta;
+        if corpus.fingerprint != meta.corpus.fingerprint {
+            return Err(Error::Checkpoint {
+                path: r.loaded.path.clone(),
+                msg: format!(
+                    "was trained on a different corpus ({} has fingerprint {}…, the checkpoint expects {}… from {}); \
+                     resume with the original corpus",
+                    corpus.path.display(),
+                    &corpus.fingerprint[..12],
+                    &meta.corpus.fingerprint[..12.min(meta.corpus.fingerprint.len())],
+                    meta.corpus.path.display()
+                ),
+            });
+        }
+        let old = &meta.train;
+        for (name, a, b) in [
+            ("batch", old.batch as f64, config.batch as f64),
+            ("seq", old.seq as f64, config.seq as f64),
+            ("val-fraction", old.val_fraction as f64, config.val_fraction as f64),
+            ("seed", old.seed as f64, config.seed as f64),
+        ] {
+            if a != b {
+                return Err(Error::Checkpoint {
+                    path: r.loaded.path.clone(),
+                    msg: format!("was trained with {name} {a}; resuming with {name} {b} would not continue the same run"),
+                });
+            }
+        }
+        let (train_tokens, val_tokens) =
+            encode_split(corpus, &r.loaded.tokenizer, config.val_fraction)?;
+        let progress = meta.progress.clone();
+        Self::assemble(
+            corpus,
+            r.loaded.tokenizer,
+            r.loaded.model,
+            r.adam,
+            Some(r.state),
+            progress,
+            config,
+            train_tokens,
+            val_tokens,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        corpus: &Corpus,
+        tokenizer: Tokenizer,
+        model: Model<f32>,
+        adam: Adam,
+        state: Option<LstmState<f32>>,
+        progress: Progress,
+        config: TrainConfig,
+        train_tokens: Vec<u32>,
+        val_tokens: Vec<u32>,
+    ) -> Result<Self> {
+        let batcher = Batcher::new(train_tokens.len(), config.batch, config.seq).map_err(|e| {
+            Error::Corpus {
+                path: corpus.path.clone(),
+                msg: format!("training split: {e}"),
+            }
+        })?;
+        let state = state.unwrap_or_else(|| LstmState::zeros(&model.config, config.batch));
+        let n = config.batch * config.seq;
+        Ok(Trainer {
+            grads: Params::zeros(&model.config),
+            corpus: CorpusInfo {
+                path: corpus.path.clone(),
+                fingerprint: corpus.fingerprint.clone(),
+                train_tokens: train_tokens.len(),
+                val_tokens: val_tokens.len(),
+            },
+            model,
+            adam,
+            state,
+            progress,
+            config,
+            tokenizer,
+            ws: Workspace::default(),
+            train_tokens,
+            val_tokens,
+            batcher,
+            x: vec![0; n],
+            y: vec![0; n],
+        })
+    }
+
+    /// Windows per epoch.
+    pub fn windows_per_epoch(&self) -> usize {
+        self.batcher.windows()
+    }
+
+    /// Fraction of the planned run done, by the strictest of the configured limits.
+    pub fn planned_fraction(&self) -> Option<f64> {
+        let p = &self.progress;
+        let mut f: Option<f64> = None;
+        let mut upd = |v: f64| f = Some(f.map_or(v, |o: f64| o.max(v)));
+        if let Some(ms) = self.config.max_steps {
+            upd(p.step as f64 / ms as f64);
+        }
+        if let Some(ep) = self.config.epochs {
+            upd((p.epoch as f64 + p.window as f64 / self.batcher.windows() as f64) / ep);
+        }
+        if let Some(mm) = self.config.max_minutes {
+            upd(p.elapsed_secs / (mm * 60.0));
+        }
+        f
+    }
+
+    fn planned_steps(&self) -> Option<u64> {
+        let by_epochs = self
+            .config
+            .epochs
+            .map(|e| (e * self.batcher.windows() as f64).ceil() as u64);
+        match (self.config.max_steps, by_epochs) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// One optimizer step on the next window. Returns the window's loss and the gradient norm;
+    /// a non-finite loss or gradient skips the update (see [`Trainer::run`]).
+    pub fn train_step(&mut self) -> (f64, f64, f32) {
+        let p = &mut self.progress;
+        self.batcher.fill(&self.train_tokens, p.window, &mut self.x, &mut self.y);
+        self.grads.zero();
+        let loss = self.model.forward_backward(
+            &mut self.ws,
+            &mut self.grads,
+            &self.x,
+            &self.y,
+            &mut self.state,
+            Some(&mut p.rng),
+        );
+        let norm = clip_grad_norm(&mut self.grads, self.config.clip);
+        let frac = self.planned_fraction().unwrap_or(0.0);
+        let lr = self.config.schedule().lr(self.progress.step, frac) * self.progress.lr_scale;
+        if loss.is_finite() && norm.is_finite() {
+            self.adam.step(&mut self.model.params, &self.grads, lr);
+        }
+        let p = &mut self.progress;
+        p.step += 1;
+        p.tokens_seen += self.x.len() as u64;
+        p.window += 1;
+        if p.window >= self.batcher.windows() {
+            p.window = 0;
+            p.epoch += 1;
+            self.state.reset();
+        }
+        (loss, norm, lr)
+    }
+
+    /// Validation loss (nats/token) over the held-out split, or `None` without one.
+    pub fn validate(&mut self) -> Option<f64> {
+        let (sum, n) = evaluate_tokens(
+            &self.model,
+            &mut self.ws,
+            &self.val_tokens,
+            self.config.batch,
+            self.config.seq,
+        );
+        (n > 0).then(|| sum / n as f64)
+    }
+
+    /// The checkpoint metadata for the current state.
+    pub fn meta(&self, kind: CheckpointKind) -> Meta {
+        Meta {
+            kind,
+            model: self.model.config.clone(),
+            tokenizer: self.tokenizer.to_json(),
+            train: self.config.clone(),
+            progress: self.progress.clone(),
+            adam: self.adam.config,
+            adam_t: self.adam.t,
+            corpus: self.corpus.clone(),
+            quill_version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+
+    /// Writes a full (resumable) checkpoint to `path`, atomically.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        snapshot::save(
+            path,
+            &self.model,
+            &self.meta(CheckpointKind::Full),
+            Some((&self.adam, &self.state)),
+        )
+    }
+
+    fn log_metrics(&self, line: serde_json::Value) -> Result<()> {
+        let path = self.config.metrics_path();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+    }
+
+    fn eval_and_record(&mut self, on_event: &mut dyn FnMut(&Event) -> Control) -> Result<Option<f64>> {
+        let val = self.validate();
+        let (sum, cnt) = self.progress.loss_acc;
+        let train_loss = if cnt > 0 { sum / cnt as f64 } else { f64::NAN };
+        self.progress.loss_acc = (0.0, 0);
+        let step = self.progress.step;
+        self.progress.history.push(HistoryPoint {
+            step,
+            train_loss,
+            val_loss: val,
+        });
+        self.log_metrics(serde_json::json!({
+            "kind": "eval", "step": step, "train_loss": finite_or_null(train_loss),
+            "val_loss": val, "elapsed_s": self.progress.elapsed_secs,
+        }))?;
+        if let Some(v) = val {
+            let best = self.progress.best_val.is_none_or(|b| v < b);
+            if best {
+                self.progress.best_val = Some(v);
+            }
+            on_event(&Event::Eval {
+                step,
+                val_loss: v,
+                best,
+            });
+            if best {
+                let path = self.config.checkpoint_path("best");
+                self.save(&path)?;
+                on_event(&Event::Saved { path });
+            }
+        }
+        Ok(val)
+    }
+
+    /// Trains until a limit in the config is reached, `steps_this_run` steps are done, or
+    /// `on_event` answers [`Control::Stop`]. Validates every `eval_every` steps (writing
+    /// `NAME-best` on a new best), writes `NAME-latest` every `save_every` steps and at the
+    /// end, and appends to the metrics log.
+    ///
+    /// A non-finite loss or gradient skips the update, resets the carried state, halves the
+    /// learning rate and warns; five in a row end training with [`Error::Diverged`] (the
+    /// checkpoints on disk are the last good ones).
+    pub fn run(
+        &mut self,
+        steps_this_run: Option<u64>,
+        on_event: &mut dyn FnMut(&Event) -> Control,
+    ) -> Result<Summary> {
+        std::fs::create_dir_all(&self.config.out).map_err(|e| Error::io(&self.config.out, e))?;
+        on_event(&Event::Start {
+            params: self.model.config.num_params(),
+            train_tokens: self.train_tokens.len(),
+            val_tokens: self.val_tokens.len(),
+            windows_per_epoch: self.batcher.windows(),
+            start_step: self.progress.step,
+            planned_steps: self.planned_steps(),
+        });
+        let start = Instant::now();
+        let start_elapsed = self.progress.elapsed_secs;
+        let start_step = self.progress.step;
+        let mut bad_in_a_row = 0;
+        let mut reason = String::from("limit reached");
+        let mut last_val = None;
+        loop {
+            if self.planned_fraction().is_some_and(|f| f >= 1.0) {
+                break;
+            }
+            if steps_this_run.is_some_and(|n| self.progress.step - start_step >= n) {
+                reason = "steps for this run done".into();
+                break;
+            }
+            let (loss, norm, lr) = self.train_step();
+            self.progress.elapsed_secs = start_elapsed + start.elapsed().as_secs_f64();
+            let step = self.progress.step;
+            if !(loss.is_finite() && norm.is_finite()) {
+                bad_in_a_row += 1;
+                self.state.reset();
+                self.progress.lr_scale *= 0.5;
+                if bad_in_a_row >= 5 {
+                    return Err(Error::Diverged(format!(
+                        "{bad_in_a_row} non-finite losses in a row up to step {step}; \
+                         the checkpoints in {} are from before; try a lower --lr",
+                        self.config.out.display()
+                    )));
+                }
+                on_event(&Event::Warning(format!(
+                    "step {step}: non-finite loss or gradient; update skipped, state reset, \
+                     learning rate scaled to {}x",
+                    self.progress.lr_scale
+                )));
+                continue;
+            }
+            bad_in_a_row = 0;
+            self.progress.loss_acc.0 += loss;
+            self.progress.loss_acc.1 += 1;
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            let info = StepInfo {
+                step,
+                epoch: self.progress.epoch as f64
+                    + self.progress.window as f64 / self.batcher.windows() as f64,
+                loss,
+                lr,
+                grad_norm: norm,
+                tokens_per_s: (step - start_step) as f64 * self.x.len() as f64 / secs,
+                progress: self.planned_fraction(),
+                elapsed_secs: self.progress.elapsed_secs,
+            };
+            if step % 10 == 0 {
+                self.log_metrics(serde_json::json!({
+                    "kind": "train", "step": step, "epoch": info.epoch, "loss": loss,
+                    "lr": lr, "grad_norm": norm, "tokens_per_s": info.tokens_per_s,
+                    "elapsed_s": info.elapsed_secs,
+                }))?;
+            }
+            let mut control = on_event(&Event::Step(info));
+            if self.config.eval_every > 0 && step % self.config.eval_every == 0 {
+                last_val = self.eval_and_record(on_event)?;
+            }
+            if self.config.save_every > 0 && step % self.config.save_every == 0 {
+                control = match control {
+                    Control::SaveNow => Control::Continue,
+                    c => c,
+                };
+                self.save_latest(on_event)?;
+            }
+            match control {
+                Control::Continue => {}
+                Control::SaveNow => {
+                    self.save_latest(on_event)?;
+                }
+                Control::Stop => {
+                    reason = "stopped by request".into();
+                    break;
+                }
+            }
+        }
+        if self.progress.step > start_step || last_val.is_none() {
+            let evaluated_here = self
+                .progress
+                .history
+                .last()
+                .is_some_and(|h| h.step == self.progress.step);
+            if !evaluated_here {
+                last_val = self.eval_and_record(on_event)?;
+            } else {
+                last_val = self.progress.history.last().and_then(|h| h.val_loss);
+            }
+        }
+        let latest = self.save_latest(on_event)?;
+        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        Ok(Summary {
+            steps: self.progress.step,
+            steps_this_run: self.progress.step - start_step,
+            val_loss: last_val,
+            best_val: self.progress.best_val,
+            train_loss: self.progress.history.last().map(|h| h.train_loss),
+            tokens_per_s: (self.progress.step - start_step) as f64 * self.x.len() as f64 / secs,
+            latest,
+            reason,
+        })
+    }
+
+    fn save_latest(&self, on_event: &mut dyn FnMut(&Event) -> Control) -> Result<PathBuf> {
+        let path = self.config.checkpoint_path("latest");
+        self.save(&path)?;
+        on_event(&Event::Saved { path: path.clone() });
+        Ok(path)
+    }
+}
+
+fn finite_or_null(v: f64) -> serde_json::Value {
+    if v.is_finite() {
+        serde_json::json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// Encodes the training and validation splits of a corpus.
+fn encode_split(corpus: &Corpus, tok: &Tokenizer, val_fraction: f32) -> Result<(Vec<u32>, Vec<u32>)> {
+    let (train, val) = corpus.split(val_fraction);
+    let wrap = |e: Error| Error::Corpus {
+        path: corpus.path.clone(),
+        msg: e.to_string(),
+    };
+    let train_tokens = tok.encode(train).map_err(wrap)?;
+    let val_tokens = tok.encode(val).map_err(wrap)?;
+    Ok((train_tokens, val_tokens))
+}

@@ -1,0 +1,111 @@
+//! The real binary, end to end: train → sample → eval → info → export on a tiny corpus, and
+//! the error paths a user hits first.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn quill(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run quill")
+}
+
+fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
+
+fn tiny_corpus(dir: &Path) -> std::path::PathBuf {
+    let p = dir.join("tiny.txt");
+    let para = "ROMEO:\nBut soft, what light through yonder window breaks?\n\
+JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n";
+    std::fs::write(&p, para.repeat(30)).unwrap();
+    p
+}
+
+#[test]
+fn train_sample_eval_info_export() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_corpus(d);
+    let o = quill(
+        &[
+            "train", "--corpus", "tiny.txt", "--hidden", "32", "--embed", "8", "--batch", "4",
+            "--seq", "16", "--max-steps", "30", "--eval-every", "10", "--quiet",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "train failed: {}", text(&o.stderr));
+    let err = text(&o.stderr);
+    assert!(err.contains("val loss"), "{err}");
+    for f in ["tiny-latest.safetensors", "tiny-best.safetensors", "tiny-metrics.jsonl"] {
+        assert!(d.join("checkpoints").join(f).is_file(), "missing {f}");
+    }
+    let metrics = std::fs::read_to_string(d.join("checkpoints/tiny-metrics.jsonl")).unwrap();
+    assert!(metrics.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+
+    // sample: default checkpoint discovery, prime echoed, deterministic per seed
+    let s1 = quill(&["sample", "--prime", "ROMEO:", "--length", "40", "--seed", "3"], d);
+    assert!(s1.status.success(), "{}", text(&s1.stderr));
+    let out1 = text(&s1.stdout);
+    assert!(out1.starts_with("ROMEO:"), "{out1}");
+    assert!(out1.chars().count() >= 40);
+    let s2 = quill(&["sample", "--prime", "ROMEO:", "--length", "40", "--seed", "3"], d);
+    assert_eq!(out1, text(&s2.stdout), "same seed, same text");
+
+    // unknown prime characters: an error listing them, or skipped on request
+    let bad = quill(&["sample", "--prime", "Zq§", "--length", "5"], d);
+    assert!(!bad.status.success());
+    let msg = text(&bad.stderr);
+    assert!(msg.contains("'§'") && msg.contains("'Z'"), "{msg}");
+    let skip = quill(&["sample", "--prime", "Zq§", "--length", "5", "--unknown", "skip"], d);
+    assert!(skip.status.success(), "{}", text(&skip.stderr));
+
+    // eval prints loss, perplexity and bits per character
+    let e = quill(&["eval", "--file", "tiny.txt", "--json"], d);
+    assert!(e.status.success(), "{}", text(&e.stderr));
+    let v: serde_json::Value = serde_json::from_str(&text(&e.stdout)).unwrap();
+    let loss = v["loss_per_token"].as_f64().unwrap();
+    assert!(loss > 0.0 && loss < 4.0, "{v}");
+    assert!((v["perplexity"].as_f64().unwrap() - loss.exp()).abs() < 1e-6);
+
+    let i = quill(&["info", "checkpoints/tiny-best.safetensors"], d);
+    assert!(i.status.success());
+    let info = text(&i.stdout);
+    assert!(info.contains("parameters") && info.contains("vocabulary"), "{info}");
+
+    let x = quill(&["export", "checkpoints/tiny-latest.safetensors", "small.safetensors"], d);
+    assert!(x.status.success(), "{}", text(&x.stderr));
+    let full = std::fs::metadata(d.join("checkpoints/tiny-latest.safetensors")).unwrap().len();
+    let small = std::fs::metadata(d.join("small.safetensors")).unwrap().len();
+    assert!(small * 2 < full, "weights-only {small} vs full {full}");
+    let s3 = quill(&["sample", "-c", "small.safetensors", "--length", "10"], d);
+    assert!(s3.status.success());
+    let r = quill(&["train", "--corpus", "tiny.txt", "--resume", "small.safetensors"], d);
+    assert!(!r.status.success());
+    assert!(text(&r.stderr).contains("weights only"));
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["train", "--corpus", "missing.txt"], "missing.txt"),
+        (vec!["train", "--corpus", "tiny.txt", "--dropout", "1.5"], "dropout"),
+        (vec!["train", "--corpus", "tiny.txt", "--hidden", "0"], "hidden"),
+        (vec!["train", "--corpus", "tiny.txt", "--batch", "5000", "--seq", "500"], "need at least"),
+        (vec!["sample", "-c", "tiny.txt", "--temperature", "-1"], "temperature"),
+        (vec!["sample", "-c", "nope.safetensors"], "nope.safetensors"),
+        (vec!["sample", "-c", "tiny.txt"], "tiny.txt"),
+    ];
+    tiny_corpus(d);
+    for (args, needle) in cases {
+        let o = quill(&args, d);
+        let err = text(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,166 @@
+//! Training behaviour: over-fitting a tiny string, checkpoint round trip, exact resume.
+
+use std::path::{Path, PathBuf};
+
+use sha2::Digest;
+
+use quill::corpus::Corpus;
+use quill::model::ModelConfig;
+use quill::snapshot;
+use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::{Control, Event, TrainConfig, Trainer};
+
+fn corpus(text: &str) -> Corpus {
+    Corpus {
+        path: PathBuf::from("inline.txt"),
+        text: text.to_string(),
+        fingerprint: quill::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
+    }
+}
+
+fn char_tok(text: &str) -> Tokenizer {
+    let opts = TokenizerOptions {
+        vocab_size: 10_000,
+        min_frequency: 1,
+    };
+    Tokenizer::train(TokenizerKind::Char, text, &opts).unwrap()
+}
+
+fn model_cfg(hidden: usize, dropout: f32) -> ModelConfig {
+    ModelConfig {
+        vocab: 0,
+        embed: 16,
+        hidden,
+        layers: 2,
+        dropout,
+        tie_weights: false,
+    }
+}
+
+fn quiet(_: &Event) -> Control {
+    Control::Continue
+}
+
+const TEXT200: &str = "The quick brown fox jumps over the lazy dog. \
+Pack my box with five dozen liquor jugs! How vexingly quick daft zebras jump; \
+sphinx of black quartz, judge my vow. Waltz, bad nymph, for quick jigs vex. \
+Glib jocks quiz nymph to vex dwarf.";
+
+#[test]
+fn tiny_model_overfits_a_200_char_string() {
+    assert!(TEXT200.len() >= 200);
+    let c = corpus(TEXT200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        batch: 4,
+        seq: 16,
+        lr: 1e-2,
+        warmup_steps: 10,
+        val_fraction: 0.0,
+        eval_every: 0,
+        save_every: 0,
+        max_steps: Some(400),
+        out: dir.path().to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let mut tr = Trainer::new(&c, char_tok(TEXT200), model_cfg(64, 0.0), cfg).unwrap();
+    let mut last = f64::NAN;
+    let summary = tr
+        .run(None, &mut |e| {
+            if let Event::Step(s) = e {
+                last = s.loss;
+            }
+            Control::Continue
+        })
+        .unwrap();
+    assert_eq!(summary.steps, 400);
+    assert!(last < 0.05, "final training loss {last}");
+}
+
+fn run_steps(dir: &Path, max_steps: u64, this_run: Option<u64>, resume: Option<&Path>) -> PathBuf {
+    let text = TEXT200.repeat(8);
+    let c = corpus(&text);
+    let cfg = TrainConfig {
+        batch: 3,
+        seq: 8,
+        val_fraction: 0.1,
+        eval_every: 5,
+        save_every: 7,
+        max_steps: Some(max_steps),
+        out: dir.to_path_buf(),
+        name: "t".into(),
+        ..TrainConfig::default()
+    };
+    let mut tr = match resume {
+        Some(p) => Trainer::resume(&c, snapshot::load_resumable(p).unwrap(), cfg).unwrap(),
+        None => Trainer::new(&c, char_tok(&text), model_cfg(12, 0.2), cfg).unwrap(),
+    };
+    tr.run(this_run, &mut quiet).unwrap().latest
+}
+
+#[test]
+fn resume_is_bit_for_bit_identical() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    // One run of 2N steps ...
+    let straight = run_steps(a.path(), 30, None, None);
+    // ... and N steps, a resume from the checkpoint, N more steps (dropout on, epochs cross).
+    let half = run_steps(b.path(), 30, Some(15), None);
+    let resumed = run_steps(b.path(), 30, None, Some(&half));
+    let x = snapshot::load_resumable(&straight).unwrap();
+    let y = snapshot::load_resumable(&resumed).unwrap();
+    assert_eq!(x.loaded.meta.progress.step, 30);
+    assert_eq!(y.loaded.meta.progress.step, 30);
+    assert_eq!(x.loaded.model.params, y.loaded.model.params, "weights differ");
+    assert_eq!(x.adam.m, y.adam.m);
+    assert_eq!(x.adam.v, y.adam.v);
+    assert_eq!(x.state, y.state);
+    assert_eq!(x.loaded.meta.progress.rng, y.loaded.meta.progress.rng);
+    assert_eq!(x.loaded.meta.progress.best_val, y.loaded.meta.progress.best_val);
+}
+
+#[test]
+fn checkpoint_round_trip_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TEXT200.repeat(4);
+    let c = corpus(&text);
+    let cfg = TrainConfig {
+        batch: 2,
+        seq: 8,
+        eval_every: 0,
+        save_every: 0,
+        max_steps: Some(3),
+        out: dir.path().to_path_buf(),
+        name: "rt".into(),
+        ..TrainConfig::default()
+    };
+    let mut tr = Trainer::new(&c, char_tok(&text), model_cfg(8, 0.0), cfg).unwrap();
+    tr.run(None, &mut quiet).unwrap();
+    let path = dir.path().join("copy.safetensors");
+    tr.save(&path).unwrap();
+    let r = snapshot::load_resumable(&path).unwrap();
+    assert_eq!(r.loaded.model, tr.model);
+    assert_eq!(r.adam, tr.adam);
+    assert_eq!(r.state, tr.state);
+    assert_eq!(r.loaded.meta.progress, tr.progress);
+    assert_eq!(r.loaded.tokenizer.to_json(), tr.tokenizer.to_json());
+    assert_eq!(r.loaded.meta.model.vocab, tr.tokenizer.vocab_size());
+}
+
+#[test]
+fn resume_refuses_a_different_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = run_steps(dir.path(), 6, None, None);
+    let other = corpus(&"different text entirely\n".repeat(50));
+    let cfg = TrainConfig {
+        batch: 3,
+        seq: 8,
+        out: dir.path().to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let err = Trainer::resume(&other, snapshot::load_resumable(&first).unwrap(), cfg)
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(err.contains("different corpus"), "{err}");
+}

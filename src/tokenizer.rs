@@ -451,12 +451,14 @@ impl Tokenizer {
         let inner = match stored {
             Stored::Char { chars } => Inner::Char(CharModel::from_chars(chars)?),
             Stored::Word { hf } => {
-                let hf: WordHf = serde_json::from_value(hf)
+                // Parse from text: some `tokenizers` types only deserialise from borrowed strings.
+                let hf: WordHf = serde_json::from_str(&hf.to_string())
                     .map_err(|e| tok_err(format!("invalid word tokenizer JSON: {e}")))?;
                 Inner::Word(WordModel::from_hf(hf)?)
             }
             Stored::Bpe { hf } => {
-                let hf: BpeHf = serde_json::from_value(hf)
+                // Parse from text: some `tokenizers` types only deserialise from borrowed strings.
+                let hf: BpeHf = serde_json::from_str(&hf.to_string())
                     .map_err(|e| tok_err(format!("invalid BPE tokenizer JSON: {e}")))?;
                 Inner::Bpe(BpeModel::from_hf(hf)?)
             }

@@ -1,0 +1,1379 @@
+//! Tokenizers: turn corpus text into token ids and back.
+//!
+//! One type, [`Tokenizer`], covers three kinds ([`TokenizerKind`]):
+//!
+//! * **char**: one token per Unicode scalar value (`char`, not byte). The vocabulary is the
+//!   sorted set of distinct chars of the training text, so ids are deterministic. Round trips are
+//!   exact for any text made of known chars. Text with chars outside the vocabulary is rejected
+//!   with [`Error::UnknownChars`] (or, for prime text, optionally skipped, see
+//!   [`UnknownPolicy`]). Char tokenizers have no special tokens and no end-of-text id.
+//! * **word**: words and punctuation, trained with the HuggingFace `tokenizers` word-level
+//!   trainer. Special tokens: `<unk>` (id 0), `<eos>` (id 1), `<eol>` (id 2); the rest of the
+//!   vocabulary is the most frequent words (ties broken alphabetically), capped at
+//!   `vocab_size` entries in total including the specials. Words outside the vocabulary encode
+//!   as `<unk>`.
+//! * **bpe**: byte-level BPE (GPT-2 style byte alphabet, no prefix space), trained with the
+//!   `tokenizers` BPE trainer. All 256 bytes are always in the vocabulary, so any UTF-8 text
+//!   encodes and `decode(encode(s)) == s` exactly (newlines, runs of spaces, non-ASCII).
+//!   Special token: `<eos>` (id 0).
+//!
+//! Text is split at newlines before word/BPE encoding (the newline stays with its line for BPE),
+//! both for training and for encoding, so encoding is the same whether a corpus is encoded whole
+//! or line by line. Special tokens are never produced by encoding: literal text such as `<eos>`
+//! in a corpus is encoded as ordinary text, and `<eos>` only exists for the caller to append
+//! (between documents) and for generation to stop on ([`Tokenizer::eos_id`]).
+//!
+//! # Word pre-tokenization and joining rules
+//!
+//! A line is split into tokens, whitespace being dropped:
+//! * numbers with inner separators: `\d+([.,:]\d+)+` (`3.14`, `1,000`, `10:30`);
+//! * words: `\w+([-'’]\w+)*` (so `don't`, `well-known` and `o'clock` are one word);
+//! * any other single non-space char is a punctuation token of its own (`...` is three `.`).
+//!
+//! The end of every line is the `<eol>` token. Decoding joins tokens with these rules:
+//! 1. `<eol>` becomes `"\n"`; nothing is inserted at the start of a line.
+//! 2. Otherwise tokens are separated by one space, except:
+//!    * no space before a token starting with one of `, . ; : ! ? ' ’ ” ) ] } … %`;
+//!    * no space after a token ending with one of `( [ { “ ‘`;
+//!    * a straight double quote `"` alternates (per line) between opening (space before, none
+//!      after) and closing (no space before).
+//! 3. `<eos>` decodes to nothing; `<unk>` decodes to the text `<unk>`.
+//!
+//! So text that is already in this normal form (single spaces, punctuation attached, no
+//! indentation or trailing spaces) round-trips exactly; other spacing is normalised.
+//!
+//! # Serialisation
+//!
+//! [`Tokenizer::to_json`] gives one self-contained JSON document that names its kind:
+//! `{"kind":"char","chars":["\n"," ","a",...]}` or `{"kind":"word"|"bpe","hf":{...}}` where
+//! `hf` is the `tokenizers` library's own JSON for the trained tokenizer.
+//! [`Tokenizer::from_json`] checks what it loads (contiguous ids, no duplicates, the special
+//! tokens and settings quill relies on) and reports damage as [`Error::Tokenizer`].
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokenizers::decoders::DecoderWrapper;
+use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
+use tokenizers::models::wordlevel::{WordLevel, WordLevelTrainer};
+use tokenizers::normalizers::NormalizerWrapper;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::processors::PostProcessorWrapper;
+use tokenizers::{AddedToken, Model, SplitDelimiterBehavior, TokenizerImpl};
+
+use crate::error::{Error, Result};
+
+/// Default vocabulary cap for word tokenizers.
+pub const DEFAULT_WORD_VOCAB_SIZE: usize = 10_000;
+/// Default vocabulary cap for BPE tokenizers.
+pub const DEFAULT_BPE_VOCAB_SIZE: usize = 2_000;
+
+/// Unknown-word token of word tokenizers.
+pub const UNK_TOKEN: &str = "<unk>";
+/// End-of-text token of word and BPE tokenizers.
+pub const EOS_TOKEN: &str = "<eos>";
+/// End-of-line token of word tokenizers.
+pub const EOL_TOKEN: &str = "<eol>";
+
+/// Regex of the word pre-tokenizer (matches the tokens; everything else, i.e. whitespace, is
+/// dropped). See the module documentation.
+const WORD_PATTERN: &str = r"\d+(?:[.,:]\d+)+|\w+(?:[-'’]\w+)*|[^\w\s]";
+
+/// Chars that take no space before them when a word tokenizer decodes.
+const NO_SPACE_BEFORE: &[char] = &[
+    ',', '.', ';', ':', '!', '?', '\'', '’', '”', ')', ']', '}', '…', '%',
+];
+/// Chars that take no space after them when a word tokenizer decodes.
+const NO_SPACE_AFTER: &[char] = &['(', '[', '{', '“', '‘'];
+
+/// Number of bytes: the base alphabet of byte-level BPE.
+const N_BYTES: usize = 256;
+
+/// Which kind of tokenizer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenizerKind {
+    /// One token per Unicode char.
+    Char,
+    /// Words and punctuation, with `<unk>`, `<eol>` and `<eos>`.
+    Word,
+    /// Byte-level byte-pair encoding, with `<eos>`.
+    Bpe,
+}
+
+impl TokenizerKind {
+    /// The lowercase name used in JSON and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenizerKind::Char => "char",
+            TokenizerKind::Word => "word",
+            TokenizerKind::Bpe => "bpe",
+        }
+    }
+}
+
+impl fmt::Display for TokenizerKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What to do with prime text the vocabulary cannot represent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnknownPolicy {
+    /// Char tokenizers refuse text with unknown chars ([`Error::UnknownChars`]).
+    #[default]
+    Error,
+    /// Char tokenizers drop unknown chars (and report them).
+    Skip,
+}
+
+/// Training options.
+#[derive(Clone, Debug)]
+pub struct TokenizerOptions {
+    /// Cap on the vocabulary size V for word and BPE tokenizers, special tokens included
+    /// (word needs at least 4, BPE at least 257: 256 bytes and `<eos>`). Ignored for char.
+    pub vocab_size: usize,
+    /// Word: minimum count for a word to enter the vocabulary. BPE: minimum count for a pair to
+    /// be merged. Ignored for char.
+    pub min_frequency: u64,
+}
+
+impl TokenizerOptions {
+    /// Defaults for a kind: V cap 10000 (word) or 2000 (BPE); minimum frequency 1 (word) or 2
+    /// (BPE, so that no merge is learnt from a single occurrence).
+    pub fn for_kind(kind: TokenizerKind) -> Self {
+        match kind {
+            TokenizerKind::Char | TokenizerKind::Word => TokenizerOptions {
+                vocab_size: DEFAULT_WORD_VOCAB_SIZE,
+                min_frequency: 1,
+            },
+            TokenizerKind::Bpe => TokenizerOptions {
+                vocab_size: DEFAULT_BPE_VOCAB_SIZE,
+                min_frequency: 2,
+            },
+        }
+    }
+}
+
+type WordHf = TokenizerImpl<WordLevel, NormalizerWrapper, Split, PostProcessorWrapper, DecoderWrapper>;
+type BpeHf = TokenizerImpl<BPE, NormalizerWrapper, ByteLevel, PostProcessorWrapper, ByteLevel>;
+
+/// A trained tokenizer of any kind. Cheap to clone.
+#[derive(Clone)]
+pub struct Tokenizer {
+    inner: Arc<Inner>,
+    /// Canonical JSON, produced once when the tokenizer is built.
+    json: Arc<str>,
+}
+
+enum Inner {
+    Char(CharModel),
+    Word(WordModel),
+    Bpe(BpeModel),
+}
+
+/// Char vocabulary with a dense lookup table for the Basic Multilingual Plane.
+struct CharModel {
+    chars: Arc<[char]>,
+    /// id of each BMP code point, `u32::MAX` when absent (65536 entries).
+    bmp: Vec<u32>,
+    /// ids of chars beyond the BMP.
+    astral: HashMap<char, u32>,
+}
+
+struct WordModel {
+    hf: WordHf,
+    /// Token text by id.
+    pieces: Arc<[String]>,
+    unk: u32,
+    eos: u32,
+    eol: u32,
+}
+
+struct BpeModel {
+    hf: BpeHf,
+    /// Bytes of each token by id (empty for `<eos>`).
+    bytes: Arc<[Vec<u8>]>,
+    eos: u32,
+}
+
+/// The JSON document of [`Tokenizer::to_json`].
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+enum Stored {
+    Char { chars: Vec<char> },
+    Word { hf: serde_json::Value },
+    Bpe { hf: serde_json::Value },
+}
+
+fn tok_err(msg: impl Into<String>) -> Error {
+    Error::Tokenizer(msg.into())
+}
+
+impl fmt::Debug for Tokenizer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind())
+            .field("vocab_size", &self.vocab_size())
+            .finish()
+    }
+}
+
+impl Tokenizer {
+    /// Train on the (training split of the) corpus text.
+    ///
+    /// Errors: empty text, a `vocab_size` too small for the kind, or a word vocabulary with no
+    /// word reaching `min_frequency`.
+    pub fn train(kind: TokenizerKind, text: &str, opts: &TokenizerOptions) -> Result<Self> {
+        if text.is_empty() {
+            return Err(tok_err(format!(
+                "cannot train a {kind} tokenizer on empty text"
+            )));
+        }
+        let inner = match kind {
+            TokenizerKind::Char => Inner::Char(CharModel::train(text)),
+            TokenizerKind::Word => Inner::Word(WordModel::train(text, opts)?),
+            TokenizerKind::Bpe => Inner::Bpe(BpeModel::train(text, opts)?),
+        };
+        Self::from_inner(inner)
+    }
+
+    fn from_inner(inner: Inner) -> Result<Self> {
+        let stored = match &inner {
+            Inner::Char(m) => Stored::Char {
+                chars: m.chars.to_vec(),
+            },
+            Inner::Word(m) => Stored::Word {
+                hf: serde_json::to_value(&m.hf)
+                    .map_err(|e| tok_err(format!("cannot serialise word tokenizer: {e}")))?,
+            },
+            Inner::Bpe(m) => Stored::Bpe {
+                hf: serde_json::to_value(&m.hf)
+                    .map_err(|e| tok_err(format!("cannot serialise BPE tokenizer: {e}")))?,
+            },
+        };
+        let json = serde_json::to_string(&stored)
+            .map_err(|e| tok_err(format!("cannot serialise tokenizer: {e}")))?;
+        Ok(Tokenizer {
+            inner: Arc::new(inner),
+            json: json.into(),
+        })
+    }
+
+    /// The kind of this tokenizer.
+    pub fn kind(&self) -> TokenizerKind {
+        match &*self.inner {
+            Inner::Char(_) => TokenizerKind::Char,
+            Inner::Word(_) => TokenizerKind::Word,
+            Inner::Bpe(_) => TokenizerKind::Bpe,
+        }
+    }
+
+    /// Vocabulary size V: every id produced is `< V`, and every id `< V` is a token.
+    pub fn vocab_size(&self) -> usize {
+        match &*self.inner {
+            Inner::Char(m) => m.chars.len(),
+            Inner::Word(m) => m.pieces.len(),
+            Inner::Bpe(m) => m.bytes.len(),
+        }
+    }
+
+    /// Encode corpus text. Char: [`Error::UnknownChars`] listing the unknown chars (sorted,
+    /// unique). Word: out-of-vocabulary words become `<unk>`, each line end `<eol>`. BPE: any
+    /// text. No `<eos>` is added.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match &*self.inner {
+            Inner::Char(m) => {
+                let (ids, unknown) = m.encode(text);
+                if unknown.is_empty() {
+                    Ok(ids)
+                } else {
+                    Err(Error::UnknownChars(unknown))
+                }
+            }
+            Inner::Word(m) => m.encode(text, None),
+            Inner::Bpe(m) => m.encode(text),
+        }
+    }
+
+    /// Encode prime text under a policy; returns the ids and the sorted, unique list of pieces
+    /// that were unknown: chars skipped (char with [`UnknownPolicy::Skip`]) or words mapped to
+    /// `<unk>` (word, under either policy). The caller warns naming them. BPE never has any.
+    ///
+    /// Char with [`UnknownPolicy::Error`] and unknown chars: [`Error::UnknownChars`].
+    pub fn encode_prime(
+        &self,
+        text: &str,
+        policy: UnknownPolicy,
+    ) -> Result<(Vec<u32>, Vec<String>)> {
+        match &*self.inner {
+            Inner::Char(m) => {
+                let (ids, unknown) = m.encode(text);
+                if unknown.is_empty() {
+                    Ok((ids, Vec::new()))
+                } else {
+                    match policy {
+                        UnknownPolicy::Error => Err(Error::UnknownChars(unknown)),
+                        UnknownPolicy::Skip => {
+                            Ok((ids, unknown.iter().map(|c| c.to_string()).collect()))
+                        }
+                    }
+                }
+            }
+            Inner::Word(m) => {
+                let mut unknown = BTreeSet::new();
+                let ids = m.encode(text, Some(&mut unknown))?;
+                Ok((ids, unknown.into_iter().collect()))
+            }
+            Inner::Bpe(m) => Ok((m.encode(text)?, Vec::new())),
+        }
+    }
+
+    /// Decode ids to text. Ids `>= V` decode to U+FFFD. BPE byte sequences that are not valid
+    /// UTF-8 decode to U+FFFD (as `String::from_utf8_lossy`). `<eos>` decodes to nothing.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut dec = self.stream_decoder();
+        let mut out = String::new();
+        for &id in ids {
+            dec.push_into(id, &mut out);
+        }
+        dec.finish_into(&mut out);
+        out
+    }
+
+    /// Display form of one token for a UI table: whitespace and control chars made visible
+    /// (`"\n"` as `⏎`, `" "` as `␣`, tab as `⇥`, CR as `␍`, other controls as `\u{..}`),
+    /// special tokens by name (`<eol>` as `⏎`), BPE bytes that are not whole UTF-8 chars as
+    /// `\xNN`. Ids `>= V` show as `<invalid id N>`.
+    pub fn token_display(&self, id: u32) -> String {
+        let invalid = || format!("<invalid id {id}>");
+        match &*self.inner {
+            Inner::Char(m) => match m.chars.get(id as usize) {
+                Some(&c) => {
+                    let mut s = String::new();
+                    push_visible(c, &mut s);
+                    s
+                }
+                None => invalid(),
+            },
+            Inner::Word(m) => {
+                if id == m.eol {
+                    "⏎".to_string()
+                } else {
+                    m.pieces
+                        .get(id as usize)
+                        .cloned()
+                        .unwrap_or_else(invalid)
+                }
+            }
+            Inner::Bpe(m) => {
+                if id == m.eos {
+                    return EOS_TOKEN.to_string();
+                }
+                match m.bytes.get(id as usize) {
+                    Some(bytes) => {
+                        let mut s = String::new();
+                        for chunk in bytes.utf8_chunks() {
+                            chunk.valid().chars().for_each(|c| push_visible(c, &mut s));
+                            for b in chunk.invalid() {
+                                s.push_str(&format!("\\x{b:02X}"));
+                            }
+                        }
+                        s
+                    }
+                    None => invalid(),
+                }
+            }
+        }
+    }
+
+    /// Incremental decoder for streaming generation: feeding ids one by one and finishing gives
+    /// exactly [`Tokenizer::decode`] of all of them.
+    pub fn stream_decoder(&self) -> StreamDecoder {
+        let state = match &*self.inner {
+            Inner::Char(m) => StreamState::Char {
+                chars: Arc::clone(&m.chars),
+            },
+            Inner::Word(m) => StreamState::Word {
+                pieces: Arc::clone(&m.pieces),
+                eos: m.eos,
+                eol: m.eol,
+                joiner: Joiner::new(),
+            },
+            Inner::Bpe(m) => StreamState::Bpe {
+                bytes: Arc::clone(&m.bytes),
+                pending: Vec::new(),
+            },
+        };
+        StreamDecoder { state }
+    }
+
+    /// Id of the end-of-text token (word and BPE), for stopping generation. `None` for char.
+    pub fn eos_id(&self) -> Option<u32> {
+        match &*self.inner {
+            Inner::Char(_) => None,
+            Inner::Word(m) => Some(m.eos),
+            Inner::Bpe(m) => Some(m.eos),
+        }
+    }
+
+    /// Id of a special or ordinary token given its exact text (e.g. `"<eol>"`, `"the"`, `"a"`
+    /// for char), if the vocabulary has it.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        match &*self.inner {
+            Inner::Char(m) => {
+                let mut it = token.chars();
+                match (it.next(), it.next()) {
+                    (Some(c), None) => m.lookup(c),
+                    _ => None,
+                }
+            }
+            Inner::Word(m) => m.hf.token_to_id(token),
+            Inner::Bpe(m) => m.hf.token_to_id(token),
+        }
+    }
+
+    /// Self-contained JSON of the tokenizer, including its kind. Deterministic: the same
+    /// training text and options give the same JSON.
+    pub fn to_json(&self) -> String {
+        self.json.to_string()
+    }
+
+    /// Load a tokenizer from [`Tokenizer::to_json`] output. Garbage, truncated or inconsistent
+    /// JSON (duplicate tokens, gaps in ids, missing special tokens) gives [`Error::Tokenizer`].
+    pub fn from_json(s: &str) -> Result<Self> {
+        let stored: Stored = serde_json::from_str(s)
+            .map_err(|e| tok_err(format!("invalid tokenizer JSON: {e}")))?;
+        let inner = match stored {
+            Stored::Char { chars } => Inner::Char(CharModel::from_chars(chars)?),
+            Stored::Word { hf } => {
+                // Parse from text: some `tokenizers` types only deserialise from borrowed strings.
+                let hf: WordHf = serde_json::from_str(&hf.to_string())
+                    .map_err(|e| tok_err(format!("invalid word tokenizer JSON: {e}")))?;
+                Inner::Word(WordModel::from_hf(hf)?)
+            }
+            Stored::Bpe { hf } => {
+                // Parse from text: some `tokenizers` types only deserialise from borrowed strings.
+                let hf: BpeHf = serde_json::from_str(&hf.to_string())
+                    .map_err(|e| tok_err(format!("invalid BPE tokenizer JSON: {e}")))?;
+                Inner::Bpe(BpeModel::from_hf(hf)?)
+            }
+        };
+        Self::from_inner(inner)
+    }
+}
+
+/// Push `c` in a visible form (see [`Tokenizer::token_display`]).
+fn push_visible(c: char, out: &mut String) {
+    match c {
+        ' ' => out.push('␣'),
+        '\n' => out.push('⏎'),
+        '\t' => out.push('⇥'),
+        '\r' => out.push('␍'),
+        c if c.is_control() || (c.is_whitespace() && c != ' ') => {
+            out.extend(c.escape_unicode());
+        }
+        c => out.push(c),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// char
+
+const BMP: usize = 0x1_0000;
+
+impl CharModel {
+    fn train(text: &str) -> Self {
+        let mut seen = vec![false; BMP];
+        let mut astral = BTreeSet::new();
+        for c in text.chars() {
+            let u = c as usize;
+            if u < BMP {
+                seen[u] = true;
+            } else {
+                astral.insert(c);
+            }
+        }
+        let chars: Vec<char> = seen
+            .iter()
+            .enumerate()
+            .filter(|(_, &s)| s)
+            .filter_map(|(u, _)| char::from_u32(u as u32))
+            .chain(astral)
+            .collect();
+        Self::build(chars)
+    }
+
+    /// Build from an id-ordered list that has no duplicates.
+    fn build(chars: Vec<char>) -> Self {
+        let mut bmp = vec![u32::MAX; BMP];
+        let mut astral = HashMap::new();
+        for (id, &c) in chars.iter().enumerate() {
+            let u = c as usize;
+            if u < BMP {
+                bmp[u] = id as u32;
+            } else {
+                astral.insert(c, id as u32);
+            }
+        }
+        CharModel {
+            chars: chars.into(),
+            bmp,
+            astral,
+        }
+    }
+
+    fn from_chars(chars: Vec<char>) -> Result<Self> {
+        if chars.is_empty() {
+            return Err(tok_err("char vocabulary is empty"));
+        }
+        if chars.len() > u32::MAX as usize {
+            return Err(tok_err("char vocabulary is too large"));
+        }
+        let mut seen = HashSet::with_capacity(chars.len());
+        for &c in &chars {
+            if !seen.insert(c) {
+                return Err(tok_err(format!(
+                    "char vocabulary lists {c:?} more than once"
+                )));
+            }
+        }
+        Ok(Self::build(chars))
+    }
+
+    #[inline]
+    fn lookup(&self, c: char) -> Option<u32> {
+        let u = c as usize;
+        if u < BMP {
+            let id = self.bmp[u];
+            (id != u32::MAX).then_some(id)
+        } else {
+            self.astral.get(&c).copied()
+        }
+    }
+
+    /// Ids of the known chars, and the sorted unique unknown chars.
+    fn encode(&self, text: &str) -> (Vec<u32>, Vec<char>) {
+        let mut ids = Vec::with_capacity(text.chars().count());
+        let mut unknown = BTreeSet::new();
+        for c in text.chars() {
+            match self.lookup(c) {
+                Some(id) => ids.push(id),
+                None => {
+                    unknown.insert(c);
+                }
+            }
+        }
+        (ids, unknown.into_iter().collect())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// word
+
+fn hf_err(what: &str) -> impl Fn(tokenizers::Error) -> Error + '_ {
+    move |e| tok_err(format!("{what}: {e}"))
+}
+
+/// Check that `vocab` maps tokens to exactly the ids `0..n` (n = number of tokens) and return
+/// the tokens by id.
+fn contiguous_vocab(vocab: HashMap<String, u32>, what: &str) -> Result<Vec<String>> {
+    let n = vocab.len();
+    let mut by_id: Vec<Option<String>> = vec![None; n];
+    for (token, id) in vocab {
+        let slot = by_id.get_mut(id as usize).ok_or_else(|| {
+            tok_err(format!(
+                "{what} vocabulary: id {id} of {token:?} is out of range for {n} tokens \
+                 (duplicate or missing entries)"
+            ))
+        })?;
+        if let Some(other) = slot {
+            return Err(tok_err(format!(
+                "{what} vocabulary: id {id} is used by both {other:?} and {token:?}"
+            )));
+        }
+        *slot = Some(token);
+    }
+    // n tokens with distinct ids in 0..n: every slot is filled.
+    Ok(by_id.into_iter().flatten().collect())
+}
+
+impl WordModel {
+    fn pre_tokenizer() -> Result<Split> {
+        Split::new(
+            SplitPattern::Regex(WORD_PATTERN.to_string()),
+            SplitDelimiterBehavior::Removed,
+            true,
+        )
+        .map_err(hf_err("word pre-tokenizer"))
+    }
+
+    fn train(text: &str, opts: &TokenizerOptions) -> Result<Self> {
+        if opts.vocab_size < 4 {
+            return Err(Error::config(
+                "vocab_size",
+                format!(
+                    "{} is too small for a word tokenizer (3 special tokens + at least 1 word)",
+                    opts.vocab_size
+                ),
+            ));
+        }
+        let model = WordLevel::builder()
+            .unk_token(UNK_TOKEN.to_string())
+            .build()
+            .map_err(hf_err("word model"))?;
+        let mut hf = WordHf::new(model);
+        hf.with_pre_tokenizer(Some(Self::pre_tokenizer()?));
+        let mut trainer = WordLevelTrainer::builder()
+            .vocab_size(opts.vocab_size)
+            .min_frequency(opts.min_frequency)
+            .show_progress(false)
+            .special_tokens(
+                [UNK_TOKEN, EOS_TOKEN, EOL_TOKEN]
+                    .iter()
+                    .map(|t| AddedToken::from(*t, true))
+                    .collect(),
+            )
+            .build()
+            .map_err(|e| tok_err(format!("word trainer: {e}")))?;
+        hf.train(&mut trainer, text.lines())
+            .map_err(hf_err("word tokenizer training failed"))?;
+        if hf.get_model().get_vocab_size() <= 3 {
+            return Err(tok_err(format!(
+                "no word occurs at least {} time(s) in the training text",
+                opts.min_frequency
+            )));
+        }
+        Self::from_hf(hf)
+    }
+
+    fn from_hf(mut hf: WordHf) -> Result<Self> {
+        // Special tokens are control tokens only: literal "<eos>" in text is ordinary text.
+        hf.set_encode_special_tokens(true);
+        if hf.get_pre_tokenizer().is_none() {
+            return Err(tok_err("word tokenizer has no pre-tokenizer"));
+        }
+        if hf.get_normalizer().is_some() || hf.get_post_processor().is_some() {
+            return Err(tok_err(
+                "word tokenizer has a normalizer or post-processor quill does not use",
+            ));
+        }
+        let pieces = contiguous_vocab(hf.get_vocab(true), "word")?;
+        if pieces.len() > u32::MAX as usize {
+            return Err(tok_err("word vocabulary is too large"));
+        }
+        let id = |t: &str| {
+            hf.token_to_id(t)
+                .ok_or_else(|| tok_err(format!("word vocabulary has no {t} token")))
+        };
+        let (unk, eos, eol) = (id(UNK_TOKEN)?, id(EOS_TOKEN)?, id(EOL_TOKEN)?);
+        if hf.get_model().unk_token != UNK_TOKEN {
+            return Err(tok_err(format!(
+                "word model's unknown token is {:?}, expected {UNK_TOKEN}",
+                hf.get_model().unk_token
+            )));
+        }
+        Ok(WordModel {
+            hf,
+            pieces: pieces.into(),
+            unk,
+            eos,
+            eol,
+        })
+    }
+
+    /// Encode line by line, `<eol>` after each newline. When `unknown` is given, the words that
+    /// became `<unk>` are collected into it.
+    fn encode(&self, text: &str, mut unknown: Option<&mut BTreeSet<String>>) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(text.len() / 4 + 1);
+        for line in text.split_inclusive('\n') {
+            let (content, eol) = match line.strip_suffix('\n') {
+                Some(c) => (c, true),
+                None => (line, false),
+            };
+            if !content.trim().is_empty() {
+                let enc = self
+                    .hf
+                    .encode(content, false)
+                    .map_err(hf_err("word encoding failed"))?;
+                ids.extend_from_slice(enc.get_ids());
+                if let Some(unknown) = unknown.as_deref_mut() {
+                    for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
+                        if id == self.unk {
+                            if let Some(word) = content.get(start..end) {
+                                unknown.insert(word.to_string());
+                            }
+                        }
+                    }
+                }
+            }
+            if eol {
+                ids.push(self.eol);
+            }
+        }
+        Ok(ids)
+    }
+}
+
+/// Joining state of the word decoder (see the module documentation).
+#[derive(Clone, Debug)]
+struct Joiner {
+    line_start: bool,
+    glue_next: bool,
+    dquote_open: bool,
+}
+
+impl Joiner {
+    fn new() -> Self {
+        Joiner {
+            line_start: true,
+            glue_next: false,
+            dquote_open: false,
+        }
+    }
+
+    fn eol(&mut self, out: &mut String) {
+        out.push('\n');
+        *self = Joiner::new();
+    }
+
+    fn token(&mut self, tok: &str, out: &mut String) {
+        let is_dquote = tok == "\"";
+        let closing_quote = is_dquote && self.dquote_open;
+        let starts_glued = tok
+            .chars()
+            .next()
+            .is_some_and(|c| NO_SPACE_BEFORE.contains(&c));
+        if !(self.line_start || self.glue_next || starts_glued || closing_quote) {
+            out.push(' ');
+        }
+        out.push_str(tok);
+        self.line_start = false;
+        self.glue_next = (is_dquote && !self.dquote_open)
+            || tok
+                .chars()
+                .next_back()
+                .is_some_and(|c| NO_SPACE_AFTER.contains(&c));
+        if is_dquote {
+            self.dquote_open = !self.dquote_open;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BPE
+
+/// GPT-2 byte-level alphabet: the char standing for each byte.
+fn byte_chars() -> [char; N_BYTES] {
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || b >= 0xAE;
+    let mut table = ['\0'; N_BYTES];
+    let mut next = 0u32;
+    for (b, slot) in table.iter_mut().enumerate() {
+        let b = b as u32;
+        let code = if printable(b) {
+            b
+        } else {
+            next += 1;
+            255 + next
+        };
+        *slot = char::from_u32(code).unwrap_or('\u{FFFD}');
+    }
+    table
+}
+
+impl BpeModel {
+    fn train(text: &str, opts: &TokenizerOptions) -> Result<Self> {
+        if opts.vocab_size < N_BYTES + 1 {
+            return Err(Error::config(
+                "vocab_size",
+                format!(
+                    "{} is too small for a BPE tokenizer (256 bytes + <eos> = 257 at least)",
+                    opts.vocab_size
+                ),
+            ));
+        }
+        let mut hf = BpeHf::new(BPE::default());
+        hf.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        hf.with_decoder(Some(ByteLevel::new(false, true, true)));
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(opts.vocab_size)
+            .min_frequency(opts.min_frequency)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(EOS_TOKEN, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        hf.train(&mut trainer, text.split_inclusive('\n'))
+            .map_err(hf_err("BPE training failed"))?;
+        Self::from_hf(hf)
+    }
+
+    fn from_hf(mut hf: BpeHf) -> Result<Self> {
+        hf.set_encode_special_tokens(true);
+        match hf.get_pre_tokenizer() {
+            Some(pt) if !pt.add_prefix_space && pt.use_regex => {}
+            _ => {
+                return Err(tok_err(
+                    "BPE tokenizer must use the byte-level pre-tokenizer without prefix space",
+                ))
+            }
+        }
+        if hf.get_normalizer().is_some() || hf.get_post_processor().is_some() {
+            return Err(tok_err(
+                "BPE tokenizer has a normalizer or post-processor quill does not use",
+            ));
+        }
+        let model = hf.get_model();
+        if model.dropout.is_some() || model.continuing_subword_prefix.is_some() {
+            return Err(tok_err(
+                "BPE model uses dropout or a subword prefix, which quill does not support",
+            ));
+        }
+        let tokens = contiguous_vocab(hf.get_vocab(true), "BPE")?;
+        if tokens.len() > u32::MAX as usize {
+            return Err(tok_err("BPE vocabulary is too large"));
+        }
+        let eos = hf
+            .token_to_id(EOS_TOKEN)
+            .ok_or_else(|| tok_err(format!("BPE vocabulary has no {EOS_TOKEN} token")))?;
+        let char_byte: HashMap<char, u8> = byte_chars()
+            .iter()
+            .enumerate()
+            .map(|(b, &c)| (c, b as u8))
+            .collect();
+        let mut bytes = Vec::with_capacity(tokens.len());
+        let mut single = [false; N_BYTES];
+        for (id, token) in tokens.iter().enumerate() {
+            if id as u32 == eos {
+                bytes.push(Vec::new());
+                continue;
+            }
+            let b = token
+                .chars()
+                .map(|c| char_byte.get(&c).copied())
+                .collect::<Option<Vec<u8>>>()
+                .filter(|b| !b.is_empty())
+                .ok_or_else(|| {
+                    tok_err(format!("BPE token {id} ({token:?}) is not a byte-level token"))
+                })?;
+            if let [one] = b[..] {
+                single[one as usize] = true;
+            }
+            bytes.push(b);
+        }
+        if let Some(missing) = single.iter().position(|&s| !s) {
+            return Err(tok_err(format!(
+                "BPE vocabulary lacks the single byte 0x{missing:02X}, so not every text can be encoded"
+            )));
+        }
+        Ok(BpeModel {
+            hf,
+            bytes: bytes.into(),
+            eos,
+        })
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+        for chunk in text.split_inclusive('\n') {
+            let enc = self
+                .hf
+                .encode_fast(chunk, false)
+                .map_err(hf_err("BPE encoding failed"))?;
+            ids.extend_from_slice(enc.get_ids());
+        }
+        Ok(ids)
+    }
+}
+
+/// Append the complete UTF-8 text at the front of `pending` to `out`, invalid sequences as
+/// U+FFFD (like `String::from_utf8_lossy`), and keep an incomplete sequence at the end.
+fn drain_utf8(pending: &mut Vec<u8>, out: &mut String) {
+    let mut start = 0;
+    while start < pending.len() {
+        match std::str::from_utf8(&pending[start..]) {
+            Ok(s) => {
+                out.push_str(s);
+                start = pending.len();
+            }
+            Err(e) => {
+                let valid = e.valid_up_to();
+                out.push_str(&String::from_utf8_lossy(&pending[start..start + valid]));
+                start += valid;
+                match e.error_len() {
+                    Some(n) => {
+                        out.push('\u{FFFD}');
+                        start += n;
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
+    pending.drain(..start);
+}
+
+// ---------------------------------------------------------------------------------------------
+// streaming
+
+/// Incremental decoder for streaming generation (see [`Tokenizer::stream_decoder`]).
+#[derive(Clone, Debug)]
+pub struct StreamDecoder {
+    state: StreamState,
+}
+
+#[derive(Clone, Debug)]
+enum StreamState {
+    Char {
+        chars: Arc<[char]>,
+    },
+    Word {
+        pieces: Arc<[String]>,
+        eos: u32,
+        eol: u32,
+        joiner: Joiner,
+    },
+    Bpe {
+        bytes: Arc<[Vec<u8>]>,
+        pending: Vec<u8>,
+    },
+}
+
+impl StreamDecoder {
+    /// Feed one generated id, get the text that became final (may be empty, e.g. an incomplete
+    /// UTF-8 byte sequence in BPE, or `<eos>`).
+    pub fn push(&mut self, id: u32) -> String {
+        let mut out = String::new();
+        self.push_into(id, &mut out);
+        out
+    }
+
+    /// Flush anything pending at the end (an incomplete BPE byte sequence becomes U+FFFD).
+    pub fn finish(&mut self) -> String {
+        let mut out = String::new();
+        self.finish_into(&mut out);
+        out
+    }
+
+    fn push_into(&mut self, id: u32, out: &mut String) {
+        match &mut self.state {
+            StreamState::Char { chars } => {
+                out.push(chars.get(id as usize).copied().unwrap_or('\u{FFFD}'));
+            }
+            StreamState::Word {
+                pieces,
+                eos,
+                eol,
+                joiner,
+            } => {
+                if id == *eol {
+                    joiner.eol(out);
+                } else if id != *eos {
+                    let tok = pieces.get(id as usize).map_or("\u{FFFD}", |s| s.as_str());
+                    joiner.token(tok, out);
+                }
+            }
+            StreamState::Bpe { bytes, pending } => {
+                match bytes.get(id as usize) {
+                    Some(b) => pending.extend_from_slice(b),
+                    None => pending.extend_from_slice("\u{FFFD}".as_bytes()),
+                }
+                drain_utf8(pending, out);
+            }
+        }
+    }
+
+    fn finish_into(&mut self, out: &mut String) {
+        if let StreamState::Bpe { pending, .. } = &mut self.state {
+            drain_utf8(pending, out);
+            if !pending.is_empty() {
+                out.push_str(&String::from_utf8_lossy(pending));
+                pending.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PROSE: &str = "The cat sat on the mat. The dog sat on the log.\n\
+        The cat saw the dog, and the dog saw the cat!\n\
+        Was the cat happy? Yes (very happy); the dog wasn't.\n\
+        He said \"hello\" to the cat: well-known words, 3.14 and 1,000 cats...\n";
+
+    const NON_ASCII: &str = "naïve — 東京\nCafé crème, 東京 and naïve again. Ünïcödé 🎉!\n";
+
+    fn opts(kind: TokenizerKind) -> TokenizerOptions {
+        TokenizerOptions::for_kind(kind)
+    }
+
+    fn train(kind: TokenizerKind, text: &str) -> Tokenizer {
+        Tokenizer::train(kind, text, &opts(kind)).unwrap()
+    }
+
+    #[test]
+    fn char_vocab_is_sorted_unique_chars() {
+        let t = train(TokenizerKind::Char, "banana\n");
+        assert_eq!(t.kind(), TokenizerKind::Char);
+        assert_eq!(t.vocab_size(), 4);
+        assert_eq!(t.encode("abn\n").unwrap(), vec![1, 2, 3, 0]);
+        assert_eq!(t.eos_id(), None);
+    }
+
+    #[test]
+    fn char_round_trip_non_ascii_and_multiline() {
+        let text = format!("{NON_ASCII}{PROSE}");
+        let t = train(TokenizerKind::Char, &text);
+        for s in ["naïve — 東京\n", NON_ASCII, PROSE, "🎉\n\n  東"] {
+            let ids = t.encode(s).unwrap();
+            assert_eq!(ids.len(), s.chars().count());
+            assert_eq!(t.decode(&ids), s);
+        }
+    }
+
+    #[test]
+    fn char_unknown_chars_are_listed_sorted_unique() {
+        let t = train(TokenizerKind::Char, "abc ");
+        match t.encode("a zyz b") {
+            Err(Error::UnknownChars(cs)) => assert_eq!(cs, vec!['y', 'z']),
+            other => panic!("expected UnknownChars, got {other:?}"),
+        }
+        match t.encode_prime("a 東z", UnknownPolicy::Error) {
+            Err(Error::UnknownChars(cs)) => assert_eq!(cs, vec!['z', '東']),
+            other => panic!("expected UnknownChars, got {other:?}"),
+        }
+        let msg = t.encode("xa").unwrap_err().to_string();
+        assert!(msg.contains("'x'"), "{msg}");
+    }
+
+    #[test]
+    fn char_skip_policy_drops_and_reports() {
+        let t = train(TokenizerKind::Char, "abc ");
+        let (ids, unknown) = t.encode_prime("a zyz b", UnknownPolicy::Skip).unwrap();
+        assert_eq!(t.decode(&ids), "a  b");
+        assert_eq!(unknown, vec!["y".to_string(), "z".to_string()]);
+        let (ids, unknown) = t.encode_prime("cab", UnknownPolicy::Error).unwrap();
+        assert_eq!(ids, vec![3, 1, 2]);
+        assert!(unknown.is_empty());
+    }
+
+    #[test]
+    fn char_astral_chars_work() {
+        let t = train(TokenizerKind::Char, "a🎉b😀");
+        let ids = t.encode("😀a🎉").unwrap();
+        assert_eq!(t.decode(&ids), "😀a🎉");
+        assert_eq!(t.vocab_size(), 4);
+    }
+
+    #[test]
+    fn word_round_trip_normalised_text() {
+        let t = train(TokenizerKind::Word, PROSE);
+        let ids = t.encode(PROSE).unwrap();
+        assert!(!ids.contains(&t.token_id(UNK_TOKEN).unwrap()));
+        assert_eq!(t.decode(&ids), PROSE);
+        // Tokens are words and punctuation, not whole phrases.
+        let ids = t.encode("the cat.").unwrap();
+        assert_eq!(ids.len(), 3);
+        assert_eq!(t.token_display(ids[2]), ".");
+        // Non-ASCII and multiple lines.
+        let t = train(TokenizerKind::Word, NON_ASCII);
+        assert_eq!(t.decode(&t.encode(NON_ASCII).unwrap()), NON_ASCII);
+        let s = "naïve — 東京";
+        assert_eq!(t.decode(&t.encode(s).unwrap()), s);
+    }
+
+    #[test]
+    fn word_line_structure_and_spacing_normalised() {
+        let t = train(TokenizerKind::Word, PROSE);
+        let eol = t.token_id(EOL_TOKEN).unwrap();
+        let ids = t.encode("the cat\n\nthe   dog\n").unwrap();
+        assert_eq!(ids.iter().filter(|&&i| i == eol).count(), 3);
+        assert_eq!(t.decode(&ids), "the cat\n\nthe dog\n");
+        assert_eq!(t.token_display(eol), "⏎");
+    }
+
+    #[test]
+    fn word_oov_becomes_unk_and_is_reported() {
+        let t = train(TokenizerKind::Word, PROSE);
+        let unk = t.token_id(UNK_TOKEN).unwrap();
+        let (ids, unknown) = t
+            .encode_prime("the zebra saw the aardvark and the zebra", UnknownPolicy::Error)
+            .unwrap();
+        assert_eq!(ids.iter().filter(|&&i| i == unk).count(), 3);
+        assert_eq!(unknown, vec!["aardvark".to_string(), "zebra".to_string()]);
+        assert_eq!(
+            t.decode(&ids),
+            "the <unk> saw the <unk> and the <unk>"
+        );
+        let corpus_ids = t.encode("the zebra").unwrap();
+        assert_eq!(corpus_ids, vec![t.token_id("the").unwrap(), unk]);
+    }
+
+    #[test]
+    fn word_specials_and_eos() {
+        let t = train(TokenizerKind::Word, PROSE);
+        assert_eq!(t.token_id(UNK_TOKEN), Some(0));
+        assert_eq!(t.eos_id(), Some(1));
+        assert_eq!(t.token_id(EOL_TOKEN), Some(2));
+        // <eos> decodes to nothing; literal "<eos>" in text is not the special token.
+        let the = t.token_id("the").unwrap();
+        assert_eq!(t.decode(&[the, 1, the]), "the the");
+        assert!(!t.encode("the <eos> the").unwrap().contains(&1));
+    }
+
+    #[test]
+    fn word_min_frequency_and_cap() {
+        let text = "a a a a b b b c c d\n";
+        let o = TokenizerOptions {
+            vocab_size: 100,
+            min_frequency: 2,
+        };
+        let t = Tokenizer::train(TokenizerKind::Word, text, &o).unwrap();
+        assert_eq!(t.vocab_size(), 3 + 3); // a b c
+        assert!(t.token_id("d").is_none());
+        let o = TokenizerOptions {
+            vocab_size: 5,
+            min_frequency: 1,
+        };
+        let t = Tokenizer::train(TokenizerKind::Word, text, &o).unwrap();
+        assert_eq!(t.vocab_size(), 5); // specials + the two most frequent
+        assert!(t.token_id("a").is_some() && t.token_id("b").is_some());
+        assert!(t.token_id("c").is_none());
+        let o = TokenizerOptions {
+            vocab_size: 3,
+            min_frequency: 1,
+        };
+        assert!(Tokenizer::train(TokenizerKind::Word, text, &o).is_err());
+        let o = TokenizerOptions {
+            vocab_size: 100,
+            min_frequency: 50,
+        };
+        assert!(Tokenizer::train(TokenizerKind::Word, text, &o).is_err());
+    }
+
+    #[test]
+    fn bpe_round_trip_exact_any_text() {
+        let text = format!("{PROSE}{NON_ASCII}{PROSE}");
+        let t = train(TokenizerKind::Bpe, &text);
+        assert_eq!(t.eos_id(), Some(0));
+        for s in [
+            PROSE,
+            NON_ASCII,
+            "naïve — 東京",
+            "  two  spaces,\ttab\r\n\n\nand unseen: Ω≈ç√ 日本語 \u{1F600}  ",
+            "<eos> literal <unk>",
+            "",
+        ] {
+            let ids = t.encode(s).unwrap();
+            assert!(!ids.contains(&0), "encoding must never produce <eos>");
+            assert_eq!(t.decode(&ids), s);
+            let (pids, unknown) = t.encode_prime(s, UnknownPolicy::Error).unwrap();
+            assert_eq!(pids, ids);
+            assert!(unknown.is_empty());
+        }
+        // Merges were learnt: fewer tokens than bytes.
+        assert!(t.encode(PROSE).unwrap().len() < PROSE.len() / 2);
+    }
+
+    #[test]
+    fn bpe_decode_matches_hf_decoder() {
+        let t = train(TokenizerKind::Bpe, &format!("{PROSE}{NON_ASCII}"));
+        let Inner::Bpe(m) = &*t.inner else {
+            panic!("not bpe")
+        };
+        let ids = t.encode(NON_ASCII).unwrap();
+        assert_eq!(m.hf.decode(&ids, true).unwrap(), t.decode(&ids));
+        let alphabet: HashSet<char> = ByteLevel::alphabet().into_iter().collect();
+        let ours: HashSet<char> = byte_chars().into_iter().collect();
+        assert_eq!(alphabet, ours);
+    }
+
+    #[test]
+    fn bpe_stream_decoder_equals_full_decode() {
+        let t = train(TokenizerKind::Bpe, PROSE);
+        // Non-ASCII text never seen in training: multi-byte chars are split over byte tokens.
+        let s = "naïve — 東京 🎉 çà\n";
+        let ids = t.encode(s).unwrap();
+        let mut dec = t.stream_decoder();
+        let mut streamed = String::new();
+        let mut empty_pushes = 0;
+        for &id in &ids {
+            let piece = dec.push(id);
+            empty_pushes += piece.is_empty() as usize;
+            streamed.push_str(&piece);
+        }
+        streamed.push_str(&dec.finish());
+        assert_eq!(streamed, s);
+        assert_eq!(streamed, t.decode(&ids));
+        assert!(empty_pushes > 0, "mid-UTF-8 tokens should yield nothing");
+        // A truncated sequence is flushed as U+FFFD, like the full decode.
+        let cut = &ids[..ids.len() - 1];
+        let cut_ids: Vec<u32> = t.encode("東").unwrap()[..1].to_vec();
+        let mut dec = t.stream_decoder();
+        let mut out: String = cut_ids.iter().map(|&i| dec.push(i)).collect();
+        out.push_str(&dec.finish());
+        assert_eq!(out, "\u{FFFD}");
+        assert_eq!(t.decode(&cut_ids), "\u{FFFD}");
+        let mut dec = t.stream_decoder();
+        let mut out: String = cut.iter().map(|&i| dec.push(i)).collect();
+        out.push_str(&dec.finish());
+        assert_eq!(out, t.decode(cut));
+    }
+
+    #[test]
+    fn word_and_char_stream_decoder_equal_full_decode() {
+        for kind in [TokenizerKind::Word, TokenizerKind::Char] {
+            let t = train(kind, PROSE);
+            let ids = t.encode(PROSE).unwrap();
+            let mut dec = t.stream_decoder();
+            let mut out: String = ids.iter().map(|&i| dec.push(i)).collect();
+            out.push_str(&dec.finish());
+            assert_eq!(out, t.decode(&ids), "{kind}");
+        }
+    }
+
+    #[test]
+    fn bpe_vocab_cap_respected() {
+        let text = PROSE.repeat(3);
+        for cap in [257, 300, 320] {
+            let o = TokenizerOptions {
+                vocab_size: cap,
+                min_frequency: 1,
+            };
+            let t = Tokenizer::train(TokenizerKind::Bpe, &text, &o).unwrap();
+            assert_eq!(t.vocab_size(), cap);
+            let ids = t.encode(&text).unwrap();
+            assert!(ids.iter().all(|&i| (i as usize) < cap));
+            assert_eq!(t.decode(&ids), text);
+        }
+        let o = TokenizerOptions {
+            vocab_size: 256,
+            min_frequency: 1,
+        };
+        assert!(Tokenizer::train(TokenizerKind::Bpe, &text, &o).is_err());
+    }
+
+    #[test]
+    fn training_is_deterministic() {
+        let text = format!("{PROSE}{NON_ASCII}").repeat(2);
+        for kind in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
+            let a = train(kind, &text).to_json();
+            let b = train(kind, &text).to_json();
+            assert_eq!(a, b, "{kind}");
+        }
+    }
+
+    #[test]
+    fn json_round_trip_all_kinds() {
+        let text = format!("{PROSE}{NON_ASCII}");
+        for kind in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
+            let t = train(kind, &text);
+            let json = t.to_json();
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(v["kind"], kind.name());
+            let u = Tokenizer::from_json(&json).unwrap();
+            assert_eq!(u.kind(), kind);
+            assert_eq!(u.vocab_size(), t.vocab_size());
+            assert_eq!(u.to_json(), json);
+            assert_eq!(u.encode(&text).unwrap(), t.encode(&text).unwrap());
+            assert_eq!(u.decode(&u.encode(&text).unwrap()), t.decode(&t.encode(&text).unwrap()));
+            assert_eq!(u.eos_id(), t.eos_id());
+        }
+    }
+
+    fn expect_tok_err(json: &str) -> String {
+        match Tokenizer::from_json(json) {
+            Err(Error::Tokenizer(msg)) => msg,
+            other => panic!("expected Error::Tokenizer for {json:.80}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn from_json_rejects_damage() {
+        for bad in ["", "garbage", "{}", "[1,2]", r#"{"kind":"morse"}"#, r#"{"kind":"char"}"#] {
+            expect_tok_err(bad);
+        }
+        let msg = expect_tok_err(r#"{"kind":"char","chars":["a","b","a"]}"#);
+        assert!(msg.contains("'a'"), "{msg}");
+        expect_tok_err(r#"{"kind":"char","chars":[]}"#);
+        expect_tok_err(r#"{"kind":"char","chars":["ab"]}"#);
+
+        for kind in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
+            let json = train(kind, PROSE).to_json();
+            for cut in [json.len() / 3, json.len() / 2, json.len() - 1] {
+                expect_tok_err(&json[..cut]);
+            }
+        }
+    }
+
+    #[test]
+    fn from_json_rejects_inconsistent_vocab() {
+        // Word: give "cat" the id of "dog" (duplicate id, so a gap).
+        let t = train(TokenizerKind::Word, PROSE);
+        let mut v: serde_json::Value = serde_json::from_str(&t.to_json()).unwrap();
+        let dog = v["hf"]["model"]["vocab"]["dog"].clone();
+        v["hf"]["model"]["vocab"]["cat"] = dog;
+        let msg = expect_tok_err(&v.to_string());
+        assert!(msg.contains("vocabulary"), "{msg}");
+        // Word: no <eol> token.
+        let renamed = t.to_json().replace(EOL_TOKEN, "<xyz>");
+        let msg = expect_tok_err(&renamed);
+        assert!(msg.contains(EOL_TOKEN), "{msg}");
+
+        // BPE: the token of byte 0x00 gets an id out of range.
+        let t = train(TokenizerKind::Bpe, PROSE);
+        let mut v: serde_json::Value = serde_json::from_str(&t.to_json()).unwrap();
+        let vocab = v["hf"]["model"]["vocab"].as_object_mut().unwrap();
+        assert!(vocab.contains_key("Ā"));
+        vocab.insert("Ā".to_string(), serde_json::json!(100_000));
+        expect_tok_err(&v.to_string());
+        // BPE: prefix space switched on.
+        let mut v: serde_json::Value = serde_json::from_str(&t.to_json()).unwrap();
+        v["hf"]["pre_tokenizer"]["add_prefix_space"] = serde_json::json!(true);
+        expect_tok_err(&v.to_string());
+    }
+
+    #[test]
+    fn token_display_makes_whitespace_visible() {
+        let t = train(TokenizerKind::Char, "a b\n\tc");
+        let show = |c: char| t.token_display(t.token_id(&c.to_string()).unwrap());
+        assert_eq!(show(' '), "␣");
+        assert_eq!(show('\n'), "⏎");
+        assert_eq!(show('\t'), "⇥");
+        assert_eq!(show('a'), "a");
+        assert_eq!(t.token_display(999), "<invalid id 999>");
+
+        let t = train(TokenizerKind::Bpe, "hello world\nhello world\n");
+        assert_eq!(t.token_display(0), EOS_TOKEN);
+        let ids = t.encode(" world").unwrap();
+        let shown: String = ids.iter().map(|&i| t.token_display(i)).collect();
+        assert_eq!(shown, "␣world");
+        // A lone lead byte of a multi-byte char shows as hex.
+        let ids = t.encode("東").unwrap();
+        assert_eq!(t.token_display(ids[0]), "\\xE6");
+    }
+
+    #[test]
+    fn empty_training_text_is_an_error() {
+        for kind in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
+            assert!(matches!(
+                Tokenizer::train(kind, "", &opts(kind)),
+                Err(Error::Tokenizer(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn out_of_range_ids_decode_to_replacement() {
+        for kind in [TokenizerKind::Char, TokenizerKind::Bpe] {
+            let t = train(kind, PROSE);
+            let v = t.vocab_size() as u32;
+            assert_eq!(t.decode(&[v + 7]), "\u{FFFD}", "{kind}");
+        }
+    }
+}

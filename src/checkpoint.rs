@@ -1180,6 +1180,60 @@ mod tests {
         assert!(e.contains("garbage.qck") && e.contains("not a safetensors file"), "{e}");
     }
 
+    fn seeds_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint_load")
+    }
+
+    /// The fuzz seed corpus: valid files and damaged ones (a few refusal paths each).
+    fn fuzz_seeds() -> Vec<(&'static str, Vec<u8>)> {
+        let small = sample().to_bytes().unwrap();
+        let mut flipped = small.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x10;
+        let mut md = quill_md("null");
+        md.insert(KEY_VERSION.to_string(), "2".to_string());
+        let huge = r#"{"__metadata__":{"quill_magic":"quill-checkpoint","quill_format_version":"1"},"w":{"dtype":"F32","shape":[1099511627776,1048576],"data_offsets":[0,4611686018427387904]}}"#;
+        vec![
+            ("valid-small.qck", small.clone()),
+            ("valid-empty.qck", empty_with_meta().to_bytes().unwrap()),
+            ("valid-model.qck", model_like().to_bytes().unwrap()),
+            ("damaged-truncated.qck", small[..small.len() * 2 / 3].to_vec()),
+            ("damaged-bitflip.qck", flipped),
+            ("damaged-version2.qck", encode(&model_like().tensors, md).unwrap()),
+            ("damaged-huge-shape.qck", raw(huge, &[0; 8])),
+        ]
+    }
+
+    /// Regenerate the committed fuzz seeds: `cargo test --lib write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore = "writes files into fuzz/seeds; run by hand after a format change"]
+    fn write_fuzz_seeds() {
+        let dir = seeds_dir();
+        fs::create_dir_all(&dir).unwrap();
+        for (name, bytes) in fuzz_seeds() {
+            fs::write(dir.join(name), bytes).unwrap();
+        }
+    }
+
+    #[test]
+    fn committed_fuzz_seeds_load_as_labelled() {
+        let dir = seeds_dir();
+        let mut seen = 0;
+        for entry in fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let r = CheckpointFile::load(&path);
+            if name.starts_with("valid-") {
+                r.unwrap();
+            } else {
+                assert!(name.starts_with("damaged-"), "{name}");
+                r.unwrap_err();
+            }
+            seen += 1;
+        }
+        assert!(seen >= fuzz_seeds().len(), "only {seen} seeds in {}", dir.display());
+    }
+
     /// Random mutation stress test standing in for fuzzing on stable: seeded, bounded, checks
     /// that `from_bytes` never panics and that anything it accepts is exactly the original.
     #[test]

@@ -1194,13 +1194,13 @@ mod tests {
         md.insert(KEY_VERSION.to_string(), "2".to_string());
         let huge = r#"{"__metadata__":{"quill_magic":"quill-checkpoint","quill_format_version":"1"},"w":{"dtype":"F32","shape":[1099511627776,1048576],"data_offsets":[0,4611686018427387904]}}"#;
         vec![
-            ("valid-small.qck", small.clone()),
-            ("valid-empty.qck", empty_with_meta().to_bytes().unwrap()),
-            ("valid-model.qck", model_like().to_bytes().unwrap()),
-            ("damaged-truncated.qck", small[..small.len() * 2 / 3].to_vec()),
-            ("damaged-bitflip.qck", flipped),
-            ("damaged-version2.qck", encode(&model_like().tensors, md).unwrap()),
-            ("damaged-huge-shape.qck", raw(huge, &[0; 8])),
+            ("valid-small.safetensors", small.clone()),
+            ("valid-empty.safetensors", empty_with_meta().to_bytes().unwrap()),
+            ("valid-model.safetensors", model_like().to_bytes().unwrap()),
+            ("damaged-truncated.safetensors", small[..small.len() * 2 / 3].to_vec()),
+            ("damaged-bitflip.safetensors", flipped),
+            ("damaged-version2.safetensors", encode(&model_like().tensors, md).unwrap()),
+            ("damaged-huge-shape.safetensors", raw(huge, &[0; 8])),
         ]
     }
 

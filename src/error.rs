@@ -37,6 +37,16 @@ pub enum Error {
     #[error("checkpoint {path}: {msg}")]
     Checkpoint { path: PathBuf, msg: String },
 
+    /// An I/O step of saving or loading a checkpoint failed. `action` says which step, e.g.
+    /// "cannot write temporary file /runs/.model.qck.tmp-41-0".
+    #[error("checkpoint {path}: {action}: {source}")]
+    CheckpointIo {
+        path: PathBuf,
+        action: String,
+        #[source]
+        source: std::io::Error,
+    },
+
     /// Shapes that do not fit together (a programming or data error caught at run time).
     #[error("shape mismatch: {0}")]
     Shape(String),

@@ -112,8 +112,8 @@ pub struct Sampler {
     rng: Pcg64Mcg,
     /// Unnormalised probabilities `exp((x - max) / temperature)`, length V.
     probs: Vec<f32>,
-    /// Candidate token ids for top-k/top-p, length V.
-    idx: Vec<u32>,
+    /// Candidates for top-k/top-p as packed [`key`]s (probability and id), length <= V.
+    keys: Vec<u64>,
 }
 
 impl Sampler {
@@ -123,7 +123,7 @@ impl Sampler {
             params,
             rng: Pcg64Mcg::seed_from_u64(seed),
             probs: Vec::new(),
-            idx: Vec::new(),
+            keys: Vec::new(),
         }
     }
 
@@ -239,26 +239,31 @@ impl Sampler {
                 first_reaching(mass.iter().copied(), top_p * total_mass)
             };
             let floor = bucket_floor(last);
-            self.idx.clear();
-            self.idx
-                .extend((0..v as u32).filter(|&i| probs[i as usize] >= floor));
-            let cand = &mut self.idx[..];
+            self.keys.clear();
+            self.keys.extend(
+                probs
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &p)| p >= floor)
+                    .map(|(i, &p)| key(p, i as u32)),
+            );
+            let cand = &mut self.keys[..];
             let keep = if k < v { k.min(cand.len()) } else { cand.len() };
             if keep < cand.len() {
-                cand.select_nth_unstable_by(keep - 1, |&a, &b| by_prob_desc(probs, a, b));
+                cand.select_nth_unstable_by(keep - 1, |a, b| b.cmp(a));
             }
             let cand = &mut cand[..keep];
             let (n, total) = if nucleus {
                 let target = if k < v {
-                    top_p * cand.iter().map(|&i| probs[i as usize] as f64).sum::<f64>()
+                    top_p * key_mass(cand)
                 } else {
                     top_p * total_mass
                 };
-                nucleus_prefix(cand, probs, target)
+                nucleus_prefix(cand, target)
             } else {
-                (keep, cand.iter().map(|&i| probs[i as usize] as f64).sum())
+                (keep, key_mass(cand))
             };
-            let items = cand[..n].iter().map(|&i| (i as usize, probs[i as usize]));
+            let items = cand[..n].iter().map(|&c| (key_id(c) as usize, key_p(c)));
             (walk(r * total, items, amax), total)
         };
         Sampled {
@@ -284,15 +289,19 @@ pub fn top_n(logits: &[f32], temperature: f32, n: usize) -> Vec<(u32, f32)> {
         .map(|&x| exp_shifted(shift(x, m), t))
         .collect();
     let z: f64 = probs.iter().map(|&p| p as f64).sum();
-    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let n = n.min(idx.len());
-    if n < idx.len() {
-        idx.select_nth_unstable_by(n - 1, |&a, &b| by_prob_desc(&probs, a, b));
-        idx.truncate(n);
+    let mut keys: Vec<u64> = probs
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| key(p, i as u32))
+        .collect();
+    let n = n.min(keys.len());
+    if n < keys.len() {
+        keys.select_nth_unstable_by(n - 1, |a, b| b.cmp(a));
+        keys.truncate(n);
     }
-    idx.sort_unstable_by(|&a, &b| by_prob_desc(&probs, a, b));
-    idx.into_iter()
-        .map(|i| (i, (probs[i as usize] as f64 / z) as f32))
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    keys.into_iter()
+        .map(|c| (key_id(c), (key_p(c) as f64 / z) as f32))
         .collect()
 }
 
@@ -360,13 +369,30 @@ fn log_prob_with_max(logits: &[f32], id: usize, m: f32) -> f32 {
     shift(logits[id], m) - z.ln() as f32
 }
 
-/// Order token ids by probability descending, ties by id ascending (a total order, so
-/// selections and sorts give one well-defined answer).
+/// Pack an unnormalised probability p >= 0 (not NaN) and a token id into one `u64` such
+/// that sorting keys in *descending* integer order sorts by probability descending, ties
+/// by lowest id first (a total order, so selections and sorts have one well-defined answer,
+/// with no lookups in the comparator). Non-negative f32 bit patterns order like the values.
 #[inline]
-fn by_prob_desc(probs: &[f32], a: u32, b: u32) -> std::cmp::Ordering {
-    probs[b as usize]
-        .total_cmp(&probs[a as usize])
-        .then(a.cmp(&b))
+fn key(p: f32, id: u32) -> u64 {
+    ((p.to_bits() as u64) << 32) | (u32::MAX - id) as u64
+}
+
+/// The probability packed in a [`key`].
+#[inline]
+fn key_p(k: u64) -> f32 {
+    f32::from_bits((k >> 32) as u32)
+}
+
+/// The token id packed in a [`key`].
+#[inline]
+fn key_id(k: u64) -> u32 {
+    u32::MAX - k as u32
+}
+
+/// Total probability mass of packed candidates.
+fn key_mass(keys: &[u64]) -> f64 {
+    keys.iter().map(|&k| key_p(k) as f64).sum()
 }
 
 /// Effective `(k, nucleus_on)` for V tokens, mapping invalid values to their documented
@@ -438,7 +464,7 @@ fn walk(u: f64, items: impl Iterator<Item = (usize, f32)>, fallback: usize) -> u
     last
 }
 
-/// Nucleus (top-p) search over candidate ids `cand` with unnormalised probabilities `probs`.
+/// Nucleus (top-p) search over packed candidates (see [`key`]).
 ///
 /// Reorders `cand` so that its first n entries are the smallest set of most probable
 /// candidates whose mass is >= `target` (at least one; all of them if their whole mass
@@ -446,17 +472,14 @@ fn walk(u: f64, items: impl Iterator<Item = (usize, f32)>, fallback: usize) -> u
 /// `cand` must hold a prefix of the probability order (e.g. all tokens, or the top k).
 /// Works by repeated halving with `select_nth_unstable_by` (expected O(len)), sorting only
 /// the final short range.
-fn nucleus_prefix(cand: &mut [u32], probs: &[f32], target: f64) -> (usize, f64) {
+fn nucleus_prefix(cand: &mut [u64], target: f64) -> (usize, f64) {
     // Invariant: cand[..lo] are the lo most probable (in some order), with mass acc < target,
     // and the answer n lies in (lo, hi].
     let (mut lo, mut hi, mut acc) = (0usize, cand.len(), 0.0f64);
     while hi - lo > NUCLEUS_SORT_LEN {
         let mid = lo + (hi - lo) / 2;
-        cand[lo..hi].select_nth_unstable_by(mid - lo, |&a, &b| by_prob_desc(probs, a, b));
-        let upper: f64 = cand[lo..mid]
-            .iter()
-            .map(|&i| probs[i as usize] as f64)
-            .sum();
+        cand[lo..hi].select_nth_unstable_by(mid - lo, |a, b| b.cmp(a));
+        let upper = key_mass(&cand[lo..mid]);
         if acc + upper >= target {
             hi = mid;
         } else {
@@ -464,9 +487,9 @@ fn nucleus_prefix(cand: &mut [u32], probs: &[f32], target: f64) -> (usize, f64) 
             lo = mid;
         }
     }
-    cand[lo..hi].sort_unstable_by(|&a, &b| by_prob_desc(probs, a, b));
-    for j in lo..hi {
-        acc += probs[cand[j] as usize] as f64;
+    cand[lo..hi].sort_unstable_by(|a, b| b.cmp(a));
+    for (j, &c) in cand.iter().enumerate().take(hi).skip(lo) {
+        acc += key_p(c) as f64;
         if acc >= target {
             return (j + 1, acc);
         }
@@ -647,11 +670,15 @@ mod tests {
             let l = rand_logits(v, seed, 1.0 + seed as f32 * 0.3);
             let probs: Vec<f32> = l.iter().map(|&x| x.exp()).collect();
             let top_p = [0.01f32, 0.5, 0.9, 0.999][seed as usize % 4];
-            let mut cand: Vec<u32> = (0..v as u32).collect();
+            let mut cand: Vec<u64> = (0..v).map(|i| key(probs[i], i as u32)).collect();
             let total: f64 = probs.iter().map(|&p| p as f64).sum();
-            let (n, mass) = nucleus_prefix(&mut cand, &probs, top_p as f64 * total);
+            let (n, mass) = nucleus_prefix(&mut cand, top_p as f64 * total);
             let mut ids: Vec<u32> = (0..v as u32).collect();
-            ids.sort_by(|&a, &b| by_prob_desc(&probs, a, b));
+            ids.sort_by(|&a, &b| {
+                probs[b as usize]
+                    .total_cmp(&probs[a as usize])
+                    .then(a.cmp(&b))
+            });
             let mut cum = 0.0;
             let mut want = 0;
             while want < v && cum < top_p as f64 * total {
@@ -659,13 +686,40 @@ mod tests {
                 want += 1;
             }
             assert_eq!(n, want, "seed {seed}");
-            let mut got: Vec<u32> = cand[..n].to_vec();
+            let mut got: Vec<u32> = cand[..n].iter().map(|&c| key_id(c)).collect();
             got.sort_unstable();
             let mut exp: Vec<u32> = ids[..want].to_vec();
             exp.sort_unstable();
             assert_eq!(got, exp, "seed {seed}");
             assert!((mass - cum).abs() < 1e-9 * total);
         }
+    }
+
+    #[test]
+    fn key_order_is_prob_desc_then_id_asc() {
+        let items = [
+            (0.5f32, 3u32),
+            (0.5, 1),
+            (1.0, 9),
+            (0.0, 0),
+            (1e-40, 2),
+            (0.25, 7),
+        ];
+        let mut keys: Vec<u64> = items.iter().map(|&(p, i)| key(p, i)).collect();
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        let got: Vec<(f32, u32)> = keys.iter().map(|&k| (key_p(k), key_id(k))).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1.0, 9),
+                (0.5, 1),
+                (0.5, 3),
+                (0.25, 7),
+                (1e-40, 2),
+                (0.0, 0)
+            ]
+        );
+        assert_eq!(key_id(key(0.3, u32::MAX)), u32::MAX);
     }
 
     #[test]
@@ -860,13 +914,13 @@ mod tests {
         let l = rand_logits(4000, 1, 3.0);
         let mut s = Sampler::new(params(0.9, Some(50), 0.9), 1);
         s.sample(&l);
-        let (pp, ip) = (s.probs.as_ptr(), s.idx.as_ptr());
-        let (pc, ic) = (s.probs.capacity(), s.idx.capacity());
+        let (pp, ip) = (s.probs.as_ptr(), s.keys.as_ptr());
+        let (pc, ic) = (s.probs.capacity(), s.keys.capacity());
         for seed in 0..20 {
             s.sample(&rand_logits(4000 - seed * 10, seed as u64, 3.0));
         }
-        assert_eq!((s.probs.as_ptr(), s.idx.as_ptr()), (pp, ip));
-        assert_eq!((s.probs.capacity(), s.idx.capacity()), (pc, ic));
+        assert_eq!((s.probs.as_ptr(), s.keys.as_ptr()), (pp, ip));
+        assert_eq!((s.probs.capacity(), s.keys.capacity()), (pc, ic));
     }
 
     #[test]

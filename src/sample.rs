@@ -1,0 +1,974 @@
+//! Token sampling: one row of logits (length V) in, one sampled token id out.
+//!
+//! The [`Sampler`] is called once per generated token per stream, so it keeps its scratch
+//! buffers between calls and allocates nothing once they have grown to V. Without top-k/top-p
+//! it never sorts; top-k uses a selection (`select_nth_unstable_by`, O(V)) and top-p a
+//! quickselect-style nucleus search (expected O(V)) that only sorts a handful of tokens.
+//!
+//! Logits conventions shared by everything in this module:
+//! * NaN logits are treated as `-inf` (probability 0); nothing here panics on them.
+//! * `+inf` logits share all the probability mass equally; every finite logit gets 0.
+//! * If every logit is `-inf`/NaN there is no distribution: sampling returns id 0 with
+//!   `prob` 1 and `logprob` `-inf`.
+
+use rand::{Rng, SeedableRng};
+use rand_pcg::Pcg64Mcg;
+
+use crate::error::{Error, Result};
+
+/// Ranges of tokens at most this long are sorted outright in the nucleus search.
+const NUCLEUS_SORT_LEN: usize = 32;
+
+/// Sampling parameters.
+///
+/// * `temperature`: divides the logits before the softmax; 0 means greedy (argmax).
+/// * `top_k`: keep only the k most probable tokens (`None`: all; k >= V: all).
+/// * `top_p`: nucleus sampling, keep the smallest set of most probable tokens whose
+///   cumulative probability is >= `top_p` (1.0: off). Applied after top-k, on the
+///   renormalised remainder.
+///
+/// [`SamplingParams::validate`] rejects bad values. The [`Sampler`] itself never panics on
+/// them: a negative or NaN temperature acts as 0, `top_k == Some(0)` acts as 1, `top_p <= 0`
+/// keeps only the most probable token and a NaN `top_p` is off.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct SamplingParams {
+    /// Softmax temperature, >= 0 and finite; 0 means argmax.
+    pub temperature: f32,
+    /// Keep only the k most probable tokens; `None` keeps all. Must not be `Some(0)`.
+    pub top_k: Option<usize>,
+    /// Nucleus threshold in (0, 1]; 1.0 disables top-p.
+    pub top_p: f32,
+}
+
+impl Default for SamplingParams {
+    /// Temperature 0.8, no top-k, no top-p.
+    fn default() -> Self {
+        Self {
+            temperature: 0.8,
+            top_k: None,
+            top_p: 1.0,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding: temperature 0, no filtering.
+    pub fn greedy() -> Self {
+        Self {
+            temperature: 0.0,
+            top_k: None,
+            top_p: 1.0,
+        }
+    }
+
+    /// Check the parameters: temperature must be finite and >= 0, `top_k` must not be
+    /// `Some(0)`, `top_p` must lie in (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        let t = self.temperature;
+        if t.is_nan() || t < 0.0 || t.is_infinite() {
+            return Err(Error::config(
+                "temperature",
+                format!("{t} (must be a finite number >= 0; 0 means greedy)"),
+            ));
+        }
+        if self.top_k == Some(0) {
+            return Err(Error::config(
+                "top-k",
+                "0 (must be >= 1; leave it unset to keep all tokens)",
+            ));
+        }
+        let p = self.top_p;
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(Error::config(
+                "top-p",
+                format!("{p} (must be in (0, 1]; 1 disables nucleus sampling)"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One sampled token.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampled {
+    /// Token id, in `0..V`.
+    pub id: u32,
+    /// Probability under the distribution actually sampled from (after temperature, top-k
+    /// and top-p, renormalised). 1 for greedy decoding.
+    pub prob: f32,
+    /// Natural-log probability under the model's own softmax (temperature 1, unfiltered).
+    pub logprob: f32,
+}
+
+/// Seeded token sampler with reusable scratch buffers (no heap allocation per call once the
+/// buffers have grown to V).
+///
+/// Every call with temperature > 0 draws exactly one `f64` from the generator; greedy calls
+/// (temperature 0) draw nothing. Same seed and same sequence of logits and parameters give
+/// the same ids.
+#[derive(Clone, Debug)]
+pub struct Sampler {
+    params: SamplingParams,
+    rng: Pcg64Mcg,
+    /// Unnormalised probabilities `exp((x - max) / temperature)`, length V.
+    probs: Vec<f32>,
+    /// Candidates for top-k/top-p as packed [`key`]s (probability and id), length <= V.
+    keys: Vec<u64>,
+}
+
+impl Sampler {
+    /// A sampler with the given parameters and RNG seed.
+    pub fn new(params: SamplingParams, seed: u64) -> Self {
+        Self {
+            params,
+            rng: Pcg64Mcg::seed_from_u64(seed),
+            probs: Vec::new(),
+            keys: Vec::new(),
+        }
+    }
+
+    /// The current parameters.
+    pub fn params(&self) -> SamplingParams {
+        self.params
+    }
+
+    /// Replace the parameters; takes effect at the next [`Sampler::sample`] call.
+    pub fn set_params(&mut self, params: SamplingParams) {
+        self.params = params;
+    }
+
+    /// Restart the random stream from `seed` (as if freshly built with it).
+    pub fn reseed(&mut self, seed: u64) {
+        self.rng = Pcg64Mcg::seed_from_u64(seed);
+    }
+
+    /// The generator state as a JSON string, for saving a session and resuming it exactly
+    /// with [`Sampler::restore_rng_state`].
+    pub fn rng_state(&self) -> String {
+        // Serialising two plain integers into a String cannot fail.
+        serde_json::to_string(&self.rng).unwrap_or_default()
+    }
+
+    /// Restore a generator state produced by [`Sampler::rng_state`].
+    pub fn restore_rng_state(&mut self, state: &str) -> Result<()> {
+        self.rng = serde_json::from_str(state)
+            .map_err(|e| Error::config("sampler rng state", e.to_string()))?;
+        Ok(())
+    }
+
+    /// Sample one token id from one row of logits (length V).
+    ///
+    /// Temperature 0 (or negative/NaN) returns the argmax (ties: lowest id) and consumes no
+    /// randomness. Otherwise: softmax(logits / temperature), then top-k, then top-p on the
+    /// renormalised rest, then one uniform draw walked along the cumulative distribution.
+    /// Empty logits give id 0 with `prob` 0 and `logprob` `-inf`; all `-inf`/NaN logits give
+    /// id 0 with `prob` 1 and `logprob` `-inf` (see the module docs).
+    pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        let v = logits.len();
+        if v == 0 {
+            return Sampled {
+                id: 0,
+                prob: 0.0,
+                logprob: f32::NEG_INFINITY,
+            };
+        }
+        let (amax, m) = argmax(logits);
+        let t = self.params.temperature;
+        // Greedy: temperature 0, or an invalid (negative/NaN) one.
+        if !(t > 0.0) {
+            return Sampled {
+                id: amax as u32,
+                prob: 1.0,
+                logprob: log_prob_with_max(logits, amax, m),
+            };
+        }
+        let r: f64 = self.rng.random();
+        if m == f32::NEG_INFINITY {
+            return Sampled {
+                id: 0,
+                prob: 1.0,
+                logprob: f32::NEG_INFINITY,
+            };
+        }
+
+        // One pass: unnormalised tempered probabilities, and the temperature-1 partition sum
+        // for the logprob (shared when the temperature is exactly 1).
+        self.probs.clear();
+        let mut s_t = 0.0f64;
+        let mut s_1 = 0.0f64;
+        if t == 1.0 {
+            self.probs.extend(logits.iter().map(|&x| {
+                let p = exp_shifted(shift(x, m), 1.0);
+                s_t += p as f64;
+                p
+            }));
+            s_1 = s_t;
+        } else {
+            self.probs.extend(logits.iter().map(|&x| {
+                let d = shift(x, m);
+                let p1 = exp_shifted(d, 1.0);
+                let p = exp_shifted(d, t);
+                s_1 += p1 as f64;
+                s_t += p as f64;
+                p
+            }));
+        }
+        let ln_z1 = s_1.ln() as f32;
+
+        let (k, nucleus) = effective_filter(&self.params, v);
+        let probs = &self.probs;
+        let (id, total) = if k == v && !nucleus {
+            // No filtering: walk the whole distribution, no sort, no index buffer.
+            (walk(r * s_t, probs.iter().copied().enumerate(), amax), s_t)
+        } else {
+            // Exact prefilter: tokens in the top exponent buckets form a prefix of the
+            // sorted order, so keep only the fewest buckets that hold k tokens (top-k) or
+            // the nucleus mass (top-p alone); select/sort work then touches only those.
+            let mut counts = [0u32; N_BUCKETS];
+            let mut mass = [0f64; N_BUCKETS];
+            for &p in probs.iter() {
+                let b = bucket(p);
+                counts[b] += 1;
+                mass[b] += p as f64;
+            }
+            let top_p = self.params.top_p as f64;
+            let total_mass: f64 = mass.iter().sum();
+            let last = if k < v {
+                first_reaching(counts.iter().map(|&c| c as f64), k as f64)
+            } else {
+                first_reaching(mass.iter().copied(), top_p * total_mass)
+            };
+            let floor = bucket_floor(last);
+            self.keys.clear();
+            self.keys.extend(
+                probs
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &p)| p >= floor)
+                    .map(|(i, &p)| key(p, i as u32)),
+            );
+            let cand = &mut self.keys[..];
+            let keep = if k < v { k.min(cand.len()) } else { cand.len() };
+            if keep < cand.len() {
+                cand.select_nth_unstable_by(keep - 1, |a, b| b.cmp(a));
+            }
+            let cand = &mut cand[..keep];
+            let (n, total) = if nucleus {
+                let target = if k < v {
+                    top_p * key_mass(cand)
+                } else {
+                    top_p * total_mass
+                };
+                nucleus_prefix(cand, target)
+            } else {
+                (keep, key_mass(cand))
+            };
+            let items = cand[..n].iter().map(|&c| (key_id(c) as usize, key_p(c)));
+            (walk(r * total, items, amax), total)
+        };
+        Sampled {
+            id: id as u32,
+            prob: (probs[id] as f64 / total) as f32,
+            logprob: shift(logits[id], m) - ln_z1,
+        }
+    }
+}
+
+/// The n most probable tokens under softmax(logits / temperature), sorted by probability
+/// descending (ties: lowest id first), as `(id, prob)`. For display: temperature 0 (and any
+/// non-positive or NaN temperature) is treated as 1. Returns fewer than n pairs when V < n,
+/// and nothing when all logits are `-inf`/NaN.
+pub fn top_n(logits: &[f32], temperature: f32, n: usize) -> Vec<(u32, f32)> {
+    let (_, m) = argmax(logits);
+    if logits.is_empty() || n == 0 || m == f32::NEG_INFINITY {
+        return Vec::new();
+    }
+    let t = if temperature > 0.0 { temperature } else { 1.0 };
+    let probs: Vec<f32> = logits
+        .iter()
+        .map(|&x| exp_shifted(shift(x, m), t))
+        .collect();
+    let z: f64 = probs.iter().map(|&p| p as f64).sum();
+    let mut keys: Vec<u64> = probs
+        .iter()
+        .enumerate()
+        .map(|(i, &p)| key(p, i as u32))
+        .collect();
+    let n = n.min(keys.len());
+    if n < keys.len() {
+        keys.select_nth_unstable_by(n - 1, |a, b| b.cmp(a));
+        keys.truncate(n);
+    }
+    keys.sort_unstable_by(|a, b| b.cmp(a));
+    keys.into_iter()
+        .map(|c| (key_id(c), (key_p(c) as f64 / z) as f32))
+        .collect()
+}
+
+/// ln p(id) under softmax(logits), computed stably. NaN logits count as `-inf`. Returns
+/// `-inf` when `id` is out of range or all logits are `-inf`/NaN.
+pub fn log_prob(logits: &[f32], id: u32) -> f32 {
+    if id as usize >= logits.len() {
+        return f32::NEG_INFINITY;
+    }
+    let (_, m) = argmax(logits);
+    log_prob_with_max(logits, id as usize, m)
+}
+
+/// Index of the largest logit (ties: lowest id; NaN counts as `-inf`) and its value.
+/// Returns `(0, -inf)` when there is no finite-or-`+inf` logit.
+fn argmax(logits: &[f32]) -> (usize, f32) {
+    let mut best = 0;
+    let mut m = f32::NEG_INFINITY;
+    for (i, &x) in logits.iter().enumerate() {
+        if x > m {
+            m = x;
+            best = i;
+        }
+    }
+    (best, m)
+}
+
+/// `x - m` for a logit x and the row maximum m, with NaN as `-inf` and the `+inf` maximum
+/// case handled (every `+inf` logit becomes 0, everything else `-inf`).
+#[inline]
+fn shift(x: f32, m: f32) -> f32 {
+    if m == f32::INFINITY {
+        if x == f32::INFINITY {
+            0.0
+        } else {
+            f32::NEG_INFINITY
+        }
+    } else if x.is_nan() {
+        f32::NEG_INFINITY
+    } else {
+        x - m
+    }
+}
+
+/// `exp(d / t)` for a shifted logit d <= 0 and temperature t > 0; exactly 0 for d = `-inf`
+/// (also when t is `+inf`, where `-inf / inf` would be NaN).
+#[inline]
+fn exp_shifted(d: f32, t: f32) -> f32 {
+    if d == f32::NEG_INFINITY {
+        0.0
+    } else {
+        (d / t).exp()
+    }
+}
+
+/// ln softmax(logits)[id] given the row maximum m (from [`argmax`]).
+fn log_prob_with_max(logits: &[f32], id: usize, m: f32) -> f32 {
+    if m == f32::NEG_INFINITY {
+        return f32::NEG_INFINITY;
+    }
+    let z: f64 = logits
+        .iter()
+        .map(|&x| exp_shifted(shift(x, m), 1.0) as f64)
+        .sum();
+    shift(logits[id], m) - z.ln() as f32
+}
+
+/// Pack an unnormalised probability p >= 0 (not NaN) and a token id into one `u64` such
+/// that sorting keys in *descending* integer order sorts by probability descending, ties
+/// by lowest id first (a total order, so selections and sorts have one well-defined answer,
+/// with no lookups in the comparator). Non-negative f32 bit patterns order like the values.
+#[inline]
+fn key(p: f32, id: u32) -> u64 {
+    ((p.to_bits() as u64) << 32) | (u32::MAX - id) as u64
+}
+
+/// The probability packed in a [`key`].
+#[inline]
+fn key_p(k: u64) -> f32 {
+    f32::from_bits((k >> 32) as u32)
+}
+
+/// The token id packed in a [`key`].
+#[inline]
+fn key_id(k: u64) -> u32 {
+    u32::MAX - k as u32
+}
+
+/// Total probability mass of packed candidates.
+fn key_mass(keys: &[u64]) -> f64 {
+    keys.iter().map(|&k| key_p(k) as f64).sum()
+}
+
+/// Effective `(k, nucleus_on)` for V tokens, mapping invalid values to their documented
+/// meaning (top_k 0 acts as 1; top_p <= 0 keeps only the top token; NaN top_p is off).
+fn effective_filter(p: &SamplingParams, v: usize) -> (usize, bool) {
+    let mut k = p.top_k.map_or(v, |k| k.clamp(1, v));
+    let mut nucleus = p.top_p < 1.0;
+    if p.top_p <= 0.0 {
+        k = 1;
+        nucleus = false;
+    }
+    if k == 1 {
+        nucleus = false;
+    }
+    (k, nucleus)
+}
+
+/// Number of exponent buckets for the top-k/top-p prefilter.
+const N_BUCKETS: usize = 64;
+
+/// Exponent bucket of an unnormalised probability p in [0, 1]: bucket b < 63 holds
+/// p in [2^-(b+1), 2^-b) (b = 0 also holds p = 1); bucket 63 holds everything smaller,
+/// zeros included. Monotone: a larger p never lands in a later bucket.
+#[inline]
+fn bucket(p: f32) -> usize {
+    let e = ((p.to_bits() >> 23) & 0xff) as usize;
+    127usize.saturating_sub(e).min(N_BUCKETS - 1)
+}
+
+/// Smallest p with `bucket(p) <= b`: 2^-b, or 0 for the catch-all last bucket.
+#[inline]
+fn bucket_floor(b: usize) -> f32 {
+    if b >= N_BUCKETS - 1 {
+        0.0
+    } else {
+        f32::from_bits(((127 - b) as u32) << 23)
+    }
+}
+
+/// First bucket at which the running sum of `per_bucket` reaches `target` (the last bucket
+/// when it never does, which only rounding can cause).
+fn first_reaching(per_bucket: impl Iterator<Item = f64>, target: f64) -> usize {
+    let mut acc = 0.0;
+    for (b, x) in per_bucket.enumerate() {
+        acc += x;
+        if acc >= target {
+            return b;
+        }
+    }
+    N_BUCKETS - 1
+}
+
+/// Walk `(id, unnormalised prob)` pairs, returning the first id whose cumulative mass
+/// exceeds `u` (u in [0, total)). Rounding can leave u past the last bucket: then the last
+/// id with positive mass is returned (`fallback` if none has any).
+#[inline]
+fn walk(u: f64, items: impl Iterator<Item = (usize, f32)>, fallback: usize) -> usize {
+    let mut acc = 0.0f64;
+    let mut last = fallback;
+    for (i, p) in items {
+        if p > 0.0 {
+            acc += p as f64;
+            last = i;
+            if u < acc {
+                return i;
+            }
+        }
+    }
+    last
+}
+
+/// Nucleus (top-p) search over packed candidates (see [`key`]).
+///
+/// Reorders `cand` so that its first n entries are the smallest set of most probable
+/// candidates whose mass is >= `target` (at least one; all of them if their whole mass
+/// falls short, which only rounding can cause), and returns `(n, mass of those n)`.
+/// `cand` must hold a prefix of the probability order (e.g. all tokens, or the top k).
+/// Works by repeated halving with `select_nth_unstable_by` (expected O(len)), sorting only
+/// the final short range.
+fn nucleus_prefix(cand: &mut [u64], target: f64) -> (usize, f64) {
+    // Invariant: cand[..lo] are the lo most probable (in some order), with mass acc < target,
+    // and the answer n lies in (lo, hi].
+    let (mut lo, mut hi, mut acc) = (0usize, cand.len(), 0.0f64);
+    while hi - lo > NUCLEUS_SORT_LEN {
+        let mid = lo + (hi - lo) / 2;
+        cand[lo..hi].select_nth_unstable_by(mid - lo, |a, b| b.cmp(a));
+        let upper = key_mass(&cand[lo..mid]);
+        if acc + upper >= target {
+            hi = mid;
+        } else {
+            acc += upper;
+            lo = mid;
+        }
+    }
+    cand[lo..hi].sort_unstable_by(|a, b| b.cmp(a));
+    for (j, &c) in cand.iter().enumerate().take(hi).skip(lo) {
+        acc += key_p(c) as f64;
+        if acc >= target {
+            return (j + 1, acc);
+        }
+    }
+    // Only reachable through rounding: keep the whole range.
+    (hi, acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random logits in roughly [-scale, scale].
+    fn rand_logits(v: usize, seed: u64, scale: f32) -> Vec<f32> {
+        let mut rng = Pcg64Mcg::seed_from_u64(seed);
+        (0..v)
+            .map(|_| (rng.random::<f32>() * 2.0 - 1.0) * scale)
+            .collect()
+    }
+
+    fn softmax(logits: &[f32], t: f32) -> Vec<f64> {
+        let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let e: Vec<f64> = logits
+            .iter()
+            .map(|&x| ((x as f64 - m) / t as f64).exp())
+            .collect();
+        let z: f64 = e.iter().sum();
+        e.into_iter().map(|x| x / z).collect()
+    }
+
+    fn params(temperature: f32, top_k: Option<usize>, top_p: f32) -> SamplingParams {
+        SamplingParams {
+            temperature,
+            top_k,
+            top_p,
+        }
+    }
+
+    /// Indices sorted by probability descending, ties by id (reference for filters).
+    fn sorted_ids(logits: &[f32]) -> Vec<usize> {
+        let mut ids: Vec<usize> = (0..logits.len()).collect();
+        ids.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]).then(a.cmp(&b)));
+        ids
+    }
+
+    #[test]
+    fn same_seed_same_ids_different_seed_differs() {
+        let rows: Vec<Vec<f32>> = (0..200).map(|s| rand_logits(65, s, 3.0)).collect();
+        for p in [
+            params(0.8, None, 1.0),
+            params(1.0, Some(10), 1.0),
+            params(1.3, None, 0.9),
+        ] {
+            let run = |seed| {
+                let mut s = Sampler::new(p, seed);
+                rows.iter().map(|r| s.sample(r).id).collect::<Vec<_>>()
+            };
+            assert_eq!(run(7), run(7));
+            assert_ne!(run(7), run(8));
+        }
+        // reseed restarts the stream.
+        let mut s = Sampler::new(params(1.0, None, 1.0), 3);
+        let a: Vec<u32> = rows.iter().map(|r| s.sample(r).id).collect();
+        s.reseed(3);
+        let b: Vec<u32> = rows.iter().map(|r| s.sample(r).id).collect();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn rng_state_roundtrip_resumes_stream() {
+        let rows: Vec<Vec<f32>> = (0..50).map(|s| rand_logits(100, s, 2.0)).collect();
+        let mut s = Sampler::new(SamplingParams::default(), 11);
+        for r in &rows[..10] {
+            s.sample(r);
+        }
+        let state = s.rng_state();
+        let rest: Vec<u32> = rows[10..].iter().map(|r| s.sample(r).id).collect();
+        let mut t = Sampler::new(SamplingParams::default(), 999);
+        t.restore_rng_state(&state).unwrap();
+        let again: Vec<u32> = rows[10..].iter().map(|r| t.sample(r).id).collect();
+        assert_eq!(rest, again);
+        assert!(t.restore_rng_state("not json").is_err());
+    }
+
+    #[test]
+    fn temperature_zero_is_argmax_and_uses_no_randomness() {
+        let mut greedy = Sampler::new(SamplingParams::greedy(), 1);
+        for seed in 0..100 {
+            let l = rand_logits(1 + (seed as usize * 37) % 500, seed, 5.0);
+            let want = sorted_ids(&l)[0];
+            let got = greedy.sample(&l);
+            assert_eq!(got.id as usize, want);
+            assert_eq!(got.prob, 1.0);
+        }
+        // Ties go to the lowest id.
+        assert_eq!(greedy.sample(&[1.0, 3.0, 3.0, 2.0]).id, 1);
+        // No randomness consumed: interleaving greedy calls does not change the stream.
+        let rows: Vec<Vec<f32>> = (0..30).map(|s| rand_logits(50, s, 2.0)).collect();
+        let mut a = Sampler::new(params(1.0, None, 1.0), 5);
+        let ids_a: Vec<u32> = rows.iter().map(|r| a.sample(r).id).collect();
+        let mut b = Sampler::new(params(1.0, None, 1.0), 5);
+        let mut ids_b = Vec::new();
+        for r in &rows {
+            b.set_params(SamplingParams::greedy());
+            b.sample(r);
+            b.set_params(params(1.0, None, 1.0));
+            ids_b.push(b.sample(r).id);
+        }
+        assert_eq!(ids_a, ids_b);
+    }
+
+    #[test]
+    fn top_k_never_outside_k_largest() {
+        let l = rand_logits(300, 42, 1.0); // flat-ish, so many tokens are plausible
+        let k = 7;
+        let allowed: Vec<usize> = sorted_ids(&l)[..k].to_vec();
+        let mut s = Sampler::new(params(1.5, Some(k), 1.0), 9);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..2000 {
+            let x = s.sample(&l);
+            assert!(
+                allowed.contains(&(x.id as usize)),
+                "id {} outside top-k",
+                x.id
+            );
+            seen.insert(x.id);
+        }
+        assert_eq!(
+            seen.len(),
+            k,
+            "all k candidates should appear in 2000 draws"
+        );
+        // k >= V keeps everything: same stream as no top-k.
+        let mut a = Sampler::new(params(1.0, Some(1000), 1.0), 4);
+        let mut b = Sampler::new(params(1.0, None, 1.0), 4);
+        for _ in 0..200 {
+            assert_eq!(a.sample(&l), b.sample(&l));
+        }
+    }
+
+    #[test]
+    fn top_p_never_outside_nucleus() {
+        let l = rand_logits(500, 17, 4.0);
+        for top_p in [0.3f32, 0.75, 0.95] {
+            // Reference nucleus from a full sort.
+            let p = softmax(&l, 1.0);
+            let ids = sorted_ids(&l);
+            let mut cum = 0.0;
+            let mut n = 0;
+            while cum < top_p as f64 {
+                cum += p[ids[n]];
+                n += 1;
+            }
+            let allowed: std::collections::HashSet<u32> =
+                ids[..n].iter().map(|&i| i as u32).collect();
+            let mut s = Sampler::new(params(1.0, None, top_p), 21);
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..2000 {
+                let x = s.sample(&l);
+                assert!(
+                    allowed.contains(&x.id),
+                    "top_p {top_p}: id {} outside",
+                    x.id
+                );
+                // prob is renormalised over the nucleus.
+                let want = p[x.id as usize] / cum;
+                assert!((x.prob as f64 - want).abs() < 1e-4 * want.max(1e-3));
+                seen.insert(x.id);
+            }
+            assert!(seen.len() > n / 2, "nucleus of {n} barely explored");
+        }
+    }
+
+    #[test]
+    fn nucleus_prefix_matches_full_sort() {
+        for seed in 0..40u64 {
+            let v = 1 + (seed as usize * 131) % 3000;
+            let l = rand_logits(v, seed, 1.0 + seed as f32 * 0.3);
+            let probs: Vec<f32> = l.iter().map(|&x| x.exp()).collect();
+            let top_p = [0.01f32, 0.5, 0.9, 0.999][seed as usize % 4];
+            let mut cand: Vec<u64> = (0..v).map(|i| key(probs[i], i as u32)).collect();
+            let total: f64 = probs.iter().map(|&p| p as f64).sum();
+            let (n, mass) = nucleus_prefix(&mut cand, top_p as f64 * total);
+            let mut ids: Vec<u32> = (0..v as u32).collect();
+            ids.sort_by(|&a, &b| {
+                probs[b as usize]
+                    .total_cmp(&probs[a as usize])
+                    .then(a.cmp(&b))
+            });
+            let mut cum = 0.0;
+            let mut want = 0;
+            while want < v && cum < top_p as f64 * total {
+                cum += probs[ids[want] as usize] as f64;
+                want += 1;
+            }
+            assert_eq!(n, want, "seed {seed}");
+            let mut got: Vec<u32> = cand[..n].iter().map(|&c| key_id(c)).collect();
+            got.sort_unstable();
+            let mut exp: Vec<u32> = ids[..want].to_vec();
+            exp.sort_unstable();
+            assert_eq!(got, exp, "seed {seed}");
+            assert!((mass - cum).abs() < 1e-9 * total);
+        }
+    }
+
+    #[test]
+    fn key_order_is_prob_desc_then_id_asc() {
+        let items = [
+            (0.5f32, 3u32),
+            (0.5, 1),
+            (1.0, 9),
+            (0.0, 0),
+            (1e-40, 2),
+            (0.25, 7),
+        ];
+        let mut keys: Vec<u64> = items.iter().map(|&(p, i)| key(p, i)).collect();
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        let got: Vec<(f32, u32)> = keys.iter().map(|&k| (key_p(k), key_id(k))).collect();
+        assert_eq!(
+            got,
+            vec![
+                (1.0, 9),
+                (0.5, 1),
+                (0.5, 3),
+                (0.25, 7),
+                (1e-40, 2),
+                (0.0, 0)
+            ]
+        );
+        assert_eq!(key_id(key(0.3, u32::MAX)), u32::MAX);
+    }
+
+    #[test]
+    fn bucket_floor_agrees_with_bucket() {
+        let mut rng = Pcg64Mcg::seed_from_u64(0);
+        let mut ps: Vec<f32> = (0..2000)
+            .map(|_| (-rng.random::<f32>() * 120.0).exp())
+            .collect();
+        ps.extend([0.0, 1.0, 0.5, 0.25, f32::MIN_POSITIVE, 1e-45]);
+        for &p in &ps {
+            for b in 0..N_BUCKETS {
+                assert_eq!(bucket(p) <= b, p >= bucket_floor(b), "p {p} b {b}");
+            }
+        }
+        // Monotone: a larger p never lands in a later bucket.
+        for w in ps.windows(2) {
+            let (hi, lo) = if w[0] >= w[1] {
+                (w[0], w[1])
+            } else {
+                (w[1], w[0])
+            };
+            assert!(bucket(hi) <= bucket(lo), "{hi} {lo}");
+        }
+    }
+
+    #[test]
+    fn filters_match_reference_on_wide_and_tied_logits() {
+        for seed in 0..24u64 {
+            let v = [65usize, 300, 2000][seed as usize % 3];
+            let scale = [0.5f32, 5.0, 60.0, 400.0][seed as usize % 4];
+            let mut l = rand_logits(v, seed, scale);
+            if seed % 2 == 0 {
+                // Coarse quantisation creates many ties.
+                l.iter_mut().for_each(|x| *x = (*x * 4.0 / scale).round());
+            }
+            let t = [0.7f32, 1.0, 1.6][seed as usize % 3];
+            let (k, top_p) = match seed % 3 {
+                0 => (Some(1 + seed as usize % 17), 1.0),
+                1 => (None, [0.5f32, 0.9, 0.99][seed as usize % 3]),
+                _ => (Some(25), 0.8),
+            };
+            // Reference: full sort (ties by id), top-k, then top-p on the renormalised rest.
+            let p = softmax(&l, t);
+            let mut ids: Vec<usize> = (0..v).collect();
+            ids.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            ids.truncate(k.unwrap_or(v).min(v));
+            let kept: f64 = ids.iter().map(|&i| p[i]).sum();
+            let mut cum = 0.0;
+            let mut n = 0;
+            while n < ids.len() && cum < top_p as f64 * kept {
+                cum += p[ids[n]];
+                n += 1;
+            }
+            let allowed = &ids[..n];
+            let mut s = Sampler::new(params(t, k, top_p), seed);
+            for _ in 0..200 {
+                let x = s.sample(&l);
+                let pos = allowed.iter().position(|&i| i == x.id as usize);
+                assert!(
+                    pos.is_some(),
+                    "seed {seed}: id {} outside {allowed:?}",
+                    x.id
+                );
+                let want = p[x.id as usize] / cum;
+                assert!(
+                    (x.prob as f64 - want).abs() < 1e-4 * want.max(1e-3),
+                    "seed {seed}: prob {} want {want}",
+                    x.prob
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn top_k_then_top_p_combined() {
+        // Probabilities (t=1) proportional to 8,4,2,1,1 (+ tiny rest).
+        let l = [8f32.ln(), 4f32.ln(), 2f32.ln(), 0.0, 0.0, -30.0, -30.0];
+        // top_k 4 -> {0,1,2,3} mass 15; top_p 0.78 -> {0} has 8/15 < 0.78, {0,1} has 0.8.
+        // Top-p before top-k would see mass 16, where {0,1} is only 0.75, and keep id 2 too.
+        let mut s = Sampler::new(params(1.0, Some(4), 0.78), 2);
+        let mut counts = [0usize; 7];
+        for _ in 0..3000 {
+            let x = s.sample(&l);
+            counts[x.id as usize] += 1;
+            let want = [8.0 / 12.0, 4.0 / 12.0][x.id as usize];
+            assert!((x.prob - want).abs() < 1e-5);
+        }
+        assert_eq!(counts[2..], [0; 5]);
+        assert!(counts[0] > counts[1] && counts[1] > 0);
+    }
+
+    #[test]
+    fn empirical_frequencies_match_softmax() {
+        let l = rand_logits(20, 5, 2.0);
+        let p = softmax(&l, 1.0);
+        let draws = 20_000;
+        let mut s = Sampler::new(params(1.0, None, 1.0), 1234);
+        let mut counts = [0usize; 20];
+        for _ in 0..draws {
+            counts[s.sample(&l).id as usize] += 1;
+        }
+        let mut chi2 = 0.0;
+        for i in 0..20 {
+            let e = p[i] * draws as f64;
+            chi2 += (counts[i] as f64 - e).powi(2) / e;
+            assert!((counts[i] as f64 / draws as f64 - p[i]).abs() < 0.012);
+        }
+        // 19 degrees of freedom: P(chi2 > 43.8) = 0.001.
+        assert!(chi2 < 43.8, "chi2 {chi2}");
+    }
+
+    #[test]
+    fn temperature_sharpens_and_flattens() {
+        let l = rand_logits(30, 8, 2.0);
+        let top = sorted_ids(&l)[0] as u32;
+        let freq_top = |t: f32| {
+            let mut s = Sampler::new(params(t, None, 1.0), 77);
+            (0..4000).filter(|_| s.sample(&l).id == top).count() as f64 / 4000.0
+        };
+        let (cold, warm, hot) = (freq_top(0.3), freq_top(1.0), freq_top(3.0));
+        assert!(
+            cold > warm + 0.1 && warm > hot + 0.02,
+            "{cold} {warm} {hot}"
+        );
+        assert!((cold - softmax(&l, 0.3)[top as usize]).abs() < 0.03);
+    }
+
+    #[test]
+    fn prob_and_logprob_against_hand_computation() {
+        // logits ln(1), ln(2), ln(3), ln(4): model probs 0.1, 0.2, 0.3, 0.4.
+        let l = [0.0f32, 2f32.ln(), 3f32.ln(), 4f32.ln()];
+        let mut s = Sampler::new(params(0.5, None, 1.0), 3);
+        // Temperature 0.5 squares the ratios: 1, 4, 9, 16 over 30.
+        for _ in 0..200 {
+            let x = s.sample(&l);
+            let i = x.id as usize;
+            let sq = [1.0f32, 4.0, 9.0, 16.0][i] / 30.0;
+            assert!((x.prob - sq).abs() < 1e-6, "{x:?}");
+            let lp = ((i + 1) as f32 / 10.0).ln();
+            assert!((x.logprob - lp).abs() < 1e-5, "{x:?}");
+        }
+        let g = Sampler::new(SamplingParams::greedy(), 0).sample(&l);
+        assert_eq!((g.id, g.prob), (3, 1.0));
+        assert!((g.logprob - 0.4f32.ln()).abs() < 1e-6);
+        assert!((log_prob(&l, 1) - 0.2f32.ln()).abs() < 1e-6);
+        assert_eq!(log_prob(&l, 4), f32::NEG_INFINITY);
+        // Stable for huge logits.
+        assert!((log_prob(&[1000.0, 1000.0], 0) - 0.5f32.ln()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nan_and_infinite_logits_do_not_panic() {
+        let mut s = Sampler::new(params(1.0, None, 0.9), 0);
+        let l = [f32::NAN, 1.0, f32::NAN, 0.5];
+        for _ in 0..200 {
+            let x = s.sample(&l);
+            assert!(x.id == 1 || x.id == 3);
+            assert!(x.prob.is_finite() && x.logprob.is_finite());
+        }
+        assert_eq!(s.sample(&[f32::NAN, f32::NEG_INFINITY]).id, 0);
+        assert_eq!(
+            s.sample(&[f32::NAN; 3]).logprob,
+            f32::NEG_INFINITY,
+            "no distribution"
+        );
+        assert_eq!(s.sample(&[]).id, 0);
+        let x = s.sample(&[0.0, f32::INFINITY, 3.0]);
+        assert_eq!((x.id, x.prob, x.logprob), (1, 1.0, 0.0));
+        let mut g = Sampler::new(SamplingParams::greedy(), 0);
+        assert_eq!(g.sample(&[f32::NAN, -1.0, f32::NAN]).id, 1);
+        assert_eq!(g.sample(&[f32::NAN, f32::NAN]).id, 0);
+        assert!(top_n(&[f32::NAN; 4], 1.0, 2).is_empty());
+        // Invalid params degrade instead of panicking.
+        for p in [
+            params(f32::NAN, None, 1.0),
+            params(-1.0, None, 1.0),
+            params(f32::INFINITY, Some(0), f32::NAN),
+            params(1.0, None, 0.0),
+        ] {
+            let mut s = Sampler::new(p, 1);
+            for _ in 0..20 {
+                assert!(s.sample(&[0.1, 2.0, 0.3]).id < 3);
+            }
+        }
+        // top_p <= 0 keeps only the top token.
+        let mut s = Sampler::new(params(1.0, None, 0.0), 1);
+        assert!((0..50).all(|_| s.sample(&[0.1, 2.0, 1.9]).id == 1));
+    }
+
+    #[test]
+    fn scratch_buffers_are_reused() {
+        let l = rand_logits(4000, 1, 3.0);
+        let mut s = Sampler::new(params(0.9, Some(50), 0.9), 1);
+        s.sample(&l);
+        let (pp, ip) = (s.probs.as_ptr(), s.keys.as_ptr());
+        let (pc, ic) = (s.probs.capacity(), s.keys.capacity());
+        for seed in 0..20 {
+            s.sample(&rand_logits(4000 - seed * 10, seed as u64, 3.0));
+        }
+        assert_eq!((s.probs.as_ptr(), s.keys.as_ptr()), (pp, ip));
+        assert_eq!((s.probs.capacity(), s.keys.capacity()), (pc, ic));
+    }
+
+    #[test]
+    fn validate_rejects_bad_params() {
+        assert!(SamplingParams::default().validate().is_ok());
+        assert!(SamplingParams::greedy().validate().is_ok());
+        assert!(params(1.0, Some(1), 1e-3).validate().is_ok());
+        for (p, word) in [
+            (params(-0.1, None, 1.0), "temperature"),
+            (params(f32::NAN, None, 1.0), "temperature"),
+            (params(f32::INFINITY, None, 1.0), "temperature"),
+            (params(1.0, Some(0), 1.0), "top-k"),
+            (params(1.0, None, 0.0), "top-p"),
+            (params(1.0, None, 1.01), "top-p"),
+            (params(1.0, None, f32::NAN), "top-p"),
+        ] {
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(word), "{p:?}: {e}");
+        }
+        let d = SamplingParams::default();
+        assert_eq!((d.temperature, d.top_k, d.top_p), (0.8, None, 1.0));
+        let json = serde_json::to_string(&params(0.7, Some(5), 0.9)).unwrap();
+        let back: SamplingParams = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, params(0.7, Some(5), 0.9));
+    }
+
+    #[test]
+    fn top_n_sorted_and_correct() {
+        let l = rand_logits(1000, 3, 4.0);
+        let p = softmax(&l, 2.0);
+        let ids = {
+            let mut ids: Vec<usize> = (0..l.len()).collect();
+            ids.sort_by(|&a, &b| p[b].total_cmp(&p[a]).then(a.cmp(&b)));
+            ids
+        };
+        let top = top_n(&l, 2.0, 10);
+        assert_eq!(top.len(), 10);
+        for (j, &(id, prob)) in top.iter().enumerate() {
+            assert_eq!(id as usize, ids[j]);
+            assert!((prob as f64 - p[ids[j]]).abs() < 1e-6);
+        }
+        assert!(top.windows(2).all(|w| w[0].1 >= w[1].1));
+        // Temperature 0 is shown as temperature 1; n > V gives V; ties by lowest id.
+        let small = [1.0f32, 2.0, 2.0];
+        let t0 = top_n(&small, 0.0, 10);
+        assert_eq!(t0, top_n(&small, 1.0, 10));
+        assert_eq!(t0.iter().map(|x| x.0).collect::<Vec<_>>(), vec![1, 2, 0]);
+        assert!((t0.iter().map(|x| x.1).sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(top_n(&small, 1.0, 0).is_empty());
+    }
+}

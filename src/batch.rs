@@ -24,7 +24,10 @@ impl Batcher {
     /// Geometry for `n` tokens; errors when there is not even one window.
     pub fn new(n: usize, b: usize, t: usize) -> Result<Self> {
         if b == 0 || t == 0 {
-            return Err(Error::config("batch/seq", "batch and seq must be at least 1"));
+            return Err(Error::config(
+                "batch/seq",
+                "batch and seq must be at least 1",
+            ));
         }
         let min = Self::min_tokens(b, t);
         if n < min {

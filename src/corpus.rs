@@ -133,11 +133,20 @@ mod tests {
     #[test]
     fn empty_dir_and_missing_files_are_errors() {
         let f = write(b"");
-        assert!(Corpus::load(f.path(), false).unwrap_err().to_string().contains("empty"));
+        assert!(Corpus::load(f.path(), false)
+            .unwrap_err()
+            .to_string()
+            .contains("empty"));
         let d = tempfile::tempdir().unwrap();
-        assert!(Corpus::load(d.path(), false).unwrap_err().to_string().contains("directory"));
+        assert!(Corpus::load(d.path(), false)
+            .unwrap_err()
+            .to_string()
+            .contains("directory"));
         let missing = d.path().join("nope.txt");
-        assert!(Corpus::load(&missing, false).unwrap_err().to_string().contains("nope.txt"));
+        assert!(Corpus::load(&missing, false)
+            .unwrap_err()
+            .to_string()
+            .contains("nope.txt"));
     }
 
     #[test]

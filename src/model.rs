@@ -259,8 +259,16 @@ impl Params<f32> {
         let mut lstm = Vec::with_capacity(cfg.layers);
         for k in 0..cfg.layers {
             let d = cfg.input_size(k);
-            let wih = arr2(4 * h, d, get(&format!("{prefix}rnn.weight_ih_l{k}"), &[4 * h, d])?)?;
-            let whh = arr2(4 * h, h, get(&format!("{prefix}rnn.weight_hh_l{k}"), &[4 * h, h])?)?;
+            let wih = arr2(
+                4 * h,
+                d,
+                get(&format!("{prefix}rnn.weight_ih_l{k}"), &[4 * h, d])?,
+            )?;
+            let whh = arr2(
+                4 * h,
+                h,
+                get(&format!("{prefix}rnn.weight_hh_l{k}"), &[4 * h, h])?,
+            )?;
             let bih = get(&format!("{prefix}rnn.bias_ih_l{k}"), &[4 * h])?;
             let bhh = get(&format!("{prefix}rnn.bias_hh_l{k}"), &[4 * h])?;
             lstm.push(LstmParams {
@@ -304,7 +312,10 @@ impl<F: Float> LstmState<F> {
 
     /// Sets every element to zero (epoch boundary).
     pub fn reset(&mut self) {
-        self.h.iter_mut().chain(self.c.iter_mut()).for_each(|a| a.fill(F::zero()));
+        self.h
+            .iter_mut()
+            .chain(self.c.iter_mut())
+            .for_each(|a| a.fill(F::zero()));
     }
 
     /// Number of streams B.
@@ -586,7 +597,11 @@ impl Generator {
         let layers = self.model.config.layers;
         for l in 0..layers {
             let (below, here) = self.state.h.split_at_mut(l);
-            let input = if l == 0 { self.x.view() } else { below[l - 1].view() };
+            let input = if l == 0 {
+                self.x.view()
+            } else {
+                below[l - 1].view()
+            };
             ndarray::linalg::general_mat_mul(1.0, &input, &p.lstm[l].wx, 0.0, &mut self.gx);
             self.gx += &p.lstm[l].b;
             lstm_step(&p.lstm[l], &mut self.gx, &mut here[0], &mut self.state.c[l]);

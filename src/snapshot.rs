@@ -148,7 +148,12 @@ fn parse_meta(f: &CheckpointFile, path: &Path) -> Result<(Meta, Tokenizer)> {
     Ok((meta, tokenizer))
 }
 
-fn take_params(f: &mut CheckpointFile, cfg: &ModelConfig, prefix: &str, path: &Path) -> Result<Params<f32>> {
+fn take_params(
+    f: &mut CheckpointFile,
+    cfg: &ModelConfig,
+    prefix: &str,
+    path: &Path,
+) -> Result<Params<f32>> {
     Params::from_named(cfg, prefix, |name, shape| f.take(name, shape, path))
 }
 
@@ -198,7 +203,10 @@ pub fn load_resumable(path: &Path) -> Result<Resumable> {
     }
     Ok(Resumable {
         loaded: LoadedModel {
-            model: Model { config: cfg, params },
+            model: Model {
+                config: cfg,
+                params,
+            },
             tokenizer,
             meta,
             path: path.to_path_buf(),

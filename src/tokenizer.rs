@@ -159,7 +159,8 @@ impl TokenizerOptions {
     }
 }
 
-type WordHf = TokenizerImpl<WordLevel, NormalizerWrapper, Split, PostProcessorWrapper, DecoderWrapper>;
+type WordHf =
+    TokenizerImpl<WordLevel, NormalizerWrapper, Split, PostProcessorWrapper, DecoderWrapper>;
 type BpeHf = TokenizerImpl<BPE, NormalizerWrapper, ByteLevel, PostProcessorWrapper, ByteLevel>;
 
 /// A trained tokenizer of any kind. Cheap to clone.
@@ -364,10 +365,7 @@ impl Tokenizer {
                 if id == m.eol {
                     "⏎".to_string()
                 } else {
-                    m.pieces
-                        .get(id as usize)
-                        .cloned()
-                        .unwrap_or_else(invalid)
+                    m.pieces.get(id as usize).cloned().unwrap_or_else(invalid)
                 }
             }
             Inner::Bpe(m) => {
@@ -446,8 +444,8 @@ impl Tokenizer {
     /// Load a tokenizer from [`Tokenizer::to_json`] output. Garbage, truncated or inconsistent
     /// JSON (duplicate tokens, gaps in ids, missing special tokens) gives [`Error::Tokenizer`].
     pub fn from_json(s: &str) -> Result<Self> {
-        let stored: Stored = serde_json::from_str(s)
-            .map_err(|e| tok_err(format!("invalid tokenizer JSON: {e}")))?;
+        let stored: Stored =
+            serde_json::from_str(s).map_err(|e| tok_err(format!("invalid tokenizer JSON: {e}")))?;
         let inner = match stored {
             Stored::Char { chars } => Inner::Char(CharModel::from_chars(chars)?),
             Stored::Word { hf } => {
@@ -857,7 +855,9 @@ impl BpeModel {
                 .collect::<Option<Vec<u8>>>()
                 .filter(|b| !b.is_empty())
                 .ok_or_else(|| {
-                    tok_err(format!("BPE token {id} ({token:?}) is not a byte-level token"))
+                    tok_err(format!(
+                        "BPE token {id} ({token:?}) is not a byte-level token"
+                    ))
                 })?;
             if let [one] = b[..] {
                 single[one as usize] = true;
@@ -1102,14 +1102,14 @@ mod tests {
         let t = train(TokenizerKind::Word, PROSE);
         let unk = t.token_id(UNK_TOKEN).unwrap();
         let (ids, unknown) = t
-            .encode_prime("the zebra saw the aardvark and the zebra", UnknownPolicy::Error)
+            .encode_prime(
+                "the zebra saw the aardvark and the zebra",
+                UnknownPolicy::Error,
+            )
             .unwrap();
         assert_eq!(ids.iter().filter(|&&i| i == unk).count(), 3);
         assert_eq!(unknown, vec!["aardvark".to_string(), "zebra".to_string()]);
-        assert_eq!(
-            t.decode(&ids),
-            "the <unk> saw the <unk> and the <unk>"
-        );
+        assert_eq!(t.decode(&ids), "the <unk> saw the <unk> and the <unk>");
         let corpus_ids = t.encode("the zebra").unwrap();
         assert_eq!(corpus_ids, vec![t.token_id("the").unwrap(), unk]);
     }
@@ -1281,7 +1281,10 @@ mod tests {
             assert_eq!(u.vocab_size(), t.vocab_size());
             assert_eq!(u.to_json(), json);
             assert_eq!(u.encode(&text).unwrap(), t.encode(&text).unwrap());
-            assert_eq!(u.decode(&u.encode(&text).unwrap()), t.decode(&t.encode(&text).unwrap()));
+            assert_eq!(
+                u.decode(&u.encode(&text).unwrap()),
+                t.decode(&t.encode(&text).unwrap())
+            );
             assert_eq!(u.eos_id(), t.eos_id());
         }
     }
@@ -1295,7 +1298,14 @@ mod tests {
 
     #[test]
     fn from_json_rejects_damage() {
-        for bad in ["", "garbage", "{}", "[1,2]", r#"{"kind":"morse"}"#, r#"{"kind":"char"}"#] {
+        for bad in [
+            "",
+            "garbage",
+            "{}",
+            "[1,2]",
+            r#"{"kind":"morse"}"#,
+            r#"{"kind":"char"}"#,
+        ] {
             expect_tok_err(bad);
         }
         let msg = expect_tok_err(r#"{"kind":"char","chars":["a","b","a"]}"#);

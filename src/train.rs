@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use rand::SeedableRng;
-use rand_pcg::Pcg64;
+use rand_pcg::Pcg32;
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batcher;
@@ -89,13 +89,22 @@ impl TrainConfig {
     /// Checks every value before any work starts.
     pub fn validate(&self) -> Result<()> {
         if self.batch == 0 || self.batch > 1 << 16 {
-            return Err(Error::config("batch", format!("{} is outside 1..=65536", self.batch)));
+            return Err(Error::config(
+                "batch",
+                format!("{} is outside 1..=65536", self.batch),
+            ));
         }
         if self.seq == 0 || self.seq > 1 << 16 {
-            return Err(Error::config("seq", format!("{} is outside 1..=65536", self.seq)));
+            return Err(Error::config(
+                "seq",
+                format!("{} is outside 1..=65536", self.seq),
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(Error::config("lr", format!("{} must be a positive number", self.lr)));
+            return Err(Error::config(
+                "lr",
+                format!("{} must be a positive number", self.lr),
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
             return Err(Error::config("min-lr-ratio", "must be in [0, 1]"));
@@ -107,7 +116,10 @@ impl TrainConfig {
             return Err(Error::config("clip", "must be >= 0 (0 disables clipping)"));
         }
         if !(0.0..0.9).contains(&self.val_fraction) {
-            return Err(Error::config("val-fraction", format!("{} is outside [0, 0.9)", self.val_fraction)));
+            return Err(Error::config(
+                "val-fraction",
+                format!("{} is outside [0, 0.9)", self.val_fraction),
+            ));
         }
         if self.max_steps == Some(0) {
             return Err(Error::config("max-steps", "must be at least 1"));
@@ -123,7 +135,10 @@ impl TrainConfig {
             }
         }
         if self.name.is_empty() || self.name.contains(['/', '\\']) {
-            return Err(Error::config("name", "must be a non-empty file name without slashes"));
+            return Err(Error::config(
+                "name",
+                "must be a non-empty file name without slashes",
+            ));
         }
         Ok(())
     }
@@ -179,7 +194,7 @@ pub struct Progress {
     /// Multiplier on the scheduled learning rate (lowered after a non-finite loss).
     pub lr_scale: f32,
     /// Dropout RNG.
-    pub rng: Pcg64,
+    pub rng: Pcg32,
     /// Sum and count of training losses since the last history point.
     pub loss_acc: (f64, u64),
 }
@@ -195,7 +210,7 @@ impl Progress {
             best_val: None,
             history: Vec::new(),
             lr_scale: 1.0,
-            rng: Pcg64::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
+            rng: Pcg32::seed_from_u64(seed ^ 0x9e37_79b9_7f4a_7c15),
             loss_acc: (0.0, 0),
         }
     }
@@ -369,7 +384,7 @@ impl Trainer {
         model_config.vocab = tokenizer.vocab_size();
         model_config.validate()?;
         let (train_tokens, val_tokens) = encode_split(corpus, &tokenizer, config.val_fraction)?;
-        let mut rng = Pcg64::seed_from_u64(config.seed);
+        let mut rng = Pcg32::seed_from_u64(config.seed);
         let model = Model::new(model_config, &mut rng)?;
         let adam = Adam::new(
             AdamConfig {
@@ -379,7 +394,17 @@ impl Trainer {
             &model.config,
         );
         let progress = Progress::new(config.seed);
-        Self::assemble(corpus, tokenizer, model, adam, None, progress, config, train_tokens, val_tokens)
+        Self::assemble(
+            corpus,
+            tokenizer,
+            model,
+            adam,
+            None,
+            progress,
+            config,
+            train_tokens,
+            val_tokens,
+        )
     }
 
     /// Continues from a full checkpoint. The corpus must be the one it was trained on (same
@@ -405,7 +430,11 @@ impl Trainer {
         for (name, a, b) in [
             ("batch", old.batch as f64, config.batch as f64),
             ("seq", old.seq as f64, config.seq as f64),
-            ("val-fraction", old.val_fraction as f64, config.val_fraction as f64),
+            (
+                "val-fraction",
+                old.val_fraction as f64,
+                config.val_fraction as f64,
+            ),
             ("seed", old.seed as f64, config.seed as f64),
         ] {
             if a != b {
@@ -511,7 +540,8 @@ impl Trainer {
     /// a non-finite loss or gradient skips the update (see [`Trainer::run`]).
     pub fn train_step(&mut self) -> (f64, f64, f32) {
         let p = &mut self.progress;
-        self.batcher.fill(&self.train_tokens, p.window, &mut self.x, &mut self.y);
+        self.batcher
+            .fill(&self.train_tokens, p.window, &mut self.x, &mut self.y);
         self.grads.zero();
         let loss = self.model.forward_backward(
             &mut self.ws,
@@ -586,7 +616,10 @@ impl Trainer {
         writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
     }
 
-    fn eval_and_record(&mut self, on_event: &mut dyn FnMut(&Event) -> Control) -> Result<Option<f64>> {
+    fn eval_and_record(
+        &mut self,
+        on_event: &mut dyn FnMut(&Event) -> Control,
+    ) -> Result<Option<f64>> {
         let val = self.validate();
         let (sum, cnt) = self.progress.loss_acc;
         let train_loss = if cnt > 0 { sum / cnt as f64 } else { f64::NAN };
@@ -764,7 +797,11 @@ fn finite_or_null(v: f64) -> serde_json::Value {
 }
 
 /// Encodes the training and validation splits of a corpus.
-fn encode_split(corpus: &Corpus, tok: &Tokenizer, val_fraction: f32) -> Result<(Vec<u32>, Vec<u32>)> {
+fn encode_split(
+    corpus: &Corpus,
+    tok: &Tokenizer,
+    val_fraction: f32,
+) -> Result<(Vec<u32>, Vec<u32>)> {
     let (train, val) = corpus.split(val_fraction);
     let wrap = |e: Error| Error::Corpus {
         path: corpus.path.clone(),

@@ -31,27 +31,57 @@ fn train_sample_eval_info_export() {
     tiny_corpus(d);
     let o = quill(
         &[
-            "train", "--corpus", "tiny.txt", "--hidden", "32", "--embed", "8", "--batch", "4",
-            "--seq", "16", "--max-steps", "30", "--eval-every", "10", "--quiet",
+            "train",
+            "--corpus",
+            "tiny.txt",
+            "--hidden",
+            "32",
+            "--embed",
+            "8",
+            "--batch",
+            "4",
+            "--seq",
+            "16",
+            "--max-steps",
+            "30",
+            "--eval-every",
+            "10",
+            "--quiet",
         ],
         d,
     );
     assert!(o.status.success(), "train failed: {}", text(&o.stderr));
     let err = text(&o.stderr);
     assert!(err.contains("val loss"), "{err}");
-    for f in ["tiny-latest.safetensors", "tiny-best.safetensors", "tiny-metrics.jsonl"] {
+    for f in [
+        "tiny-latest.safetensors",
+        "tiny-best.safetensors",
+        "tiny-metrics.jsonl",
+    ] {
         assert!(d.join("checkpoints").join(f).is_file(), "missing {f}");
     }
     let metrics = std::fs::read_to_string(d.join("checkpoints/tiny-metrics.jsonl")).unwrap();
-    assert!(metrics.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
+    assert!(metrics
+        .lines()
+        .all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()));
 
     // sample: default checkpoint discovery, prime echoed, deterministic per seed
-    let s1 = quill(&["sample", "--prime", "ROMEO:", "--length", "40", "--seed", "3"], d);
+    let s1 = quill(
+        &[
+            "sample", "--prime", "ROMEO:", "--length", "40", "--seed", "3",
+        ],
+        d,
+    );
     assert!(s1.status.success(), "{}", text(&s1.stderr));
     let out1 = text(&s1.stdout);
     assert!(out1.starts_with("ROMEO:"), "{out1}");
     assert!(out1.chars().count() >= 40);
-    let s2 = quill(&["sample", "--prime", "ROMEO:", "--length", "40", "--seed", "3"], d);
+    let s2 = quill(
+        &[
+            "sample", "--prime", "ROMEO:", "--length", "40", "--seed", "3",
+        ],
+        d,
+    );
     assert_eq!(out1, text(&s2.stdout), "same seed, same text");
 
     // unknown prime characters: an error listing them, or skipped on request
@@ -59,7 +89,18 @@ fn train_sample_eval_info_export() {
     assert!(!bad.status.success());
     let msg = text(&bad.stderr);
     assert!(msg.contains("'§'") && msg.contains("'Z'"), "{msg}");
-    let skip = quill(&["sample", "--prime", "Zq§", "--length", "5", "--unknown", "skip"], d);
+    let skip = quill(
+        &[
+            "sample",
+            "--prime",
+            "Zq§",
+            "--length",
+            "5",
+            "--unknown",
+            "skip",
+        ],
+        d,
+    );
     assert!(skip.status.success(), "{}", text(&skip.stderr));
 
     // eval prints loss, perplexity and bits per character
@@ -73,16 +114,39 @@ fn train_sample_eval_info_export() {
     let i = quill(&["info", "checkpoints/tiny-best.safetensors"], d);
     assert!(i.status.success());
     let info = text(&i.stdout);
-    assert!(info.contains("parameters") && info.contains("vocabulary"), "{info}");
+    assert!(
+        info.contains("parameters") && info.contains("vocabulary"),
+        "{info}"
+    );
 
-    let x = quill(&["export", "checkpoints/tiny-latest.safetensors", "small.safetensors"], d);
+    let x = quill(
+        &[
+            "export",
+            "checkpoints/tiny-latest.safetensors",
+            "small.safetensors",
+        ],
+        d,
+    );
     assert!(x.status.success(), "{}", text(&x.stderr));
-    let full = std::fs::metadata(d.join("checkpoints/tiny-latest.safetensors")).unwrap().len();
-    let small = std::fs::metadata(d.join("small.safetensors")).unwrap().len();
+    let full = std::fs::metadata(d.join("checkpoints/tiny-latest.safetensors"))
+        .unwrap()
+        .len();
+    let small = std::fs::metadata(d.join("small.safetensors"))
+        .unwrap()
+        .len();
     assert!(small * 2 < full, "weights-only {small} vs full {full}");
     let s3 = quill(&["sample", "-c", "small.safetensors", "--length", "10"], d);
     assert!(s3.status.success());
-    let r = quill(&["train", "--corpus", "tiny.txt", "--resume", "small.safetensors"], d);
+    let r = quill(
+        &[
+            "train",
+            "--corpus",
+            "tiny.txt",
+            "--resume",
+            "small.safetensors",
+        ],
+        d,
+    );
     assert!(!r.status.success());
     assert!(text(&r.stderr).contains("weights only"));
 }
@@ -93,10 +157,24 @@ fn bad_input_gives_clear_errors() {
     let d = dir.path();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["train", "--corpus", "missing.txt"], "missing.txt"),
-        (vec!["train", "--corpus", "tiny.txt", "--dropout", "1.5"], "dropout"),
-        (vec!["train", "--corpus", "tiny.txt", "--hidden", "0"], "hidden"),
-        (vec!["train", "--corpus", "tiny.txt", "--batch", "5000", "--seq", "500"], "need at least"),
-        (vec!["sample", "-c", "tiny.txt", "--temperature", "-1"], "temperature"),
+        (
+            vec!["train", "--corpus", "tiny.txt", "--dropout", "1.5"],
+            "dropout",
+        ),
+        (
+            vec!["train", "--corpus", "tiny.txt", "--hidden", "0"],
+            "hidden",
+        ),
+        (
+            vec![
+                "train", "--corpus", "tiny.txt", "--batch", "5000", "--seq", "500",
+            ],
+            "need at least",
+        ),
+        (
+            vec!["sample", "-c", "tiny.txt", "--temperature", "-1"],
+            "temperature",
+        ),
         (vec!["sample", "-c", "nope.safetensors"], "nope.safetensors"),
         (vec!["sample", "-c", "tiny.txt"], "tiny.txt"),
     ];

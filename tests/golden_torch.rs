@@ -26,7 +26,11 @@ const H: usize = 5;
 const L: usize = 2;
 
 fn load() -> HashMap<String, (Vec<usize>, Vec<f32>)> {
-    let bytes = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/torch_golden.safetensors")).unwrap();
+    let bytes = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/torch_golden.safetensors"
+    ))
+    .unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()

@@ -51,7 +51,12 @@ fn loss_of(model: &Model<f64>, x: &[u32], y: &[u32], state: &LstmState<f64>) -> 
     model.eval_window(&mut ws, x, y, &mut s) / x.len() as f64
 }
 
-fn analytic(model: &Model<f64>, x: &[u32], y: &[u32], state: &LstmState<f64>) -> (f64, Params<f64>) {
+fn analytic(
+    model: &Model<f64>,
+    x: &[u32],
+    y: &[u32],
+    state: &LstmState<f64>,
+) -> (f64, Params<f64>) {
     let mut ws = Workspace::default();
     let mut grads = Params::zeros(&model.config);
     let mut s = state.clone();
@@ -75,7 +80,8 @@ fn check(tie: bool) {
                 m.params.slices_mut()[ti][k] += delta;
                 loss_of(&m, &x, &y, &state)
             };
-            let num = (8.0 * (at(eps) - at(-eps)) - (at(2.0 * eps) - at(-2.0 * eps))) / (12.0 * eps);
+            let num =
+                (8.0 * (at(eps) - at(-eps)) - (at(2.0 * eps) - at(-2.0 * eps))) / (12.0 * eps);
             let ana = grads.slices()[ti][k];
             let rel = (ana - num).abs() / (ana.abs() + num.abs()).max(1e-8);
             assert!(
@@ -107,7 +113,10 @@ fn gradients_are_nonzero_where_expected() {
     let (model, x, y, state) = setup(false, 5);
     let (_, grads) = analytic(&model, &x, &y, &state);
     for (i, s) in grads.slices().iter().enumerate() {
-        assert!(s.iter().any(|v| v.abs() > 1e-6), "tensor {i} has an all-zero gradient");
+        assert!(
+            s.iter().any(|v| v.abs() > 1e-6),
+            "tensor {i} has an all-zero gradient"
+        );
     }
 }
 

@@ -111,12 +111,18 @@ fn resume_is_bit_for_bit_identical() {
     let y = snapshot::load_resumable(&resumed).unwrap();
     assert_eq!(x.loaded.meta.progress.step, 30);
     assert_eq!(y.loaded.meta.progress.step, 30);
-    assert_eq!(x.loaded.model.params, y.loaded.model.params, "weights differ");
+    assert_eq!(
+        x.loaded.model.params, y.loaded.model.params,
+        "weights differ"
+    );
     assert_eq!(x.adam.m, y.adam.m);
     assert_eq!(x.adam.v, y.adam.v);
     assert_eq!(x.state, y.state);
     assert_eq!(x.loaded.meta.progress.rng, y.loaded.meta.progress.rng);
-    assert_eq!(x.loaded.meta.progress.best_val, y.loaded.meta.progress.best_val);
+    assert_eq!(
+        x.loaded.meta.progress.best_val,
+        y.loaded.meta.progress.best_val
+    );
 }
 
 #[test]

@@ -11,6 +11,7 @@ use quill::train::evaluate_tokens;
 use super::common::load_model;
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct EvalArgs {
     /// Checkpoint to evaluate [default: as for `sample`].
     #[arg(long, short)]
@@ -43,7 +44,10 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         .encode(&corpus.text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
     if tokens.len() < 2 {
-        anyhow::bail!("{}: too short to evaluate (fewer than 2 tokens)", a.file.display());
+        anyhow::bail!(
+            "{}: too short to evaluate (fewer than 2 tokens)",
+            a.file.display()
+        );
     }
     let mut ws = Workspace::default();
     let (nats, n) = evaluate_tokens(&lm.model, &mut ws, &tokens, a.batch, a.seq);

@@ -24,7 +24,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
         let mut v = serde_json::to_value(m)?;
         if let Some(o) = v.as_object_mut() {
             o.remove("tokenizer");
-            o.insert("tokenizer_kind".into(), serde_json::to_value(lm.tokenizer.kind())?);
+            o.insert(
+                "tokenizer_kind".into(),
+                serde_json::to_value(lm.tokenizer.kind())?,
+            );
             o.insert("vocab_size".into(), lm.tokenizer.vocab_size().into());
             o.insert("params".into(), m.model.num_params().into());
         }
@@ -95,6 +98,10 @@ pub fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
     meta.kind = CheckpointKind::Weights;
     snapshot::save(&a.output, &lm.model, &meta, None)?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
-    eprintln!("wrote {} ({:.1} MB, weights only)", a.output.display(), size as f64 / 1e6);
+    eprintln!(
+        "wrote {} ({:.1} MB, weights only)",
+        a.output.display(),
+        size as f64 / 1e6
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -13,6 +13,7 @@ use quill::tokenizer::UnknownPolicy;
 use super::common::load_model;
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct SampleArgs {
     /// Checkpoint to sample from [default: the newest *-best in checkpoints/, else the newest checkpoint there].
     #[arg(long, short)]

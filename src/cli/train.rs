@@ -24,6 +24,7 @@ pub const DEFAULT_CORPUS: &str = "corpora/shakespeare.txt";
 const DEFAULT_MINUTES: f64 = 8.0;
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TrainArgs {
     /// Text file to train on.
     #[arg(long, default_value = DEFAULT_CORPUS)]
@@ -119,7 +120,8 @@ pub struct TrainArgs {
 
 impl TrainArgs {
     fn train_config(&self) -> TrainConfig {
-        let no_limit = self.max_steps.is_none() && self.epochs.is_none() && self.max_minutes.is_none();
+        let no_limit =
+            self.max_steps.is_none() && self.epochs.is_none() && self.max_minutes.is_none();
         TrainConfig {
             batch: self.batch,
             seq: self.seq,
@@ -135,7 +137,11 @@ impl TrainArgs {
             save_every: self.save_every,
             max_steps: self.max_steps,
             epochs: self.epochs,
-            max_minutes: if no_limit { Some(DEFAULT_MINUTES) } else { self.max_minutes },
+            max_minutes: if no_limit {
+                Some(DEFAULT_MINUTES)
+            } else {
+                self.max_minutes
+            },
             name: self.name.clone().unwrap_or_else(|| {
                 self.corpus
                     .file_stem()
@@ -268,7 +274,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
                     s.tokens_per_s
                 ));
             }
-            Event::Eval { step, val_loss, best } => {
+            Event::Eval {
+                step,
+                val_loss,
+                best,
+            } => {
                 last_val = Some(*val_loss);
                 let line = format!(
                     "step {step}: val loss {val_loss:.4} nats/token{}",
@@ -302,9 +312,15 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     );
     eprintln!("latest checkpoint: {}", summary.latest.display());
     if summary.best_val.is_some() {
-        eprintln!("best checkpoint:   {}", trainer.config.checkpoint_path("best").display());
+        eprintln!(
+            "best checkpoint:   {}",
+            trainer.config.checkpoint_path("best").display()
+        );
     }
-    eprintln!("metrics log:       {}", trainer.config.metrics_path().display());
+    eprintln!(
+        "metrics log:       {}",
+        trainer.config.metrics_path().display()
+    );
     Ok(if interrupts.load(Ordering::SeqCst) > 0 {
         ExitCode::from(130)
     } else {

@@ -15,8 +15,17 @@ pub fn dropout_forward<F: Float>(
     mut out: ArrayViewMut2<'_, F>,
 ) {
     let keep = F::c(1.0 / (1.0 - p as f64));
-    mask.mapv_inplace(|_| if rng.random::<f32>() < p { F::zero() } else { keep });
-    Zip::from(&mut out).and(&x).and(&*mask).for_each(|o, &xv, &m| *o = xv * m);
+    mask.mapv_inplace(|_| {
+        if rng.random::<f32>() < p {
+            F::zero()
+        } else {
+            keep
+        }
+    });
+    Zip::from(&mut out)
+        .and(&x)
+        .and(&*mask)
+        .for_each(|o, &xv, &m| *o = xv * m);
 }
 
 /// `d *= mask` in place (the gradient through the same mask).

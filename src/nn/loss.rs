@@ -7,7 +7,11 @@ use super::Float;
 /// Mean negative log-likelihood of `targets` under softmax(`logits`), `logits` (N, V),
 /// `targets` (N). With `grad`, overwrites `logits` with dL/dlogits = (softmax − onehot) / N.
 /// Returns the *sum* of the per-row losses (callers divide; evaluation sums over windows).
-pub fn softmax_xent<F: Float>(mut logits: ArrayViewMut2<'_, F>, targets: &[u32], grad: bool) -> f64 {
+pub fn softmax_xent<F: Float>(
+    mut logits: ArrayViewMut2<'_, F>,
+    targets: &[u32],
+    grad: bool,
+) -> f64 {
     let n = logits.nrows();
     debug_assert_eq!(n, targets.len());
     let scale = F::one() / F::c(n as f64);

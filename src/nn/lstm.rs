@@ -291,7 +291,12 @@ fn cell_backward<F: Float>(
 
 /// One step for generation (no caching): updates `h` and `c` (B, H) in place given the input
 /// projection `gx = x · wx + b` (B, 4H), which is overwritten as workspace.
-pub fn lstm_step<F: Float>(p: &LstmParams<F>, gx: &mut Array2<F>, h: &mut Array2<F>, c: &mut Array2<F>) {
+pub fn lstm_step<F: Float>(
+    p: &LstmParams<F>,
+    gx: &mut Array2<F>,
+    h: &mut Array2<F>,
+    c: &mut Array2<F>,
+) {
     let (b, hs) = (h.nrows(), h.ncols());
     general_mat_mul(F::one(), &*h, &p.wh, F::one(), gx);
     let g = gx.as_slice_mut().expect("standard layout");
@@ -356,14 +361,19 @@ mod tests {
                     hn[[r, j]] = o * cn[[r, j]].tanh();
                 }
             }
-            let got = cache.output().slice(s![step * b..(step + 1) * b, ..]).to_owned();
+            let got = cache
+                .output()
+                .slice(s![step * b..(step + 1) * b, ..])
+                .to_owned();
             for (a, e) in got.iter().zip(hn.iter()) {
                 assert!((a - e).abs() < 1e-12, "step {step}: {a} vs {e}");
             }
             hp = hn;
             cp = cn;
         }
-        assert!((&cache.last_c().to_owned() - &cp).iter().all(|v| v.abs() < 1e-12));
+        assert!((&cache.last_c().to_owned() - &cp)
+            .iter()
+            .all(|v| v.abs() < 1e-12));
     }
 
     #[test]

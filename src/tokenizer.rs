@@ -62,7 +62,8 @@ use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::processors::PostProcessorWrapper;
-use tokenizers::{AddedToken, Model, SplitDelimiterBehavior, TokenizerImpl};
+use tokenizers::utils::SysRegex;
+use tokenizers::{AddedToken, Model, SplitDelimiterBehavior, TokenizerImpl, Trainer};
 
 use crate::error::{Error, Result};
 
@@ -196,6 +197,7 @@ struct WordModel {
 
 struct BpeModel {
     hf: BpeHf,
+    splitter: ByteLevelSplitter,
     /// Bytes of each token by id (empty for `<eos>`).
     bytes: Arc<[Vec<u8>]>,
     eos: u32,
@@ -622,12 +624,7 @@ impl WordModel {
                 ),
             ));
         }
-        let model = WordLevel::builder()
-            .unk_token(UNK_TOKEN.to_string())
-            .build()
-            .map_err(hf_err("word model"))?;
-        let mut hf = WordHf::new(model);
-        hf.with_pre_tokenizer(Some(Self::pre_tokenizer()?));
+        let split = Self::pre_tokenizer()?;
         let mut trainer = WordLevelTrainer::builder()
             .vocab_size(opts.vocab_size)
             .min_frequency(opts.min_frequency)
@@ -640,22 +637,49 @@ impl WordModel {
             )
             .build()
             .map_err(|e| tok_err(format!("word trainer: {e}")))?;
-        hf.train(&mut trainer, text.lines())
+        // Same as `TokenizerImpl::train` with this pre-tokenizer (tested), without the cost of
+        // `NormalizedString` alignment bookkeeping.
+        let regex = &split.regex;
+        trainer
+            .feed(text.lines(), |line| {
+                Ok(regex
+                    .find_iter(line)
+                    .map(|(a, b)| line[a..b].to_string())
+                    .collect())
+            })
             .map_err(hf_err("word tokenizer training failed"))?;
-        if hf.get_model().get_vocab_size() <= 3 {
+        let mut model = WordLevel::builder()
+            .unk_token(UNK_TOKEN.to_string())
+            .build()
+            .map_err(hf_err("word model"))?;
+        let specials = trainer
+            .train(&mut model)
+            .map_err(hf_err("word tokenizer training failed"))?;
+        if model.get_vocab_size() <= 3 {
             return Err(tok_err(format!(
                 "no word occurs at least {} time(s) in the training text",
                 opts.min_frequency
             )));
         }
+        let mut hf = WordHf::new(model);
+        hf.with_pre_tokenizer(Some(split));
+        hf.add_special_tokens(&specials);
         Self::from_hf(hf)
     }
 
     fn from_hf(mut hf: WordHf) -> Result<Self> {
         // Special tokens are control tokens only: literal "<eos>" in text is ordinary text.
         hf.set_encode_special_tokens(true);
-        if hf.get_pre_tokenizer().is_none() {
-            return Err(tok_err("word tokenizer has no pre-tokenizer"));
+        match hf.get_pre_tokenizer() {
+            Some(pt)
+                if pt.invert
+                    && pt.behavior == SplitDelimiterBehavior::Removed
+                    && matches!(pt.pattern, SplitPattern::Regex(_)) => {}
+            _ => {
+                return Err(tok_err(
+                    "word tokenizer must use an inverted, removing regex split pre-tokenizer",
+                ))
+            }
         }
         if hf.get_normalizer().is_some() || hf.get_post_processor().is_some() {
             return Err(tok_err(
@@ -688,25 +712,28 @@ impl WordModel {
 
     /// Encode line by line, `<eol>` after each newline. When `unknown` is given, the words that
     /// became `<unk>` are collected into it.
+    ///
+    /// Gives the same ids as `TokenizerImpl::encode` of each line (tested) but looks words up
+    /// directly, which is several times faster.
     fn encode(&self, text: &str, mut unknown: Option<&mut BTreeSet<String>>) -> Result<Vec<u32>> {
+        let Some(split) = self.hf.get_pre_tokenizer() else {
+            return Err(tok_err("word tokenizer has no pre-tokenizer"));
+        };
+        let model = self.hf.get_model();
         let mut ids = Vec::with_capacity(text.len() / 4 + 1);
         for line in text.split_inclusive('\n') {
             let (content, eol) = match line.strip_suffix('\n') {
                 Some(c) => (c, true),
                 None => (line, false),
             };
-            if !content.trim().is_empty() {
-                let enc = self
-                    .hf
-                    .encode(content, false)
-                    .map_err(hf_err("word encoding failed"))?;
-                ids.extend_from_slice(enc.get_ids());
-                if let Some(unknown) = unknown.as_deref_mut() {
-                    for (&id, &(start, end)) in enc.get_ids().iter().zip(enc.get_offsets()) {
-                        if id == self.unk {
-                            if let Some(word) = content.get(start..end) {
-                                unknown.insert(word.to_string());
-                            }
+            for (a, b) in split.regex.find_iter(content) {
+                let word = &content[a..b];
+                match model.token_to_id(word) {
+                    Some(id) => ids.push(id),
+                    None => {
+                        ids.push(self.unk);
+                        if let Some(unknown) = unknown.as_deref_mut() {
+                            unknown.insert(word.to_string());
                         }
                     }
                 }
@@ -785,6 +812,54 @@ fn byte_chars() -> [char; N_BYTES] {
     table
 }
 
+/// The GPT-2 pre-tokenization regex, the one `tokenizers`' `ByteLevel` pre-tokenizer uses
+/// (equality of the resulting encodings is tested).
+const GPT2_PATTERN: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+/// Most distinct pre-tokenized pieces kept in the encoding cache before it is emptied.
+const BPE_CACHE_CAP: usize = 1 << 20;
+
+/// Splits text as `tokenizers`' byte-level pre-tokenizer (no prefix space) does and maps each
+/// piece to byte-level chars.
+struct ByteLevelSplitter {
+    regex: SysRegex,
+    byte_char: [char; N_BYTES],
+}
+
+impl ByteLevelSplitter {
+    fn new() -> Result<Self> {
+        Ok(ByteLevelSplitter {
+            regex: SysRegex::new(GPT2_PATTERN).map_err(hf_err("byte-level regex"))?,
+            byte_char: byte_chars(),
+        })
+    }
+
+    /// Call `f` with each piece of `text` (regex matches and the gaps between them, like
+    /// `SplitDelimiterBehavior::Isolated`), mapped to byte-level chars in a reused buffer.
+    fn for_each_piece(&self, text: &str, mut f: impl FnMut(&str)) {
+        let mut buf = String::new();
+        let mut emit = |piece: &str| {
+            buf.clear();
+            buf.extend(piece.bytes().map(|b| self.byte_char[b as usize]));
+            f(&buf);
+        };
+        let mut prev = 0;
+        for (a, b) in self.regex.find_iter(text) {
+            if a > prev {
+                emit(&text[prev..a]);
+            }
+            if b > a {
+                emit(&text[a..b]);
+            }
+            prev = b;
+        }
+        if prev < text.len() {
+            emit(&text[prev..]);
+        }
+    }
+}
+
 impl BpeModel {
     fn train(text: &str, opts: &TokenizerOptions) -> Result<Self> {
         if opts.vocab_size < N_BYTES + 1 {
@@ -796,9 +871,7 @@ impl BpeModel {
                 ),
             ));
         }
-        let mut hf = BpeHf::new(BPE::default());
-        hf.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
-        hf.with_decoder(Some(ByteLevel::new(false, true, true)));
+        let splitter = ByteLevelSplitter::new()?;
         let mut trainer = BpeTrainerBuilder::new()
             .vocab_size(opts.vocab_size)
             .min_frequency(opts.min_frequency)
@@ -806,8 +879,23 @@ impl BpeModel {
             .special_tokens(vec![AddedToken::from(EOS_TOKEN, true)])
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
-        hf.train(&mut trainer, text.split_inclusive('\n'))
+        // Same as `TokenizerImpl::train` with the byte-level pre-tokenizer (tested), without
+        // the cost of `NormalizedString` alignment bookkeeping.
+        trainer
+            .feed(text.split_inclusive('\n'), |chunk| {
+                let mut pieces = Vec::new();
+                splitter.for_each_piece(chunk, |p| pieces.push(p.to_string()));
+                Ok(pieces)
+            })
             .map_err(hf_err("BPE training failed"))?;
+        let mut model = BPE::default();
+        let specials = trainer
+            .train(&mut model)
+            .map_err(hf_err("BPE training failed"))?;
+        let mut hf = BpeHf::new(model);
+        hf.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        hf.with_decoder(Some(ByteLevel::new(false, true, true)));
+        hf.add_special_tokens(&specials);
         Self::from_hf(hf)
     }
 
@@ -827,9 +915,12 @@ impl BpeModel {
             ));
         }
         let model = hf.get_model();
-        if model.dropout.is_some() || model.continuing_subword_prefix.is_some() {
+        if model.dropout.is_some()
+            || model.continuing_subword_prefix.is_some()
+            || model.end_of_word_suffix.is_some()
+        {
             return Err(tok_err(
-                "BPE model uses dropout or a subword prefix, which quill does not support",
+                "BPE model uses dropout or a subword prefix/suffix, which quill does not support",
             ));
         }
         let tokens = contiguous_vocab(hf.get_vocab(true), "BPE")?;
@@ -857,7 +948,9 @@ impl BpeModel {
                 .collect::<Option<Vec<u8>>>()
                 .filter(|b| !b.is_empty())
                 .ok_or_else(|| {
-                    tok_err(format!("BPE token {id} ({token:?}) is not a byte-level token"))
+                    tok_err(format!(
+                        "BPE token {id} ({token:?}) is not a byte-level token"
+                    ))
                 })?;
             if let [one] = b[..] {
                 single[one as usize] = true;
@@ -871,19 +964,41 @@ impl BpeModel {
         }
         Ok(BpeModel {
             hf,
+            splitter: ByteLevelSplitter::new()?,
             bytes: bytes.into(),
             eos,
         })
     }
 
+    /// Encode chunk by chunk (a line and its newline). Gives the same ids as
+    /// `TokenizerImpl::encode` of each chunk (tested) but caches the ids of each distinct
+    /// pre-tokenized piece, which is several times faster on a corpus.
     fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let model = self.hf.get_model();
         let mut ids = Vec::with_capacity(text.len() / 3 + 1);
+        let mut cache: HashMap<String, Vec<u32>> = HashMap::new();
+        let mut failure = None;
         for chunk in text.split_inclusive('\n') {
-            let enc = self
-                .hf
-                .encode_fast(chunk, false)
-                .map_err(hf_err("BPE encoding failed"))?;
-            ids.extend_from_slice(enc.get_ids());
+            self.splitter.for_each_piece(chunk, |piece| {
+                if let Some(cached) = cache.get(piece) {
+                    ids.extend_from_slice(cached);
+                    return;
+                }
+                match model.tokenize(piece) {
+                    Ok(tokens) => {
+                        let piece_ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+                        ids.extend_from_slice(&piece_ids);
+                        if cache.len() >= BPE_CACHE_CAP {
+                            cache.clear();
+                        }
+                        cache.insert(piece.to_string(), piece_ids);
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            });
+            if let Some(e) = failure.take() {
+                return Err(tok_err(format!("BPE encoding failed: {e}")));
+            }
         }
         Ok(ids)
     }
@@ -1191,6 +1306,89 @@ mod tests {
         let alphabet: HashSet<char> = ByteLevel::alphabet().into_iter().collect();
         let ours: HashSet<char> = byte_chars().into_iter().collect();
         assert_eq!(alphabet, ours);
+    }
+
+    /// Varied text for checking our fast paths against the `tokenizers` pipeline.
+    const MIXED: &str = "It's what they'll do: 12 345 x2 3.14 — don't!!  \t spaces   here \r\n\
+        \n\n  indented\tline with 'quotes' and \"more\" ünïcödé 東京 🎉🎉 \u{1F600}x \
+        ¿qué? (a) [b] {c} a--b a_b 'tis I'd we've they're I'm\n  \n trailing   ";
+
+    #[test]
+    fn word_fast_paths_match_hf_pipeline() {
+        let text = format!("{PROSE}{NON_ASCII}{MIXED}");
+        let o = TokenizerOptions {
+            vocab_size: 60,
+            min_frequency: 1,
+        };
+        let ours = Tokenizer::train(TokenizerKind::Word, &text, &o).unwrap();
+        // Reference: train with `TokenizerImpl::train`.
+        let model = WordLevel::builder()
+            .unk_token(UNK_TOKEN.to_string())
+            .build()
+            .unwrap();
+        let mut hf = WordHf::new(model);
+        hf.with_pre_tokenizer(Some(WordModel::pre_tokenizer().unwrap()));
+        let mut trainer = WordLevelTrainer::builder()
+            .vocab_size(o.vocab_size)
+            .min_frequency(o.min_frequency)
+            .show_progress(false)
+            .special_tokens(
+                [UNK_TOKEN, EOS_TOKEN, EOL_TOKEN]
+                    .iter()
+                    .map(|t| AddedToken::from(*t, true))
+                    .collect(),
+            )
+            .build()
+            .unwrap();
+        hf.train(&mut trainer, text.lines()).unwrap();
+        let reference = Tokenizer::from_inner(Inner::Word(WordModel::from_hf(hf).unwrap())).unwrap();
+        assert_eq!(ours.to_json(), reference.to_json());
+        let Inner::Word(m) = &*ours.inner else {
+            panic!("not word")
+        };
+        let mut expected = Vec::new();
+        for line in text.split_inclusive('\n') {
+            let content = line.strip_suffix('\n').unwrap_or(line);
+            expected.extend_from_slice(m.hf.encode(content, false).unwrap().get_ids());
+            if line.ends_with('\n') {
+                expected.push(m.eol);
+            }
+        }
+        assert_eq!(ours.encode(&text).unwrap(), expected);
+        assert!(expected.contains(&m.unk));
+    }
+
+    #[test]
+    fn bpe_fast_paths_match_hf_pipeline() {
+        let text = format!("{PROSE}{NON_ASCII}{MIXED}").repeat(2);
+        let o = TokenizerOptions {
+            vocab_size: 400,
+            min_frequency: 2,
+        };
+        let ours = Tokenizer::train(TokenizerKind::Bpe, &text, &o).unwrap();
+        let mut hf = BpeHf::new(BPE::default());
+        hf.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        hf.with_decoder(Some(ByteLevel::new(false, true, true)));
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(o.vocab_size)
+            .min_frequency(o.min_frequency)
+            .show_progress(false)
+            .special_tokens(vec![AddedToken::from(EOS_TOKEN, true)])
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        hf.train(&mut trainer, text.split_inclusive('\n')).unwrap();
+        let reference = Tokenizer::from_inner(Inner::Bpe(BpeModel::from_hf(hf).unwrap())).unwrap();
+        assert_eq!(ours.to_json(), reference.to_json());
+        let Inner::Bpe(m) = &*ours.inner else {
+            panic!("not bpe")
+        };
+        let probe = format!("{MIXED}{PROSE} unseen: Ωμέγα ñandú\n\n   x");
+        let mut expected = Vec::new();
+        for chunk in probe.split_inclusive('\n') {
+            expected.extend_from_slice(m.hf.encode(chunk, false).unwrap().get_ids());
+        }
+        assert_eq!(ours.encode(&probe).unwrap(), expected);
+        assert_eq!(ours.decode(&expected), probe);
     }
 
     #[test]

@@ -160,7 +160,8 @@ impl TokenizerOptions {
     }
 }
 
-type WordHf = TokenizerImpl<WordLevel, NormalizerWrapper, Split, PostProcessorWrapper, DecoderWrapper>;
+type WordHf =
+    TokenizerImpl<WordLevel, NormalizerWrapper, Split, PostProcessorWrapper, DecoderWrapper>;
 type BpeHf = TokenizerImpl<BPE, NormalizerWrapper, ByteLevel, PostProcessorWrapper, ByteLevel>;
 
 /// A trained tokenizer of any kind. Cheap to clone.
@@ -173,8 +174,8 @@ pub struct Tokenizer {
 
 enum Inner {
     Char(CharModel),
-    Word(WordModel),
-    Bpe(BpeModel),
+    Word(Box<WordModel>),
+    Bpe(Box<BpeModel>),
 }
 
 /// Char vocabulary with a dense lookup table for the Basic Multilingual Plane.
@@ -238,8 +239,8 @@ impl Tokenizer {
         }
         let inner = match kind {
             TokenizerKind::Char => Inner::Char(CharModel::train(text)),
-            TokenizerKind::Word => Inner::Word(WordModel::train(text, opts)?),
-            TokenizerKind::Bpe => Inner::Bpe(BpeModel::train(text, opts)?),
+            TokenizerKind::Word => Inner::Word(Box::new(WordModel::train(text, opts)?)),
+            TokenizerKind::Bpe => Inner::Bpe(Box::new(BpeModel::train(text, opts)?)),
         };
         Self::from_inner(inner)
     }
@@ -297,8 +298,8 @@ impl Tokenizer {
                     Err(Error::UnknownChars(unknown))
                 }
             }
-            Inner::Word(m) => m.encode(text, None),
-            Inner::Bpe(m) => m.encode(text),
+            Inner::Word(m) => encode_parallel(text, |part| m.encode(part, None)),
+            Inner::Bpe(m) => encode_parallel(text, |part| m.encode(part)),
         }
     }
 
@@ -366,10 +367,7 @@ impl Tokenizer {
                 if id == m.eol {
                     "⏎".to_string()
                 } else {
-                    m.pieces
-                        .get(id as usize)
-                        .cloned()
-                        .unwrap_or_else(invalid)
+                    m.pieces.get(id as usize).cloned().unwrap_or_else(invalid)
                 }
             }
             Inner::Bpe(m) => {
@@ -448,25 +446,77 @@ impl Tokenizer {
     /// Load a tokenizer from [`Tokenizer::to_json`] output. Garbage, truncated or inconsistent
     /// JSON (duplicate tokens, gaps in ids, missing special tokens) gives [`Error::Tokenizer`].
     pub fn from_json(s: &str) -> Result<Self> {
-        let stored: Stored = serde_json::from_str(s)
-            .map_err(|e| tok_err(format!("invalid tokenizer JSON: {e}")))?;
+        let stored: Stored =
+            serde_json::from_str(s).map_err(|e| tok_err(format!("invalid tokenizer JSON: {e}")))?;
         let inner = match stored {
             Stored::Char { chars } => Inner::Char(CharModel::from_chars(chars)?),
             Stored::Word { hf } => {
                 // Parse from text: some `tokenizers` types only deserialise from borrowed strings.
                 let hf: WordHf = serde_json::from_str(&hf.to_string())
                     .map_err(|e| tok_err(format!("invalid word tokenizer JSON: {e}")))?;
-                Inner::Word(WordModel::from_hf(hf)?)
+                Inner::Word(Box::new(WordModel::from_hf(hf)?))
             }
             Stored::Bpe { hf } => {
                 // Parse from text: some `tokenizers` types only deserialise from borrowed strings.
                 let hf: BpeHf = serde_json::from_str(&hf.to_string())
                     .map_err(|e| tok_err(format!("invalid BPE tokenizer JSON: {e}")))?;
-                Inner::Bpe(BpeModel::from_hf(hf)?)
+                Inner::Bpe(Box::new(BpeModel::from_hf(hf)?))
             }
         };
         Self::from_inner(inner)
     }
+}
+
+/// Texts shorter than this are encoded on the calling thread.
+const PARALLEL_MIN_BYTES: usize = 1 << 20;
+
+/// Encode `text` with `f`, splitting it at line ends into one part per available core when it
+/// is large. Word and BPE encode line by line, so the result is the same as `f(text)`.
+fn encode_parallel<F>(text: &str, f: F) -> Result<Vec<u32>>
+where
+    F: Fn(&str) -> Result<Vec<u32>> + Sync,
+{
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    encode_in_parts(text, threads.min(text.len() / PARALLEL_MIN_BYTES), f)
+}
+
+/// Encode `text` with `f` on `parts` threads, each given a run of whole lines.
+fn encode_in_parts<F>(text: &str, parts: usize, f: F) -> Result<Vec<u32>>
+where
+    F: Fn(&str) -> Result<Vec<u32>> + Sync,
+{
+    if parts <= 1 {
+        return f(text);
+    }
+    let mut pieces = Vec::with_capacity(parts);
+    let mut rest = text;
+    for i in (1..parts).rev() {
+        let target = rest.len() / (i + 1);
+        // Cut after the first newline at or past `target` (`rest` is split at char boundaries).
+        let cut = rest.as_bytes()[target..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(rest.len(), |p| target + p + 1);
+        let (head, tail) = rest.split_at(cut);
+        pieces.push(head);
+        rest = tail;
+    }
+    pieces.push(rest);
+    let results: Vec<Result<Vec<u32>>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = pieces.iter().map(|&part| scope.spawn(|| f(part))).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(tok_err("an encoding thread panicked")))
+            })
+            .collect()
+    });
+    let mut ids = Vec::new();
+    for r in results {
+        ids.extend_from_slice(&r?);
+    }
+    Ok(ids)
 }
 
 /// Push `c` in a visible form (see [`Tokenizer::token_display`]).
@@ -1217,14 +1267,14 @@ mod tests {
         let t = train(TokenizerKind::Word, PROSE);
         let unk = t.token_id(UNK_TOKEN).unwrap();
         let (ids, unknown) = t
-            .encode_prime("the zebra saw the aardvark and the zebra", UnknownPolicy::Error)
+            .encode_prime(
+                "the zebra saw the aardvark and the zebra",
+                UnknownPolicy::Error,
+            )
             .unwrap();
         assert_eq!(ids.iter().filter(|&&i| i == unk).count(), 3);
         assert_eq!(unknown, vec!["aardvark".to_string(), "zebra".to_string()]);
-        assert_eq!(
-            t.decode(&ids),
-            "the <unk> saw the <unk> and the <unk>"
-        );
+        assert_eq!(t.decode(&ids), "the <unk> saw the <unk> and the <unk>");
         let corpus_ids = t.encode("the zebra").unwrap();
         assert_eq!(corpus_ids, vec![t.token_id("the").unwrap(), unk]);
     }
@@ -1341,7 +1391,8 @@ mod tests {
             .build()
             .unwrap();
         hf.train(&mut trainer, text.lines()).unwrap();
-        let reference = Tokenizer::from_inner(Inner::Word(WordModel::from_hf(hf).unwrap())).unwrap();
+        let reference =
+            Tokenizer::from_inner(Inner::Word(Box::new(WordModel::from_hf(hf).unwrap()))).unwrap();
         assert_eq!(ours.to_json(), reference.to_json());
         let Inner::Word(m) = &*ours.inner else {
             panic!("not word")
@@ -1377,7 +1428,8 @@ mod tests {
             .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
             .build();
         hf.train(&mut trainer, text.split_inclusive('\n')).unwrap();
-        let reference = Tokenizer::from_inner(Inner::Bpe(BpeModel::from_hf(hf).unwrap())).unwrap();
+        let reference =
+            Tokenizer::from_inner(Inner::Bpe(Box::new(BpeModel::from_hf(hf).unwrap()))).unwrap();
         assert_eq!(ours.to_json(), reference.to_json());
         let Inner::Bpe(m) = &*ours.inner else {
             panic!("not bpe")
@@ -1389,6 +1441,30 @@ mod tests {
         }
         assert_eq!(ours.encode(&probe).unwrap(), expected);
         assert_eq!(ours.decode(&expected), probe);
+    }
+
+    #[test]
+    fn encoding_in_parts_equals_whole() {
+        let text = format!("{PROSE}{NON_ASCII}{MIXED}").repeat(3);
+        for kind in [TokenizerKind::Word, TokenizerKind::Bpe] {
+            let t = train(kind, &text);
+            let whole = t.encode(&text).unwrap();
+            for parts in [2, 3, 7] {
+                let split = match &*t.inner {
+                    Inner::Word(m) => encode_in_parts(&text, parts, |p| m.encode(p, None)),
+                    Inner::Bpe(m) => encode_in_parts(&text, parts, |p| m.encode(p)),
+                    Inner::Char(_) => unreachable!(),
+                };
+                assert_eq!(split.unwrap(), whole, "{kind} in {parts} parts");
+            }
+        }
+        // No newline at all: one part does everything.
+        let t = train(TokenizerKind::Bpe, "abc abc abc");
+        let Inner::Bpe(m) = &*t.inner else {
+            panic!("not bpe")
+        };
+        let ids = encode_in_parts("abc abc", 4, |p| m.encode(p)).unwrap();
+        assert_eq!(t.decode(&ids), "abc abc");
     }
 
     #[test]
@@ -1479,7 +1555,10 @@ mod tests {
             assert_eq!(u.vocab_size(), t.vocab_size());
             assert_eq!(u.to_json(), json);
             assert_eq!(u.encode(&text).unwrap(), t.encode(&text).unwrap());
-            assert_eq!(u.decode(&u.encode(&text).unwrap()), t.decode(&t.encode(&text).unwrap()));
+            assert_eq!(
+                u.decode(&u.encode(&text).unwrap()),
+                t.decode(&t.encode(&text).unwrap())
+            );
             assert_eq!(u.eos_id(), t.eos_id());
         }
     }
@@ -1493,7 +1572,14 @@ mod tests {
 
     #[test]
     fn from_json_rejects_damage() {
-        for bad in ["", "garbage", "{}", "[1,2]", r#"{"kind":"morse"}"#, r#"{"kind":"char"}"#] {
+        for bad in [
+            "",
+            "garbage",
+            "{}",
+            "[1,2]",
+            r#"{"kind":"morse"}"#,
+            r#"{"kind":"char"}"#,
+        ] {
             expect_tok_err(bad);
         }
         let msg = expect_tok_err(r#"{"kind":"char","chars":["a","b","a"]}"#);

@@ -23,6 +23,12 @@
 //! in a corpus is encoded as ordinary text, and `<eos>` only exists for the caller to append
 //! (between documents) and for generation to stop on ([`Tokenizer::eos_id`]).
 //!
+//! Word and BPE training and encoding use the `tokenizers` trainers and models, but do the
+//! (regex) pre-tokenization here rather than through `tokenizers`' per-byte alignment
+//! bookkeeping, which makes them several times faster on a large corpus; tests check that the
+//! vocabularies and ids are identical to the `tokenizers` pipeline. Texts over 1 MB are encoded
+//! on all cores, in runs of whole lines.
+//!
 //! # Word pre-tokenization and joining rules
 //!
 //! A line is split into tokens, whitespace being dropped:

@@ -112,6 +112,8 @@ pub struct Sampler {
     rng: Pcg64Mcg,
     /// Unnormalised probabilities `exp((x - max) / temperature)`, length V.
     probs: Vec<f32>,
+    /// Mass of each block of [`BLOCK`] consecutive tokens, length ceil(V / BLOCK).
+    blocks: Vec<f64>,
     /// Candidates for top-k/top-p as packed [`key`]s (probability and id), length <= V.
     keys: Vec<u64>,
 }
@@ -124,6 +126,7 @@ impl Sampler {
             rng: Pcg64Mcg::seed_from_u64(seed),
             probs: Vec::new(),
             keys: Vec::new(),
+            blocks: Vec::new(),
         }
     }
 
@@ -191,35 +194,22 @@ impl Sampler {
             };
         }
 
-        // One pass: unnormalised tempered probabilities, and the temperature-1 partition sum
-        // for the logprob (shared when the temperature is exactly 1).
-        self.probs.clear();
-        let mut s_t = 0.0f64;
-        let mut s_1 = 0.0f64;
-        if t == 1.0 {
-            self.probs.extend(logits.iter().map(|&x| {
-                let p = exp_shifted(shift(x, m), 1.0);
-                s_t += p as f64;
-                p
-            }));
-            s_1 = s_t;
+        // Unnormalised tempered probabilities (vectorised exp), their per-block and total
+        // mass, and the temperature-1 partition sum for the logprob (shared when t == 1).
+        tempered_exp(logits, m, t, &mut self.probs);
+        let s_t = block_sums(&self.probs, &mut self.blocks);
+        let s_1 = if t == 1.0 {
+            s_t
         } else {
-            self.probs.extend(logits.iter().map(|&x| {
-                let d = shift(x, m);
-                let p1 = exp_shifted(d, 1.0);
-                let p = exp_shifted(d, t);
-                s_1 += p1 as f64;
-                s_t += p as f64;
-                p
-            }));
-        }
+            partition_sum(logits, m)
+        };
         let ln_z1 = s_1.ln() as f32;
 
         let (k, nucleus) = effective_filter(&self.params, v);
         let probs = &self.probs;
         let (id, total) = if k == v && !nucleus {
-            // No filtering: walk the whole distribution, no sort, no index buffer.
-            (walk(r * s_t, probs.iter().copied().enumerate(), amax), s_t)
+            // No filtering: walk the block sums, then inside one block; no sort, no index.
+            (walk_blocks(r * s_t, probs, &self.blocks, amax), s_t)
         } else {
             // Exact prefilter: tokens in the top exponent buckets form a prefix of the
             // sorted order, so keep only the fewest buckets that hold k tokens (top-k) or
@@ -284,11 +274,9 @@ pub fn top_n(logits: &[f32], temperature: f32, n: usize) -> Vec<(u32, f32)> {
         return Vec::new();
     }
     let t = if temperature > 0.0 { temperature } else { 1.0 };
-    let probs: Vec<f32> = logits
-        .iter()
-        .map(|&x| exp_shifted(shift(x, m), t))
-        .collect();
-    let z: f64 = probs.iter().map(|&p| p as f64).sum();
+    let mut probs = Vec::new();
+    tempered_exp(logits, m, t, &mut probs);
+    let z = block_sums(&probs, &mut Vec::new());
     let mut keys: Vec<u64> = probs
         .iter()
         .enumerate()
@@ -362,11 +350,7 @@ fn log_prob_with_max(logits: &[f32], id: usize, m: f32) -> f32 {
     if m == f32::NEG_INFINITY {
         return f32::NEG_INFINITY;
     }
-    let z: f64 = logits
-        .iter()
-        .map(|&x| exp_shifted(shift(x, m), 1.0) as f64)
-        .sum();
-    shift(logits[id], m) - z.ln() as f32
+    shift(logits[id], m) - partition_sum(logits, m).ln() as f32
 }
 
 /// Pack an unnormalised probability p >= 0 (not NaN) and a token id into one `u64` such
@@ -408,6 +392,132 @@ fn effective_filter(p: &SamplingParams, v: usize) -> (usize, bool) {
         nucleus = false;
     }
     (k, nucleus)
+}
+
+/// Tokens per block in the two-level cumulative walk.
+const BLOCK: usize = 64;
+
+/// exp(x), branch-free so loops over it vectorise (Cephes `expf` polynomial, about 1-2 ulp
+/// relative error). Returns exactly 0 for x < -87 (true value < 1.7e-38), `-inf` and NaN.
+/// Meant for x <= 0; valid up to x = 88.
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    const LO: f32 = -87.0;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = x.clamp(LO, 88.0); // NaN stays NaN but is masked to 0 below
+    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    // Wrapping ops: no overflow-check branch (which would block vectorisation); the clamp
+    // above keeps n in [-126, 127] anyway.
+    let n_i = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4; // ln 2 split in two parts
+    let mut q = 1.987_569_1e-4f32;
+    q = q * r + 1.398_2e-3;
+    q = q * r + 8.333_452e-3;
+    q = q * r + 4.166_579_6e-2;
+    q = q * r + 1.666_666_5e-1;
+    q = q * r + 5.000_000_1e-1;
+    let y = q * r * r + r + 1.0;
+    let scale = f32::from_bits(((n_i.wrapping_add(127)) as u32 & 0xff) << 23);
+    if x >= LO {
+        y * scale
+    } else {
+        0.0
+    }
+}
+
+/// Fill `out` (length V) with the unnormalised probabilities exp((x - m) / t) of a logits
+/// row whose maximum (NaN as `-inf`) is m, m not `-inf`, t > 0.
+fn tempered_exp(logits: &[f32], m: f32, t: f32, out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(logits.len(), 0.0);
+    if m.is_finite() {
+        // NaN and -inf logits give NaN or -inf arguments, which fast_exp maps to 0.
+        for (o, &x) in out.iter_mut().zip(logits) {
+            *o = fast_exp((x - m) / t);
+        }
+    } else {
+        for (o, &x) in out.iter_mut().zip(logits) {
+            *o = exp_shifted(shift(x, m), t);
+        }
+    }
+}
+
+/// sum exp(x - m) over a logits row with maximum m (not `-inf`), in f64.
+fn partition_sum(logits: &[f32], m: f32) -> f64 {
+    if !m.is_finite() {
+        return logits
+            .iter()
+            .map(|&x| exp_shifted(shift(x, m), 1.0) as f64)
+            .sum();
+    }
+    // exp into a stack block first: a plain map vectorises, a fused exp-and-sum does not.
+    let mut buf = [0f32; BLOCK];
+    let mut total = 0.0;
+    for c in logits.chunks(BLOCK) {
+        let b = &mut buf[..c.len()];
+        for (o, &x) in b.iter_mut().zip(c) {
+            *o = fast_exp(x - m);
+        }
+        total += sum_block(b);
+    }
+    total
+}
+
+/// Sum of at most [`BLOCK`] values in 8 independent f32 lanes (SIMD at opt-level 3), as
+/// f64. Relative error at most a few 1e-6; the block sums themselves add up in f64.
+#[inline(always)]
+fn sum_block(c: &[f32]) -> f64 {
+    let mut acc = [0f32; 8];
+    let mut it = c.chunks_exact(8);
+    for c8 in &mut it {
+        for (a, &x) in acc.iter_mut().zip(c8) {
+            *a += x;
+        }
+    }
+    let rest: f32 = it.remainder().iter().sum();
+    (acc.iter().sum::<f32>() + rest) as f64
+}
+
+/// Sum `probs`, writing the sum of each block of [`BLOCK`] tokens to `blocks`.
+/// Returns the total.
+fn block_sums(probs: &[f32], blocks: &mut Vec<f64>) -> f64 {
+    blocks.clear();
+    blocks.extend(probs.chunks(BLOCK).map(sum_block));
+    blocks.iter().sum()
+}
+
+/// Two-level cumulative walk: find the block where the running block mass first exceeds u
+/// (u in [0, total)), then walk inside it. Rounding can leave u past every block: then the
+/// last positive-mass token is returned (`fallback` if none has any).
+fn walk_blocks(u: f64, probs: &[f32], blocks: &[f64], fallback: usize) -> usize {
+    let mut acc = 0.0f64;
+    let mut last_block = None;
+    for (b, &mass) in blocks.iter().enumerate() {
+        if mass > 0.0 {
+            last_block = Some(b);
+            if u < acc + mass {
+                let start = b * BLOCK;
+                let inner = probs[start..].iter().take(BLOCK).copied();
+                let items = inner.enumerate().map(|(i, p)| (start + i, p));
+                return walk(u - acc, items, fallback);
+            }
+            acc += mass;
+        }
+    }
+    match last_block {
+        Some(b) => {
+            let start = b * BLOCK;
+            let inner = probs[start..].iter().take(BLOCK).copied();
+            // u past the end: the walk returns the block's last positive token.
+            walk(
+                f64::INFINITY,
+                inner.enumerate().map(|(i, p)| (start + i, p)),
+                fallback,
+            )
+        }
+        None => fallback,
+    }
 }
 
 /// Number of exponent buckets for the top-k/top-p prefilter.
@@ -696,6 +806,43 @@ mod tests {
     }
 
     #[test]
+    fn fast_exp_accuracy_and_edges() {
+        let mut worst = 0.0f64;
+        for i in 0..=200_000 {
+            let x = -87.0 + 87.0 * i as f32 / 200_000.0;
+            let want = (x as f64).exp();
+            worst = worst.max((fast_exp(x) as f64 - want).abs() / want);
+        }
+        assert!(worst < 3e-7, "max relative error {worst}");
+        assert_eq!(fast_exp(0.0), 1.0);
+        for x in [f32::NEG_INFINITY, f32::NAN, -87.5, -1e30] {
+            assert_eq!(fast_exp(x), 0.0, "{x}");
+        }
+        assert!((fast_exp(5.0) as f64 - 5f64.exp()).abs() < 1e-6 * 5f64.exp());
+    }
+
+    #[test]
+    fn walk_blocks_matches_plain_walk() {
+        let mut rng = Pcg64Mcg::seed_from_u64(4);
+        for v in [1usize, 63, 64, 65, 200, 1000] {
+            let mut probs: Vec<f32> = (0..v).map(|_| rng.random::<f32>()).collect();
+            // Zero whole blocks and single entries, as -inf logits do.
+            probs.iter_mut().skip(64).take(64).for_each(|p| *p = 0.0);
+            probs.iter_mut().step_by(7).for_each(|p| *p = 0.0);
+            let mut blocks = Vec::new();
+            let total = block_sums(&probs, &mut blocks);
+            for j in 0..500 {
+                let u = total * j as f64 / 500.0;
+                let plain = walk(u, probs.iter().copied().enumerate(), 0);
+                assert_eq!(walk_blocks(u, &probs, &blocks, 0), plain, "v {v} u {u}");
+                assert!(probs[plain] > 0.0 || probs.iter().all(|&p| p == 0.0));
+            }
+            let last = (0..v).rev().find(|&i| probs[i] > 0.0).unwrap_or(0);
+            assert_eq!(walk_blocks(total * 1.5, &probs, &blocks, 0), last);
+        }
+    }
+
+    #[test]
     fn key_order_is_prob_desc_then_id_asc() {
         let items = [
             (0.5f32, 3u32),
@@ -914,12 +1061,15 @@ mod tests {
         let l = rand_logits(4000, 1, 3.0);
         let mut s = Sampler::new(params(0.9, Some(50), 0.9), 1);
         s.sample(&l);
-        let (pp, ip) = (s.probs.as_ptr(), s.keys.as_ptr());
+        let (pp, ip, bp) = (s.probs.as_ptr(), s.keys.as_ptr(), s.blocks.as_ptr());
         let (pc, ic) = (s.probs.capacity(), s.keys.capacity());
         for seed in 0..20 {
             s.sample(&rand_logits(4000 - seed * 10, seed as u64, 3.0));
         }
-        assert_eq!((s.probs.as_ptr(), s.keys.as_ptr()), (pp, ip));
+        assert_eq!(
+            (s.probs.as_ptr(), s.keys.as_ptr(), s.blocks.as_ptr()),
+            (pp, ip, bp)
+        );
         assert_eq!((s.probs.capacity(), s.keys.capacity()), (pc, ic));
     }
 

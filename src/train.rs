@@ -598,6 +598,18 @@ impl Trainer {
 
     /// Writes a full (resumable) checkpoint to `path`, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
+        if !self
+            .model
+            .params
+            .slices()
+            .iter()
+            .all(|s| s.iter().all(|v| v.is_finite()))
+        {
+            return Err(Error::Diverged(format!(
+                "refusing to write {}: the weights contain NaN or infinity",
+                path.display()
+            )));
+        }
         snapshot::save(
             path,
             &self.model,
@@ -630,10 +642,12 @@ impl Trainer {
             train_loss,
             val_loss: val,
         });
-        self.log_metrics(serde_json::json!({
+        if let Err(e) = self.log_metrics(serde_json::json!({
             "kind": "eval", "step": step, "train_loss": finite_or_null(train_loss),
             "val_loss": val, "elapsed_s": self.progress.elapsed_secs,
-        }))?;
+        })) {
+            on_event(&Event::Warning(format!("metrics log: {e}")));
+        }
         if let Some(v) = val {
             let best = self.progress.best_val.is_none_or(|b| v < b);
             if best {
@@ -646,8 +660,7 @@ impl Trainer {
             });
             if best {
                 let path = self.config.checkpoint_path("best");
-                self.save(&path)?;
-                on_event(&Event::Saved { path });
+                self.save_or_warn(&path, on_event);
             }
         }
         Ok(val)
@@ -666,7 +679,7 @@ impl Trainer {
         steps_this_run: Option<u64>,
         on_event: &mut dyn FnMut(&Event) -> Control,
     ) -> Result<Summary> {
-        std::fs::create_dir_all(&self.config.out).map_err(|e| Error::io(&self.config.out, e))?;
+        check_writable(&self.config.out)?;
         on_event(&Event::Start {
             params: self.model.config.num_params(),
             train_tokens: self.train_tokens.len(),
@@ -726,11 +739,13 @@ impl Trainer {
                 elapsed_secs: self.progress.elapsed_secs,
             };
             if step % 10 == 0 {
-                self.log_metrics(serde_json::json!({
+                if let Err(e) = self.log_metrics(serde_json::json!({
                     "kind": "train", "step": step, "epoch": info.epoch, "loss": loss,
                     "lr": lr, "grad_norm": norm, "tokens_per_s": info.tokens_per_s,
                     "elapsed_s": info.elapsed_secs,
-                }))?;
+                })) {
+                    on_event(&Event::Warning(format!("metrics log: {e}")));
+                }
             }
             let mut control = on_event(&Event::Step(info));
             if self.config.eval_every > 0 && step % self.config.eval_every == 0 {
@@ -741,12 +756,12 @@ impl Trainer {
                     Control::SaveNow => Control::Continue,
                     c => c,
                 };
-                self.save_latest(on_event)?;
+                self.save_or_warn(&self.config.checkpoint_path("latest"), on_event);
             }
             match control {
                 Control::Continue => {}
                 Control::SaveNow => {
-                    self.save_latest(on_event)?;
+                    self.save_or_warn(&self.config.checkpoint_path("latest"), on_event);
                 }
                 Control::Stop => {
                     reason = "stopped by request".into();
@@ -780,12 +795,40 @@ impl Trainer {
         })
     }
 
+    /// A save during training: a failure (full disk, unwritable directory) is reported and
+    /// training goes on with its state in memory; the next save tries again.
+    fn save_or_warn(&self, path: &Path, on_event: &mut dyn FnMut(&Event) -> Control) {
+        match self.save(path) {
+            Ok(()) => {
+                on_event(&Event::Saved {
+                    path: path.to_path_buf(),
+                });
+            }
+            Err(e) => {
+                on_event(&Event::Warning(format!(
+                    "could not write checkpoint: {e}; training continues in memory and the \
+                     next save tries again (the previous file, if any, is intact)"
+                )));
+            }
+        }
+    }
+
     fn save_latest(&self, on_event: &mut dyn FnMut(&Event) -> Control) -> Result<PathBuf> {
         let path = self.config.checkpoint_path("latest");
         self.save(&path)?;
         on_event(&Event::Saved { path: path.clone() });
         Ok(path)
     }
+}
+
+/// Creates `dir` if needed and proves a file can be created in it, so an unwritable `--out`
+/// fails before any training time is spent.
+pub fn check_writable(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let probe = dir.join(format!(".quill-write-test-{}", std::process::id()));
+    std::fs::write(&probe, b"ok").map_err(|e| Error::io(dir, e))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }
 
 fn finite_or_null(v: f64) -> serde_json::Value {

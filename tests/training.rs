@@ -170,3 +170,80 @@ fn resume_refuses_a_different_corpus() {
         .to_string();
     assert!(err.contains("different corpus"), "{err}");
 }
+
+#[test]
+fn non_finite_losses_never_reach_a_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TEXT200.repeat(4);
+    let c = corpus(&text);
+    let cfg = TrainConfig {
+        batch: 2,
+        seq: 8,
+        eval_every: 0,
+        save_every: 1,
+        max_steps: Some(50),
+        out: dir.path().to_path_buf(),
+        name: "nan".into(),
+        ..TrainConfig::default()
+    };
+    let mut tr = Trainer::new(&c, char_tok(&text), model_cfg(8, 0.0), cfg).unwrap();
+    // Poison one weight: every step now has a non-finite loss.
+    tr.model.params.out_b[0] = f32::NAN;
+    let mut warnings = 0;
+    let err = tr
+        .run(None, &mut |e| {
+            if let Event::Warning(w) = e {
+                assert!(w.contains("non-finite"), "{w}");
+                warnings += 1;
+            }
+            Control::Continue
+        })
+        .unwrap_err();
+    assert!(err.to_string().contains("diverged"), "{err}");
+    assert_eq!(
+        warnings, 4,
+        "four warnings, then the fifth failure stops training"
+    );
+    assert!(tr.progress.lr_scale < 0.1);
+    // Nothing was written with NaN weights.
+    assert!(!dir.path().join("nan-latest.safetensors").exists());
+    assert!(tr.save(&dir.path().join("x.safetensors")).is_err());
+}
+
+#[test]
+fn failed_saves_warn_and_training_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = TEXT200.repeat(4);
+    let c = corpus(&text);
+    let cfg = TrainConfig {
+        batch: 2,
+        seq: 8,
+        eval_every: 0,
+        save_every: 2,
+        max_steps: Some(6),
+        out: dir.path().to_path_buf(),
+        name: "ro".into(),
+        ..TrainConfig::default()
+    };
+    let mut tr = Trainer::new(&c, char_tok(&text), model_cfg(8, 0.0), cfg).unwrap();
+    // A directory where the checkpoint file should go makes every periodic save fail
+    // (permission bits do not stop root, which CI runs as).
+    std::fs::create_dir(dir.path().join("ro-latest.safetensors")).unwrap();
+    let mut save_warnings = 0;
+    let res = tr.run(None, &mut |e| {
+        if let Event::Warning(w) = e {
+            if w.contains("could not write checkpoint") {
+                save_warnings += 1;
+            }
+        }
+        Control::Continue
+    });
+    assert_eq!(tr.progress.step, 6, "training went on");
+    assert!(save_warnings >= 2);
+    // The final save cannot succeed either: an error naming the file, state still in memory.
+    let err = res.unwrap_err().to_string();
+    assert!(err.contains("ro-latest"), "{err}");
+    tr.config.out = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&tr.config.out).unwrap();
+    tr.save(&tr.config.checkpoint_path("latest")).unwrap();
+}

@@ -187,3 +187,64 @@ fn bad_input_gives_clear_errors() {
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn resume_refuses_other_architecture_or_tokenizer() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_corpus(d);
+    let base = [
+        "train",
+        "--corpus",
+        "tiny.txt",
+        "--hidden",
+        "16",
+        "--embed",
+        "8",
+        "--batch",
+        "2",
+        "--seq",
+        "8",
+        "--max-steps",
+        "3",
+        "--quiet",
+    ];
+    assert!(quill(&base, d).status.success());
+    let ck = "checkpoints/tiny-latest.safetensors";
+    for (flag, val, needle) in [
+        ("--hidden", "32", "hidden 16"),
+        ("--tokenizer", "bpe", "tokenizer"),
+    ] {
+        let o = quill(
+            &[
+                "train",
+                "--corpus",
+                "tiny.txt",
+                "--resume",
+                ck,
+                flag,
+                val,
+                "--max-steps",
+                "6",
+            ],
+            d,
+        );
+        assert_eq!(o.status.code(), Some(1));
+        assert!(text(&o.stderr).contains(needle), "{}", text(&o.stderr));
+    }
+    // the same architecture resumes, batch and seq taken from the checkpoint
+    let o = quill(
+        &[
+            "train",
+            "--corpus",
+            "tiny.txt",
+            "--resume",
+            ck,
+            "--max-steps",
+            "6",
+            "--quiet",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "{}", text(&o.stderr));
+}

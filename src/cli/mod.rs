@@ -33,9 +33,10 @@ enum Command {
 }
 
 /// Runs the parsed command.
-pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    let sub = matches.subcommand().map(|(_, m)| m);
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(a, sub.expect("train has matches")),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),

@@ -32,21 +32,21 @@ pub struct TrainArgs {
     /// Replace invalid UTF-8 in the corpus instead of failing.
     #[arg(long)]
     lossy: bool,
-    /// Token level.
-    #[arg(long, value_enum, default_value_t = TokenizerKind::Char)]
-    tokenizer: TokenizerKind,
+    /// Token level [default: char].
+    #[arg(long, value_enum)]
+    tokenizer: Option<TokenizerKind>,
     /// Vocabulary cap for word/BPE tokenizers [default: 10000 word, 2000 bpe].
     #[arg(long)]
     vocab_size: Option<usize>,
     /// Minimum count for a word/BPE token to enter the vocabulary.
     #[arg(long, default_value_t = 2)]
     min_frequency: u64,
-    /// LSTM layers L.
-    #[arg(long, default_value_t = 2)]
-    layers: usize,
-    /// Hidden size H.
-    #[arg(long, default_value_t = 256)]
-    hidden: usize,
+    /// LSTM layers L [default: 2].
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Hidden size H [default: 256].
+    #[arg(long)]
+    hidden: Option<usize>,
     /// Embedding size E [default: 64 for char, = hidden otherwise].
     #[arg(long)]
     embed: Option<usize>,
@@ -153,23 +153,98 @@ impl TrainArgs {
         }
     }
 
+    fn tokenizer_kind(&self) -> TokenizerKind {
+        self.tokenizer.unwrap_or(TokenizerKind::Char)
+    }
+
     fn model_config(&self) -> ModelConfig {
-        let embed = self.embed.unwrap_or(match self.tokenizer {
+        let hidden = self.hidden.unwrap_or(256);
+        let embed = self.embed.unwrap_or(match self.tokenizer_kind() {
             TokenizerKind::Char => 64,
-            _ => self.hidden,
+            _ => hidden,
         });
         ModelConfig {
             vocab: 1, // set from the tokenizer
             embed,
-            hidden: self.hidden,
-            layers: self.layers,
+            hidden,
+            layers: self.layers.unwrap_or(2),
             dropout: self.dropout,
             tie_weights: self.tie_weights,
         }
     }
+
+    /// On `--resume`, architecture flags given explicitly must agree with the checkpoint.
+    fn check_resume(
+        &self,
+        path: &std::path::Path,
+        m: &ModelConfig,
+        kind: TokenizerKind,
+    ) -> anyhow::Result<()> {
+        let given = [
+            ("layers", self.layers, m.layers),
+            ("hidden", self.hidden, m.hidden),
+            ("embed", self.embed, m.embed),
+        ];
+        for (name, flag, ck) in given {
+            if let Some(v) = flag {
+                if v != ck {
+                    anyhow::bail!(
+                        "{}: the checkpoint has {name} {ck}, but --{name} {v} was given; \
+                         a resumed run keeps the checkpoint's architecture",
+                        path.display()
+                    );
+                }
+            }
+        }
+        if let Some(k) = self.tokenizer {
+            if k != kind {
+                anyhow::bail!(
+                    "{}: the checkpoint uses the {kind:?} tokenizer, but --tokenizer {k:?} was given",
+                    path.display()
+                );
+            }
+        }
+        if self.tie_weights && !m.tie_weights {
+            anyhow::bail!("{}: the checkpoint's weights are not tied", path.display());
+        }
+        Ok(())
+    }
 }
 
-pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
+/// On `--resume`: the checkpoint's training configuration, with the flags given on this
+/// command line taking precedence.
+fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> TrainConfig {
+    let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+    let new = args.train_config();
+    let mut c = old.clone();
+    macro_rules! take {
+        ($($field:ident = $flag:literal),*) => {$( if given($flag) { c.$field = new.$field.clone(); } )*};
+    }
+    take!(
+        batch = "batch",
+        seq = "seq",
+        lr = "lr",
+        warmup_steps = "warmup",
+        schedule = "schedule",
+        min_lr_ratio = "min_lr_ratio",
+        weight_decay = "weight_decay",
+        clip = "clip",
+        seed = "seed",
+        val_fraction = "val_fraction",
+        eval_every = "eval_every",
+        save_every = "save_every",
+        out = "out",
+        name = "name"
+    );
+    if given("max_steps") || given("epochs") || given("max_minutes") {
+        c.max_steps = args.max_steps;
+        c.epochs = args.epochs;
+        c.max_minutes = args.max_minutes;
+    }
+    c
+}
+
+pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let config = args.train_config();
     config.validate()?;
     let model_config = args.model_config();
@@ -183,6 +258,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
     let mut trainer = match &args.resume {
         Some(path) => {
             let r = snapshot::load_resumable(path)?;
+            args.check_resume(path, &r.loaded.model.config, r.loaded.tokenizer.kind())?;
+            let config = resumed_config(&args, matches, &r.loaded.meta.train);
             eprintln!(
                 "resuming {} at step {} (epoch {})",
                 path.display(),
@@ -193,7 +270,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
         }
         None => {
             let opts = TokenizerOptions {
-                vocab_size: args.vocab_size.unwrap_or(match args.tokenizer {
+                vocab_size: args.vocab_size.unwrap_or(match args.tokenizer_kind() {
                     TokenizerKind::Bpe => 2000,
                     _ => 10_000,
                 }),
@@ -201,11 +278,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<ExitCode> {
             };
             // A char vocabulary is the corpus's character set; word/BPE vocabularies are
             // learned from the training split only.
-            let tok_text = match args.tokenizer {
+            let tok_text = match args.tokenizer_kind() {
                 TokenizerKind::Char => corpus.text.as_str(),
                 _ => corpus.split(config.val_fraction).0,
             };
-            let tokenizer = Tokenizer::train(args.tokenizer, tok_text, &opts)
+            let tokenizer = Tokenizer::train(args.tokenizer_kind(), tok_text, &opts)
                 .with_context(|| format!("training the tokenizer on {}", args.corpus.display()))?;
             Trainer::new(&corpus, tokenizer, model_config, config)?
         }

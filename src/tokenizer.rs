@@ -397,6 +397,17 @@ impl Tokenizer {
         }
     }
 
+    /// A stream decoder that continues after `context` (e.g. the prime, already shown to the
+    /// user): its output is discarded, but spacing and pending bytes carry over, so the first
+    /// generated word is joined to the prime as it would be in a full decode.
+    pub fn stream_decoder_after(&self, context: &[u32]) -> StreamDecoder {
+        let mut d = self.stream_decoder();
+        for &id in context {
+            d.push(id);
+        }
+        d
+    }
+
     /// Incremental decoder for streaming generation: feeding ids one by one and finishing gives
     /// exactly [`Tokenizer::decode`] of all of them.
     pub fn stream_decoder(&self) -> StreamDecoder {

@@ -287,6 +287,8 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCo
             Trainer::new(&corpus, tokenizer, model_config, config)?
         }
     };
+    // The trainer holds the tokens; the text is not needed any more.
+    drop(corpus);
 
     // Ctrl-C / SIGTERM: the first finishes the step, saves and exits; a second exits at once
     // (checkpoints are written atomically, so nothing on disk is half-written).

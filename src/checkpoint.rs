@@ -196,7 +196,10 @@ impl Checksum {
 
 /// Serialise tensors with the given `__metadata__` entries (a `quill_checksum` entry is computed
 /// and added here; one already present is replaced).
-fn encode(tensors: &BTreeMap<String, Tensor>, mut metadata: BTreeMap<String, String>) -> Result<Vec<u8>> {
+fn encode(
+    tensors: &BTreeMap<String, Tensor>,
+    mut metadata: BTreeMap<String, String>,
+) -> Result<Vec<u8>> {
     metadata.remove(KEY_CHECKSUM);
     let mut sum = Checksum::new(
         metadata.iter().map(|(k, v)| (k.as_str(), v.as_str())),
@@ -205,9 +208,11 @@ fn encode(tensors: &BTreeMap<String, Tensor>, mut metadata: BTreeMap<String, Str
     for (name, t) in tensors {
         check_name(name)?;
         check_len(name, &t.shape, t.data.len())?;
-        let n_bytes = t.data.len().checked_mul(ELEM_BYTES).ok_or_else(|| {
-            Error::Shape(format!("tensor {name:?}: byte size overflows"))
-        })?;
+        let n_bytes = t
+            .data
+            .len()
+            .checked_mul(ELEM_BYTES)
+            .ok_or_else(|| Error::Shape(format!("tensor {name:?}: byte size overflows")))?;
         sum.tensor_head(name, &t.shape, n_bytes);
         sum.f32s(&t.data);
     }
@@ -346,7 +351,12 @@ impl CheckpointFile {
     /// Add a tensor. Fails when `product(shape) != data.len()`, when the name is already present
     /// (two parameters mapped to one name is a bug), or when the name is the reserved
     /// `__metadata__`.
-    pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Result<()> {
+    pub fn insert(
+        &mut self,
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    ) -> Result<()> {
         let name = name.into();
         check_name(&name)?;
         check_len(&name, &shape, data.len())?;
@@ -362,7 +372,12 @@ impl CheckpointFile {
 
     /// Borrow the data of tensor `name`, checking it has exactly `expected_shape`. Errors
     /// (`Error::Checkpoint` on `path_for_errors`) name the tensor and both shapes.
-    pub fn get(&self, name: &str, expected_shape: &[usize], path_for_errors: &Path) -> Result<&[f32]> {
+    pub fn get(
+        &self,
+        name: &str,
+        expected_shape: &[usize],
+        path_for_errors: &Path,
+    ) -> Result<&[f32]> {
         let err = |msg: String| Error::Checkpoint {
             path: path_for_errors.to_path_buf(),
             msg,
@@ -392,7 +407,12 @@ impl CheckpointFile {
 
     /// Like [`CheckpointFile::get`] but removes the tensor and returns its data. On error the
     /// checkpoint is unchanged.
-    pub fn take(&mut self, name: &str, expected_shape: &[usize], path_for_errors: &Path) -> Result<Vec<f32>> {
+    pub fn take(
+        &mut self,
+        name: &str,
+        expected_shape: &[usize],
+        path_for_errors: &Path,
+    ) -> Result<Vec<f32>> {
         self.get(name, expected_shape, path_for_errors)?;
         Ok(self
             .tensors
@@ -456,7 +476,11 @@ impl CheckpointFile {
             .parse()
             .map_err(|_| err(format!("unreadable {KEY_VERSION} {version:?}")))?;
         if version != FORMAT_VERSION {
-            let which = if version > FORMAT_VERSION { "newer" } else { "older" };
+            let which = if version > FORMAT_VERSION {
+                "newer"
+            } else {
+                "older"
+            };
             return Err(err(format!(
                 "written by a {which} quill checkpoint format {version}, this build reads format {FORMAT_VERSION}"
             )));
@@ -466,7 +490,10 @@ impl CheckpointFile {
             .ok_or_else(|| err(format!("missing {KEY_CHECKSUM} in the metadata")))?;
 
         let infos: BTreeMap<String, &TensorInfo> = metadata.tensors().into_iter().collect();
-        let mut sum = Checksum::new(md.iter().map(|(k, v)| (k.as_str(), v.as_str())), infos.len());
+        let mut sum = Checksum::new(
+            md.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            infos.len(),
+        );
         let mut raw: Vec<(&str, &TensorInfo, &[u8])> = Vec::with_capacity(infos.len());
         for (name, info) in &infos {
             if info.dtype != Dtype::F32 {
@@ -477,7 +504,9 @@ impl CheckpointFile {
             }
             let (start, end) = info.data_offsets;
             let slice = data.get(start..end).ok_or_else(|| {
-                err(format!("tensor {name:?}: data offsets [{start}, {end}] out of range"))
+                err(format!(
+                    "tensor {name:?}: data offsets [{start}, {end}] out of range"
+                ))
             })?;
             let fits = element_count(&info.shape)
                 .and_then(|n| n.checked_mul(ELEM_BYTES))
@@ -620,7 +649,11 @@ fn write_atomic(path: &Path, bytes: &[u8], fail: FailPoint) -> Result<()> {
             TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
         ));
         let tmp = dir.join(name);
-        match fs::OpenOptions::new().write(true).create_new(true).open(&tmp) {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
             Ok(f) => {
                 created = Some((tmp, f));
                 break;
@@ -644,8 +677,11 @@ fn write_atomic(path: &Path, bytes: &[u8], fail: FailPoint) -> Result<()> {
     let mut steps = || -> Result<()> {
         let write_err = |e| io_err(format!("cannot write temporary file {}", tmp.display()), e);
         if fail == FailPoint::Write {
-            file.write_all(&bytes[..bytes.len() / 2]).map_err(write_err)?;
-            return Err(write_err(io::Error::other("simulated: no space left on device")));
+            file.write_all(&bytes[..bytes.len() / 2])
+                .map_err(write_err)?;
+            return Err(write_err(io::Error::other(
+                "simulated: no space left on device",
+            )));
         }
         file.write_all(bytes).map_err(write_err)?;
         file.sync_all().map_err(write_err)?;
@@ -698,9 +734,14 @@ mod tests {
     /// A small checkpoint exercising odd shapes, names and values (no NaN, so `==` works).
     fn sample() -> CheckpointFile {
         let mut cp = CheckpointFile::default();
-        cp.insert("embed.weight", vec![3, 2], vec![0.5, -1.25, 3.0e-8, 1.0e30, -0.0, 7.0])
+        cp.insert(
+            "embed.weight",
+            vec![3, 2],
+            vec![0.5, -1.25, 3.0e-8, 1.0e30, -0.0, 7.0],
+        )
+        .unwrap();
+        cp.insert("lstm.0.bias", vec![4], vec![1.0, 2.0, 3.0, 4.0])
             .unwrap();
-        cp.insert("lstm.0.bias", vec![4], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         cp.insert("scalar", vec![], vec![42.0]).unwrap();
         cp.insert("empty", vec![0, 5], vec![]).unwrap();
         cp.insert("ünï \"name\"", vec![1, 1], vec![f32::MIN_POSITIVE])
@@ -781,8 +822,14 @@ mod tests {
     #[test]
     fn insert_checks_shape_and_names() {
         let mut cp = CheckpointFile::default();
-        let e = cp.insert("a", vec![2, 3], vec![0.0; 5]).unwrap_err().to_string();
-        assert!(e.contains("[2, 3]") && e.contains("6 elements") && e.contains("5 values"), "{e}");
+        let e = cp
+            .insert("a", vec![2, 3], vec![0.0; 5])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("[2, 3]") && e.contains("6 elements") && e.contains("5 values"),
+            "{e}"
+        );
         assert!(cp.insert("a", vec![usize::MAX, 2], vec![]).is_err());
         assert!(cp.insert("__metadata__", vec![1], vec![0.0]).is_err());
         cp.insert("a", vec![], vec![1.0]).unwrap();
@@ -798,7 +845,10 @@ mod tests {
         let back = CheckpointFile::from_bytes(&cp.to_bytes().unwrap(), p()).unwrap();
         assert_eq!(back, cp);
         // -0.0 == 0.0 under PartialEq; check the sign bit survived.
-        assert_eq!(back.tensors["embed.weight"].data[4].to_bits(), (-0.0f32).to_bits());
+        assert_eq!(
+            back.tensors["embed.weight"].data[4].to_bits(),
+            (-0.0f32).to_bits()
+        );
         assert_eq!(back.tensors["empty"].shape, vec![0, 5]);
         assert_eq!(back.tensors["scalar"].shape, Vec::<usize>::new());
     }
@@ -829,7 +879,10 @@ mod tests {
         let n = header_len(&bytes);
         assert_eq!(n % 8, 0);
         let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
-        assert!(header.starts_with("{\"__metadata__\":{\"format\":\"pt\","), "{header}");
+        assert!(
+            header.starts_with("{\"__metadata__\":{\"format\":\"pt\","),
+            "{header}"
+        );
         // Data region: all tensors' little-endian bytes back to back in name order.
         let cp = sample();
         let expected: Vec<u8> = cp
@@ -842,12 +895,19 @@ mod tests {
         let mut other = sample();
         other.tensors.get_mut("lstm.0.bias").unwrap().data[0] = 1.5;
         let md = |b: &[u8]| {
-            SafeTensors::read_metadata(b).unwrap().1.metadata().clone().unwrap()[KEY_CHECKSUM]
+            SafeTensors::read_metadata(b)
+                .unwrap()
+                .1
+                .metadata()
+                .clone()
+                .unwrap()[KEY_CHECKSUM]
                 .clone()
         };
         let sum = md(&bytes);
         assert_eq!(sum.len(), 64);
-        assert!(sum.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert!(sum
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
         assert_ne!(sum, md(&other.to_bytes().unwrap()));
     }
 
@@ -878,16 +938,29 @@ mod tests {
     fn we_read_bytes_written_by_safetensors_serialize() {
         let cp = sample();
         let ours = cp.to_bytes().unwrap();
-        let md = SafeTensors::read_metadata(&ours).unwrap().1.metadata().clone();
+        let md = SafeTensors::read_metadata(&ours)
+            .unwrap()
+            .1
+            .metadata()
+            .clone();
         let le: Vec<(String, Vec<usize>, Vec<u8>)> = cp
             .tensors
             .iter()
-            .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.iter().flat_map(|v| v.to_le_bytes()).collect()))
+            .map(|(n, t)| {
+                (
+                    n.clone(),
+                    t.shape.clone(),
+                    t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                )
+            })
             .collect();
         let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = le
             .iter()
             .map(|(n, s, d)| {
-                (n.clone(), safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), d).unwrap())
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(Dtype::F32, s.clone(), d).unwrap(),
+                )
             })
             .collect();
         let theirs = safetensors::serialize(views, md).unwrap();
@@ -897,7 +970,8 @@ mod tests {
         let (n1, n2) = (header_len(&ours), header_len(&theirs));
         assert_eq!(n1, n2);
         assert_eq!(ours[8 + n1..], theirs[8 + n2..]);
-        let h = |b: &[u8], n: usize| serde_json::from_slice::<serde_json::Value>(&b[8..8 + n]).unwrap();
+        let h =
+            |b: &[u8], n: usize| serde_json::from_slice::<serde_json::Value>(&b[8..8 + n]).unwrap();
         assert_eq!(h(&ours, n1), h(&theirs, n2));
     }
 
@@ -985,7 +1059,10 @@ mod tests {
         let mut md = quill_md("null");
         md.insert(KEY_MAGIC.to_string(), "something-else".to_string());
         let e = load_err(&encode(&sample().tensors, md).unwrap());
-        assert!(e.contains("not a quill checkpoint") && e.contains("something-else"), "{e}");
+        assert!(
+            e.contains("not a quill checkpoint") && e.contains("something-else"),
+            "{e}"
+        );
 
         let mut md = quill_md("null");
         md.remove(KEY_MAGIC);
@@ -993,7 +1070,10 @@ mod tests {
         assert!(e.contains("not a quill checkpoint"), "{e}");
 
         // A plain safetensors file without any metadata.
-        let e = load_err(&raw(r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#, &[0; 4]));
+        let e = load_err(&raw(
+            r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+            &[0; 4],
+        ));
         assert!(e.contains("not a quill checkpoint"), "{e}");
 
         // Not safetensors at all.
@@ -1009,9 +1089,15 @@ mod tests {
             load_err(&encode(&sample().tensors, md).unwrap())
         };
         let e = with_version("2");
-        assert!(e.contains("written by a newer quill checkpoint format 2, this build reads format 1"), "{e}");
+        assert!(
+            e.contains("written by a newer quill checkpoint format 2, this build reads format 1"),
+            "{e}"
+        );
         let e = with_version("0");
-        assert!(e.contains("written by an older") || e.contains("written by a older"), "{e}");
+        assert!(
+            e.contains("written by an older") || e.contains("written by a older"),
+            "{e}"
+        );
         assert!(e.contains("format 0, this build reads format 1"), "{e}");
         let e = with_version("one");
         assert!(e.contains("unreadable"), "{e}");
@@ -1026,7 +1112,10 @@ mod tests {
         md.insert(KEY_CHECKSUM.to_string(), "0".repeat(64));
         let bytes = safetensors::serialize([("half", view)], Some(md)).unwrap();
         let e = load_err(&bytes);
-        assert!(e.contains("\"half\"") && e.contains("F16") && e.contains("only F32"), "{e}");
+        assert!(
+            e.contains("\"half\"") && e.contains("F16") && e.contains("only F32"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1053,16 +1142,26 @@ mod tests {
         let md = r#""__metadata__":{"quill_magic":"quill-checkpoint","quill_format_version":"1"}"#;
         let cases = [
             // Shape of 2^60 elements, offsets claiming 2^62 bytes, 8 bytes of data.
-            format!(r#"{{{md},"w":{{"dtype":"F32","shape":[1099511627776,1048576],"data_offsets":[0,4611686018427387904]}}}}"#),
+            format!(
+                r#"{{{md},"w":{{"dtype":"F32","shape":[1099511627776,1048576],"data_offsets":[0,4611686018427387904]}}}}"#
+            ),
             // Offsets that fit the data but a shape whose byte size overflows usize.
-            format!(r#"{{{md},"w":{{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,8]}}}}"#),
-            format!(r#"{{{md},"w":{{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}}}"#),
+            format!(
+                r#"{{{md},"w":{{"dtype":"F32","shape":[4611686018427387904],"data_offsets":[0,8]}}}}"#
+            ),
+            format!(
+                r#"{{{md},"w":{{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,8]}}}}"#
+            ),
             // Offsets beyond usize / negative / non-integer.
-            format!(r#"{{{md},"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}}}}"#),
+            format!(
+                r#"{{{md},"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,18446744073709551616]}}}}"#
+            ),
             format!(r#"{{{md},"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,-8]}}}}"#),
             format!(r#"{{{md},"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,8.0]}}}}"#),
             // Duplicate key: the later entry must be bounds-checked too.
-            format!(r#"{{{md},"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,8]}},"w":{{"dtype":"U8","shape":[2305843009213693951],"data_offsets":[0,2305843009213693951]}}}}"#),
+            format!(
+                r#"{{{md},"w":{{"dtype":"F32","shape":[2],"data_offsets":[0,8]}},"w":{{"dtype":"U8","shape":[2305843009213693951],"data_offsets":[0,2305843009213693951]}}}}"#
+            ),
         ];
         for h in &cases {
             load_err(&raw(h, &[0; 8]));
@@ -1084,7 +1183,14 @@ mod tests {
 
         // Header length fields that lie.
         let good = sample().to_bytes().unwrap();
-        for n in [u64::MAX, 1 << 40, MAX_HEADER_BYTES as u64 + 1, good.len() as u64 - 7, 0, 1] {
+        for n in [
+            u64::MAX,
+            1 << 40,
+            MAX_HEADER_BYTES as u64 + 1,
+            good.len() as u64 - 7,
+            0,
+            1,
+        ] {
             let mut b = good.clone();
             b[..8].copy_from_slice(&n.to_le_bytes());
             load_err(&b);
@@ -1094,27 +1200,57 @@ mod tests {
     #[test]
     fn get_and_take_check_shapes() {
         let mut cp = sample();
-        assert_eq!(cp.get("lstm.0.bias", &[4], p()).unwrap(), &[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(
+            cp.get("lstm.0.bias", &[4], p()).unwrap(),
+            &[1.0, 2.0, 3.0, 4.0]
+        );
         let e = cp.get("lstm.0.bias", &[2, 2], p()).unwrap_err().to_string();
-        assert!(e.contains(P) && e.contains("\"lstm.0.bias\"") && e.contains("[4]") && e.contains("[2, 2]"), "{e}");
+        assert!(
+            e.contains(P)
+                && e.contains("\"lstm.0.bias\"")
+                && e.contains("[4]")
+                && e.contains("[2, 2]"),
+            "{e}"
+        );
         let e = cp.take("nope", &[3], p()).unwrap_err().to_string();
-        assert!(e.contains("missing tensor \"nope\"") && e.contains("[3]"), "{e}");
+        assert!(
+            e.contains("missing tensor \"nope\"") && e.contains("[3]"),
+            "{e}"
+        );
         // A failed take leaves the tensor in place; a successful one removes it.
         assert!(cp.take("embed.weight", &[2, 3], p()).is_err());
         assert_eq!(cp.take("embed.weight", &[3, 2], p()).unwrap().len(), 6);
         assert!(!cp.tensors.contains_key("embed.weight"));
         // Hand-built inconsistent tensor is caught too.
-        cp.tensors.insert("bad".into(), Tensor { shape: vec![3], data: vec![1.0] });
+        cp.tensors.insert(
+            "bad".into(),
+            Tensor {
+                shape: vec![3],
+                data: vec![1.0],
+            },
+        );
         assert!(cp.get("bad", &[3], p()).is_err());
     }
 
     #[test]
     fn to_bytes_rejects_inconsistent_tensors() {
         let mut cp = sample();
-        cp.tensors.insert("bad".into(), Tensor { shape: vec![3], data: vec![1.0] });
+        cp.tensors.insert(
+            "bad".into(),
+            Tensor {
+                shape: vec![3],
+                data: vec![1.0],
+            },
+        );
         assert!(matches!(cp.to_bytes(), Err(Error::Shape(_))));
         let mut cp = sample();
-        cp.tensors.insert(RESERVED_NAME.into(), Tensor { shape: vec![1], data: vec![1.0] });
+        cp.tensors.insert(
+            RESERVED_NAME.into(),
+            Tensor {
+                shape: vec![1],
+                data: vec![1.0],
+            },
+        );
         assert!(cp.to_bytes().is_err());
         // ... and save_atomic fails before touching the disk.
         let dir = tempfile::tempdir().unwrap();
@@ -1131,7 +1267,10 @@ mod tests {
         let new = model_like().to_bytes().unwrap();
         for fail in [FailPoint::Write, FailPoint::Rename] {
             let e = write_atomic(&path, &new, fail).unwrap_err().to_string();
-            assert!(e.contains(&*path.to_string_lossy()) && e.contains("simulated"), "{e}");
+            assert!(
+                e.contains(&*path.to_string_lossy()) && e.contains("simulated"),
+                "{e}"
+            );
             assert_eq!(fs::read(&path).unwrap(), old, "{fail:?}");
             assert_eq!(dir_entries(dir.path()), vec!["model.qck"], "{fail:?}");
         }
@@ -1163,21 +1302,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("missing.qck");
         let e = CheckpointFile::load(&missing).unwrap_err().to_string();
-        assert!(e.contains("missing.qck") && e.contains("cannot read"), "{e}");
+        assert!(
+            e.contains("missing.qck") && e.contains("cannot read"),
+            "{e}"
+        );
 
         let e = CheckpointFile::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
 
         // Sparse file just over the cap: refused from its size, never read.
         let huge = dir.path().join("huge.qck");
-        fs::File::create(&huge).unwrap().set_len(MAX_FILE_BYTES + 1).unwrap();
+        fs::File::create(&huge)
+            .unwrap()
+            .set_len(MAX_FILE_BYTES + 1)
+            .unwrap();
         let e = CheckpointFile::load(&huge).unwrap_err().to_string();
         assert!(e.contains("huge.qck") && e.contains("8 GiB limit"), "{e}");
 
         let garbage = dir.path().join("garbage.qck");
         fs::write(&garbage, [0xffu8; 100]).unwrap();
         let e = CheckpointFile::load(&garbage).unwrap_err().to_string();
-        assert!(e.contains("garbage.qck") && e.contains("not a safetensors file"), "{e}");
+        assert!(
+            e.contains("garbage.qck") && e.contains("not a safetensors file"),
+            "{e}"
+        );
     }
 
     fn seeds_dir() -> PathBuf {
@@ -1195,11 +1343,20 @@ mod tests {
         let huge = r#"{"__metadata__":{"quill_magic":"quill-checkpoint","quill_format_version":"1"},"w":{"dtype":"F32","shape":[1099511627776,1048576],"data_offsets":[0,4611686018427387904]}}"#;
         vec![
             ("valid-small.safetensors", small.clone()),
-            ("valid-empty.safetensors", empty_with_meta().to_bytes().unwrap()),
+            (
+                "valid-empty.safetensors",
+                empty_with_meta().to_bytes().unwrap(),
+            ),
             ("valid-model.safetensors", model_like().to_bytes().unwrap()),
-            ("damaged-truncated.safetensors", small[..small.len() * 2 / 3].to_vec()),
+            (
+                "damaged-truncated.safetensors",
+                small[..small.len() * 2 / 3].to_vec(),
+            ),
             ("damaged-bitflip.safetensors", flipped),
-            ("damaged-version2.safetensors", encode(&model_like().tensors, md).unwrap()),
+            (
+                "damaged-version2.safetensors",
+                encode(&model_like().tensors, md).unwrap(),
+            ),
             ("damaged-huge-shape.safetensors", raw(huge, &[0; 8])),
         ]
     }
@@ -1231,7 +1388,11 @@ mod tests {
             }
             seen += 1;
         }
-        assert!(seen >= fuzz_seeds().len(), "only {seen} seeds in {}", dir.display());
+        assert!(
+            seen >= fuzz_seeds().len(),
+            "only {seen} seeds in {}",
+            dir.display()
+        );
     }
 
     /// Random mutation stress test standing in for fuzzing on stable: seeded, bounded, checks
@@ -1265,7 +1426,10 @@ mod tests {
             }
         }
         assert_eq!(accepted + rejected, 20_000);
-        assert!(rejected > 18_000, "accepted {accepted}, rejected {rejected}");
+        assert!(
+            rejected > 18_000,
+            "accepted {accepted}, rejected {rejected}"
+        );
     }
 
     fn mutate(b: &mut Vec<u8>, rng: &mut impl rand::Rng) {
@@ -1300,7 +1464,16 @@ mod tests {
             }
             5 if len >= 8 => {
                 let n = u64::from_le_bytes(b[..8].try_into().unwrap());
-                let choices = [0, 1, n.wrapping_sub(1), n.wrapping_add(1), n.wrapping_add(8), len as u64, u64::MAX, rng.random()];
+                let choices = [
+                    0,
+                    1,
+                    n.wrapping_sub(1),
+                    n.wrapping_add(1),
+                    n.wrapping_add(8),
+                    len as u64,
+                    u64::MAX,
+                    rng.random(),
+                ];
                 let v = choices[rng.random_range(0..choices.len())];
                 b[..8].copy_from_slice(&v.to_le_bytes());
             }

@@ -10,7 +10,9 @@ use quill::checkpoint::CheckpointFile;
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz-input.qck");
     if let Ok(cp) = CheckpointFile::from_bytes(data, path) {
-        let bytes = cp.to_bytes().expect("an accepted checkpoint must re-encode");
+        let bytes = cp
+            .to_bytes()
+            .expect("an accepted checkpoint must re-encode");
         let again = CheckpointFile::from_bytes(&bytes, path).expect("re-encoded bytes must load");
         assert_eq!(again.to_bytes().expect("re-encode"), bytes);
     }

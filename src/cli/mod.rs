@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a model on a text corpus (default: the bundled Shakespeare corpus).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Generate text from a trained model, streamed to stdout.
     Sample(sample::SampleArgs),
     /// Loss, perplexity and bits per character of a model on a text file.
@@ -36,7 +36,7 @@ enum Command {
 pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let sub = matches.subcommand().map(|(_, m)| m);
     match cli.command {
-        Command::Train(a) => train::run(a, sub.expect("train has matches")),
+        Command::Train(a) => train::run(*a, sub.expect("train has matches")),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),

@@ -51,7 +51,7 @@ pub struct TrainArgs {
     #[arg(long)]
     embed: Option<usize>,
     /// Dropout on each layer's output while training, in [0, 1).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.2)]
     dropout: f32,
     /// Share input embedding and output weights (needs embed = hidden).
     #[arg(long)]

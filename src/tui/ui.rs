@@ -73,7 +73,7 @@ pub const HELP: &[(&str, &[(&str, &str)])] = &[
         &[
             ("Tab i", "edit the prompt"),
             ("Esc Tab", "done editing"),
-            ("F5 Ctrl-G", "generate while editing"),
+            ("F5 Alt-↵", "generate while editing"),
             ("Ctrl-U", "clear the prompt"),
         ],
     ),
@@ -402,7 +402,7 @@ fn draw_prompt(frame: &mut Frame, app: &App, area: Rect) {
         Block::bordered()
             .title(" Prompt · editing ")
             .title_bottom(
-                Line::from(" F5/Ctrl-G generate · Esc done · Ctrl-U clear ").right_aligned(),
+                Line::from(" F5/Alt-Enter generate · Esc done · Ctrl-U clear ").right_aligned(),
             )
             .border_style(Style::new().fg(Color::Yellow))
     } else {
@@ -452,7 +452,7 @@ fn draw_hints(frame: &mut Frame, app: &App, area: Rect) {
     } else {
         let text = match (app.focus, app.activity) {
             (Focus::Prompt, _) => {
-                " typing the prompt · Enter new line · F5 generate · Esc back to keys"
+                " typing the prompt · Enter new line · F5 or Alt-Enter generate · Esc back to keys"
             }
             (_, Activity::Generating) => {
                 " Space pause · s stop · t/T temperature · k/K top-k · p/P top-p · v colours"
@@ -485,19 +485,22 @@ fn draw_status(frame: &mut Frame, app: &App, area: Rect) {
         Activity::Paused => ("‖", Color::Yellow),
         Activity::Loading => ("…", Color::LightCyan),
     };
-    let left = Line::from(vec![
-        Span::raw(format!(" {} ", app.model.name)).bold(),
-        Span::raw(format!(
-            "│ {} │ {} params │ {:.0} tok/s │ ",
-            app.model.kind,
-            human_count(app.model.params),
-            app.rate
-        )),
-        Span::styled(
-            format!("{dot} {}", app.activity.label()),
-            Style::new().fg(colour).add_modifier(Modifier::BOLD),
-        ),
-    ]);
+    let state = Span::styled(
+        format!("{dot} {}", app.activity.label()),
+        Style::new().fg(colour).add_modifier(Modifier::BOLD),
+    );
+    let name = Span::raw(format!(" {} ", app.model.name)).bold();
+    let full = format!(
+        "│ {} │ {} params │ {:.0} tok/s │ ",
+        app.model.kind,
+        human_count(app.model.params),
+        app.rate
+    );
+    let short = format!("│ {:.0} tok/s │ ", app.rate);
+    let room = area.width as usize;
+    let need = name.width() + Span::raw(full.as_str()).width() + state.width() + 8;
+    let middle = if need <= room { full } else { short };
+    let left = Line::from(vec![name, Span::raw(middle), state]);
     frame.render_widget(Paragraph::new(left).style(base), area);
     frame.render_widget(
         Paragraph::new(Line::from(" ? help ").right_aligned()).style(base),
@@ -576,29 +579,29 @@ fn draw_history(frame: &mut Frame, app: &App, area: Rect, selected: usize) {
         .history
         .iter()
         .map(|h| {
-            let s = &h.settings;
+            let (a, b) = (&h.settings, &h.settings_end);
+            let change = |x: String, y: String| if x == y { x } else { format!("{x}→{y}") };
             let prompt: String = h
                 .prompt
                 .chars()
-                .take(24)
+                .take(20)
                 .collect::<String>()
                 .replace('\n', "⏎");
             ListItem::new(format!(
-                "#{:<3} {} {:<10} {:<8} T {:.2} k {} p {} seed {}{} · {} tok · {:?}",
+                "#{:<3} {} {:<10} T {} k {} p {} len {} seed {} · {} tok · {} · {:?}",
                 h.number,
                 h.time,
                 h.kind.label(),
-                h.model,
-                s.sampling.temperature,
-                fmt_top_k(s.sampling.top_k),
-                fmt_top_p(s.sampling.top_p),
+                change(
+                    fmt_temp(a.sampling.temperature),
+                    fmt_temp(b.sampling.temperature)
+                ),
+                change(fmt_top_k(a.sampling.top_k), fmt_top_k(b.sampling.top_k)),
+                change(fmt_top_p(a.sampling.top_p), fmt_top_p(b.sampling.top_p)),
+                fmt_length(a.length),
                 h.seed,
-                if h.changed {
-                    " (changed while running)"
-                } else {
-                    ""
-                },
                 h.tokens,
+                h.model,
                 prompt
             ))
         })

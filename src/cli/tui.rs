@@ -84,11 +84,14 @@ impl Drop for TerminalGuard {
     }
 }
 
+/// On a panic in any thread (UI, input or worker): restore the terminal, print the panic
+/// message on the normal screen, and exit (a UI without its worker would only hang).
 fn install_panic_hook() {
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         restore_terminal();
         previous(info);
+        std::process::exit(101);
     }));
 }
 

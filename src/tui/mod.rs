@@ -36,8 +36,6 @@ pub use worker::{Command, ModelInfo, Settings, WorkerEvent, WorkerHandle};
 pub const FRAME: Duration = Duration::from_millis(16);
 /// Tick period (tokens/s meter, message expiry).
 pub const TICK: Duration = Duration::from_millis(250);
-/// Events handled at most between two frames, so a fast stream cannot starve the screen.
-const BATCH: usize = 4096;
 
 fn term_err(e: std::io::Error) -> Error {
     Error::io("terminal", e)
@@ -93,10 +91,12 @@ pub fn run<B: Backend>(
         match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(ev) => {
                 dirty |= dispatch(app, worker, ev);
-                for ev in events.try_iter().take(BATCH) {
-                    dirty |= dispatch(app, worker, ev);
-                    if app.should_quit {
-                        break;
+                // Whatever else is waiting, for at most a frame's time.
+                let until = Instant::now() + FRAME;
+                while !app.should_quit && Instant::now() < until {
+                    match events.try_recv() {
+                        Ok(ev) => dirty |= dispatch(app, worker, ev),
+                        Err(_) => break,
                     }
                 }
             }

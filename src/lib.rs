@@ -15,5 +15,6 @@ pub mod sample;
 pub mod snapshot;
 pub mod tokenizer;
 pub mod train;
+pub mod tui;
 
 pub use error::{Error, Result};

@@ -5,6 +5,7 @@ mod eval;
 mod info;
 mod sample;
 mod train;
+mod tui;
 
 use std::process::ExitCode;
 
@@ -30,6 +31,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a weights-only copy of a checkpoint (for sampling and sharing; not resumable).
     Export(info::ExportArgs),
+    /// Interactive terminal UI: generate, steer temperature/top-k/top-p live, see token probabilities.
+    Tui(tui::TuiArgs),
 }
 
 /// Runs the parsed command.
@@ -41,6 +44,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
+        Command::Tui(a) => tui::run(a),
     }
 }
 

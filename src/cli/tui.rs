@@ -1,0 +1,157 @@
+//! `quill tui`: the terminal UI. Here the terminal is put into raw mode and the alternate
+//! screen, and restored on every way out: quit, error, panic (a panic hook) and SIGINT,
+//! SIGTERM or SIGHUP (a signal handler that asks the UI loop to quit).
+
+use std::io::{stdout, IsTerminal};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+
+use anyhow::Context;
+use clap::Args;
+use quill::sample::SamplingParams;
+use quill::snapshot;
+use quill::tui::{self, App, AppEvent, InputThread, ModelInfo, Options, Settings, WorkerHandle};
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::{cursor, event, execute, terminal};
+use ratatui::Terminal;
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// Checkpoint to open [default: the newest *-best in checkpoints/, else the newest checkpoint there].
+    path: Option<PathBuf>,
+    /// Initial prompt.
+    #[arg(long, default_value = "")]
+    prime: String,
+    /// Initial temperature (t/T change it).
+    #[arg(long, short, default_value_t = 0.8)]
+    temperature: f32,
+    /// Initial top-k (k/K change it).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Initial top-p (p/P change it).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Tokens per run; 0 means until stopped (l/L change it).
+    #[arg(long, short, default_value_t = 1000)]
+    length: usize,
+    /// Initial seed (n/N change it; r regenerates with the next one).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Most tokens per second shown; 0 means as fast as the model goes ([ and ] change it).
+    #[arg(long, default_value_t = 100)]
+    speed: u32,
+    /// Directory the checkpoint picker (o) lists, and where the default checkpoint is looked for.
+    #[arg(long, default_value = "checkpoints")]
+    checkpoints: PathBuf,
+    /// Default directory for saved text (w).
+    #[arg(long, default_value = "samples")]
+    samples: PathBuf,
+}
+
+/// Raw mode + alternate screen + bracketed paste, undone on drop.
+struct TerminalGuard;
+
+impl TerminalGuard {
+    fn enter() -> anyhow::Result<Self> {
+        terminal::enable_raw_mode().context("cannot put the terminal into raw mode")?;
+        let guard = TerminalGuard;
+        execute!(
+            stdout(),
+            terminal::EnterAlternateScreen,
+            event::EnableBracketedPaste,
+            cursor::Hide
+        )
+        .context("cannot set up the terminal")?;
+        Ok(guard)
+    }
+}
+
+/// Leaves the alternate screen and raw mode; safe to call more than once.
+fn restore_terminal() {
+    let _ = execute!(
+        stdout(),
+        event::DisableBracketedPaste,
+        terminal::LeaveAlternateScreen,
+        cursor::Show
+    );
+    let _ = terminal::disable_raw_mode();
+}
+
+impl Drop for TerminalGuard {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}
+
+/// On a panic in any thread (UI, input or worker): restore the terminal, print the panic
+/// message on the normal screen, and exit (a UI without its worker would only hang).
+fn install_panic_hook() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        restore_terminal();
+        previous(info);
+        std::process::exit(101);
+    }));
+}
+
+pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+    };
+    sampling.validate()?;
+    let path = match &a.path {
+        Some(p) => p.clone(),
+        None => snapshot::find_default(&a.checkpoints).with_context(|| {
+            format!(
+                "no checkpoint given and none found in {}/",
+                a.checkpoints.display()
+            )
+        })?,
+    };
+    if !stdout().is_terminal() {
+        anyhow::bail!(
+            "quill tui needs a terminal (stdout is not one); use `quill sample` in pipes"
+        );
+    }
+    let lm = snapshot::load_model(&path)?;
+    let info = ModelInfo::new(&lm.path, &lm.model.config, &lm.tokenizer);
+    let opts = Options {
+        settings: Settings {
+            sampling,
+            length: (a.length > 0).then_some(a.length),
+            speed: (a.speed > 0).then_some(a.speed),
+        },
+        seed: a.seed,
+        prompt: a.prime,
+        checkpoints: a.checkpoints,
+        samples: a.samples,
+    };
+    let (tx, rx) = mpsc::channel();
+    let worker = WorkerHandle::spawn(lm.model, lm.tokenizer, tx.clone());
+    let mut app = App::new(info, opts);
+    // The worker needs the same initial settings as the panel shows.
+    worker.send(tui::Command::Set(app.settings));
+
+    install_panic_hook();
+    let sig_tx = tx.clone();
+    // Fails only when a handler is already set; the in-UI Ctrl-C key still works then.
+    let _ = ctrlc::set_handler(move || {
+        let _ = sig_tx.send(AppEvent::Quit);
+    });
+    let guard = TerminalGuard::enter()?;
+    let result = (|| -> anyhow::Result<()> {
+        let mut term = Terminal::new(CrosstermBackend::new(stdout()))?;
+        term.clear()?;
+        let input = InputThread::spawn(tx);
+        let r = tui::run(&mut term, &mut app, &worker, &rx);
+        input.stop();
+        Ok(r?)
+    })();
+    drop(guard);
+    worker.shutdown();
+    result?;
+    Ok(ExitCode::SUCCESS)
+}

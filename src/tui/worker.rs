@@ -1,0 +1,781 @@
+//! The generation worker: a thread that owns the model, the generator state and the sampler,
+//! takes [`Command`]s over a channel and streams [`WorkerEvent`]s back (each token with the
+//! probability it was sampled with, and now and then the top-10 next-token distribution).
+//!
+//! Between two tokens it handles every pending command, so new sampling settings take effect
+//! at the next token, and a stop or pause is immediate. A prompt is fed in chunks for the same
+//! reason. Tokens can be paced to a maximum rate ([`Settings::speed`]) so people can watch
+//! (and steer) the text as it is written.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::model::{Generator, Model, ModelConfig};
+use crate::sample::{top_n, Sampler, SamplingParams};
+use crate::snapshot;
+use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind, UnknownPolicy};
+
+use super::event::AppEvent;
+
+/// Entries of the next-token distribution sent to the UI.
+pub const DIST_TOP: usize = 10;
+/// Prompt tokens fed between two looks at the command channel.
+const FEED_CHUNK: usize = 64;
+/// Minimum time between two distributions attached to tokens (the last token of a run always
+/// carries one).
+const DIST_EVERY: Duration = Duration::from_millis(30);
+
+/// Sampling settings, applied between tokens.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    /// Temperature, top-k, top-p.
+    pub sampling: SamplingParams,
+    /// Tokens per run (generate or continue); `None`: until stopped.
+    pub length: Option<usize>,
+    /// At most this many tokens per second; `None`: as fast as the model goes.
+    pub speed: Option<u32>,
+}
+
+impl Default for Settings {
+    /// Temperature 0.8, no top-k/top-p, 1000 tokens, 100 tokens/s.
+    fn default() -> Self {
+        Settings {
+            sampling: SamplingParams::default(),
+            length: Some(1000),
+            speed: Some(100),
+        }
+    }
+}
+
+/// What the open model is, for the status bar.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    /// File stem of the checkpoint.
+    pub name: String,
+    /// The checkpoint file.
+    pub path: PathBuf,
+    /// Tokenizer kind.
+    pub kind: TokenizerKind,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Vocabulary size V.
+    pub vocab: usize,
+}
+
+impl ModelInfo {
+    /// Describes a model loaded from `path`.
+    pub fn new(path: &Path, config: &ModelConfig, tokenizer: &Tokenizer) -> Self {
+        ModelInfo {
+            name: path.file_stem().map_or_else(
+                || path.display().to_string(),
+                |s| s.to_string_lossy().into(),
+            ),
+            path: path.to_path_buf(),
+            kind: tokenizer.kind(),
+            params: config.num_params(),
+            vocab: tokenizer.vocab_size(),
+        }
+    }
+}
+
+/// Requests to the worker. `run` numbers (chosen by the UI, increasing) tag the events of a
+/// run so the UI can drop those of a run it has already left.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Command {
+    /// Start over from `prompt` (zero state, fresh sampler seeded with `seed`).
+    Generate {
+        /// Run number.
+        run: u64,
+        /// Text to condition on; empty: a start token.
+        prompt: String,
+        /// Sampler seed.
+        seed: u64,
+        /// Settings for the run.
+        settings: Settings,
+    },
+    /// Generate `settings.length` more tokens from the current state.
+    Continue {
+        /// Run number.
+        run: u64,
+        /// Settings for the run.
+        settings: Settings,
+    },
+    /// Hold the current run.
+    Pause,
+    /// Go on with a held run.
+    Resume,
+    /// End the current run (the state is kept for a continue).
+    Stop,
+    /// New settings, from the next token on.
+    Set(Settings),
+    /// End any run and forget the state.
+    Clear,
+    /// Open another checkpoint.
+    Load(PathBuf),
+    /// End the thread.
+    Quit,
+}
+
+/// Why a run ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The requested length was reached.
+    Length,
+    /// Stopped on request.
+    Stopped,
+    /// The model sampled its end-of-text token.
+    EndOfText,
+}
+
+/// What the worker reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum WorkerEvent {
+    /// A run began; `skipped` lists prompt pieces the vocabulary does not have.
+    Started {
+        /// Run number.
+        run: u64,
+        /// Unknown prompt pieces (dropped, or `<unk>` for word models).
+        skipped: Vec<String>,
+    },
+    /// One sampled token.
+    Token {
+        /// Run number.
+        run: u64,
+        /// Text that became final with it (may be empty).
+        text: String,
+        /// Its probability under the distribution it was sampled from.
+        prob: f32,
+        /// The next-token distribution after it, when due.
+        dist: Option<Vec<(String, f32)>>,
+    },
+    /// The next-token distribution at the current position (after a settings change).
+    Dist {
+        /// Run number.
+        run: u64,
+        /// Top tokens (display form) and probabilities, most probable first.
+        dist: Vec<(String, f32)>,
+    },
+    /// A run ended.
+    Finished {
+        /// Run number.
+        run: u64,
+        /// Tokens generated in the run.
+        tokens: usize,
+        /// Why.
+        reason: StopReason,
+        /// Seconds since the run started.
+        secs: f64,
+        /// Whether a continue can pick up from here.
+        can_continue: bool,
+    },
+    /// Another checkpoint is open (state cleared).
+    Loaded(ModelInfo),
+    /// A request failed; `run` when it belonged to one.
+    Failed {
+        /// Run number, if any.
+        run: Option<u64>,
+        /// What went wrong.
+        msg: String,
+    },
+}
+
+/// The UI's end of the worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    tx: Sender<Command>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl WorkerHandle {
+    /// Starts the worker on a model; its events go to `events`.
+    pub fn spawn(model: Model<f32>, tokenizer: Tokenizer, events: Sender<AppEvent>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let w = Worker::new(model, tokenizer, events);
+        let handle = std::thread::Builder::new()
+            .name("quill-tui-worker".into())
+            .spawn(move || w.run(rx))
+            .ok();
+        WorkerHandle { tx, handle }
+    }
+
+    /// Sends a command (ignored when the worker has ended).
+    pub fn send(&self, cmd: Command) {
+        let _ = self.tx.send(cmd);
+    }
+
+    /// Asks the worker to quit and waits for it.
+    pub fn shutdown(mut self) {
+        self.send(Command::Quit);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The tokens to condition on: the prompt, or with an empty prompt a start token
+/// (end-of-text for word/BPE models, a newline for char models, else token 0).
+pub fn start_tokens(prompt: &[u32], tok: &Tokenizer) -> Vec<u32> {
+    if !prompt.is_empty() {
+        return prompt.to_vec();
+    }
+    if let Some(eos) = tok.eos_id() {
+        return vec![eos];
+    }
+    match tok.encode("\n") {
+        Ok(v) if !v.is_empty() => v,
+        _ => vec![0],
+    }
+}
+
+struct Worker {
+    gen: Generator,
+    tok: Tokenizer,
+    sampler: Sampler,
+    dec: StreamDecoder,
+    settings: Settings,
+    tx: Sender<AppEvent>,
+    closed: bool,
+    run: u64,
+    active: bool,
+    paused: bool,
+    /// Prompt tokens still to feed, and how many are done.
+    feed: Vec<u32>,
+    fed: usize,
+    produced: usize,
+    /// The logits hold a distribution a continue can sample from.
+    has_state: bool,
+    /// End-of-text was sampled last; a continue feeds it first.
+    pending_eos: Option<u32>,
+    started: Instant,
+    next_due: Instant,
+    last_dist: Option<Instant>,
+}
+
+impl Worker {
+    fn new(model: Model<f32>, tok: Tokenizer, tx: Sender<AppEvent>) -> Self {
+        let settings = Settings::default();
+        Worker {
+            gen: Generator::new(Arc::new(model), 1),
+            dec: tok.stream_decoder(),
+            tok,
+            sampler: Sampler::new(settings.sampling, 0),
+            settings,
+            tx,
+            closed: false,
+            run: 0,
+            active: false,
+            paused: false,
+            feed: Vec::new(),
+            fed: 0,
+            produced: 0,
+            has_state: false,
+            pending_eos: None,
+            started: Instant::now(),
+            next_due: Instant::now(),
+            last_dist: None,
+        }
+    }
+
+    fn send(&mut self, ev: WorkerEvent) {
+        if self.tx.send(AppEvent::Worker(ev)).is_err() {
+            self.closed = true;
+        }
+    }
+
+    fn run(mut self, rx: Receiver<Command>) {
+        while !self.closed {
+            let cmd = if self.active && !self.paused {
+                let feeding = self.fed < self.feed.len();
+                let wait = if feeding {
+                    Duration::ZERO
+                } else {
+                    self.next_due.saturating_duration_since(Instant::now())
+                };
+                if wait.is_zero() {
+                    match rx.try_recv() {
+                        Ok(c) => Some(c),
+                        Err(TryRecvError::Empty) => None,
+                        Err(TryRecvError::Disconnected) => return,
+                    }
+                } else {
+                    match rx.recv_timeout(wait) {
+                        Ok(c) => Some(c),
+                        Err(RecvTimeoutError::Timeout) => None,
+                        Err(RecvTimeoutError::Disconnected) => return,
+                    }
+                }
+            } else {
+                match rx.recv() {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            };
+            match cmd {
+                Some(Command::Quit) => return,
+                Some(c) => self.handle(c),
+                None => self.advance(),
+            }
+        }
+    }
+
+    fn apply(&mut self, s: Settings) {
+        self.settings = s;
+        self.sampler.set_params(s.sampling);
+    }
+
+    fn handle(&mut self, cmd: Command) {
+        match cmd {
+            Command::Generate {
+                run,
+                prompt,
+                seed,
+                settings,
+            } => self.generate(run, &prompt, seed, settings),
+            Command::Continue { run, settings } => self.continue_run(run, settings),
+            Command::Pause => self.paused = self.active,
+            Command::Resume => {
+                self.paused = false;
+                self.next_due = Instant::now();
+            }
+            Command::Stop => {
+                if self.active {
+                    self.finish(StopReason::Stopped);
+                }
+            }
+            Command::Set(s) => {
+                self.apply(s);
+                if !self.active && self.has_state {
+                    let dist = self.dist();
+                    let run = self.run;
+                    self.send(WorkerEvent::Dist { run, dist });
+                }
+            }
+            Command::Clear => {
+                self.active = false;
+                self.paused = false;
+                self.has_state = false;
+                self.pending_eos = None;
+                self.gen.reset();
+            }
+            Command::Load(path) => self.load(&path),
+            Command::Quit => {}
+        }
+    }
+
+    fn generate(&mut self, run: u64, prompt: &str, seed: u64, settings: Settings) {
+        if self.active {
+            self.finish(StopReason::Stopped);
+        }
+        self.run = run;
+        self.apply(settings);
+        self.sampler.reseed(seed);
+        let (ids, skipped) = match self.tok.encode_prime(prompt, UnknownPolicy::Skip) {
+            Ok(x) => x,
+            Err(e) => {
+                self.send(WorkerEvent::Failed {
+                    run: Some(run),
+                    msg: format!("cannot encode the prompt: {e}"),
+                });
+                return;
+            }
+        };
+        self.gen.reset();
+        self.dec = self.tok.stream_decoder();
+        self.pending_eos = None;
+        self.has_state = false;
+        self.feed = start_tokens(&ids, &self.tok);
+        self.fed = 0;
+        self.begin();
+        self.send(WorkerEvent::Started { run, skipped });
+    }
+
+    fn continue_run(&mut self, run: u64, settings: Settings) {
+        if self.active {
+            self.finish(StopReason::Stopped);
+        }
+        self.apply(settings);
+        if !self.has_state {
+            self.send(WorkerEvent::Failed {
+                run: Some(run),
+                msg: "nothing to continue: generate first".into(),
+            });
+            return;
+        }
+        self.run = run;
+        self.feed.clear();
+        self.fed = 0;
+        self.begin();
+        self.send(WorkerEvent::Started {
+            run,
+            skipped: Vec::new(),
+        });
+    }
+
+    fn begin(&mut self) {
+        self.active = true;
+        self.paused = false;
+        self.produced = 0;
+        self.started = Instant::now();
+        self.next_due = self.started;
+        self.last_dist = None;
+    }
+
+    fn load(&mut self, path: &Path) {
+        if self.active {
+            self.finish(StopReason::Stopped);
+        }
+        match snapshot::load_model(path) {
+            Ok(lm) => {
+                let info = ModelInfo::new(&lm.path, &lm.model.config, &lm.tokenizer);
+                self.gen = Generator::new(Arc::new(lm.model), 1);
+                self.dec = lm.tokenizer.stream_decoder();
+                self.tok = lm.tokenizer;
+                self.has_state = false;
+                self.pending_eos = None;
+                self.send(WorkerEvent::Loaded(info));
+            }
+            Err(e) => self.send(WorkerEvent::Failed {
+                run: None,
+                msg: format!("cannot open: {e}"),
+            }),
+        }
+    }
+
+    /// Top tokens of the distribution at the current position.
+    fn dist(&self) -> Vec<(String, f32)> {
+        let t = self.settings.sampling.temperature;
+        top_n(self.gen.logits_row(0), t, DIST_TOP)
+            .into_iter()
+            .map(|(id, p)| (self.tok.token_display(id), p))
+            .collect()
+    }
+
+    /// One unit of work of the active run: a chunk of prompt, or one token.
+    fn advance(&mut self) {
+        if self.fed < self.feed.len() {
+            let end = (self.fed + FEED_CHUNK).min(self.feed.len());
+            self.gen.feed(&self.feed[self.fed..end]);
+            self.fed = end;
+            if self.fed == self.feed.len() {
+                self.has_state = true;
+                let dist = self.dist();
+                let run = self.run;
+                self.send(WorkerEvent::Dist { run, dist });
+            }
+            return;
+        }
+        if self.settings.length.is_some_and(|n| self.produced >= n) {
+            self.finish(StopReason::Length);
+            return;
+        }
+        if let Some(eos) = self.pending_eos.take() {
+            self.gen.step(&[eos]);
+        }
+        let s = self.sampler.sample(self.gen.logits_row(0));
+        if Some(s.id) == self.tok.eos_id() {
+            self.pending_eos = Some(s.id);
+            self.finish(StopReason::EndOfText);
+            return;
+        }
+        let text = self.dec.push(s.id);
+        self.gen.step(&[s.id]);
+        self.produced += 1;
+        let now = Instant::now();
+        let last = self.settings.length.is_some_and(|n| self.produced >= n);
+        let dist = if last || self.last_dist.map_or(true, |t| now - t >= DIST_EVERY) {
+            self.last_dist = Some(now);
+            Some(self.dist())
+        } else {
+            None
+        };
+        let run = self.run;
+        self.send(WorkerEvent::Token {
+            run,
+            text,
+            prob: s.prob,
+            dist,
+        });
+        if let Some(speed) = self.settings.speed.filter(|&s| s > 0) {
+            let iv = Duration::from_secs_f64(1.0 / speed as f64);
+            self.next_due = (self.next_due + iv).max(now);
+        }
+    }
+
+    fn finish(&mut self, reason: StopReason) {
+        self.active = false;
+        self.paused = false;
+        let fed = self.fed == self.feed.len();
+        if !fed {
+            // Stopped while feeding the prompt: the state is half a prompt, not worth continuing.
+            self.feed.clear();
+            self.fed = 0;
+        }
+        if self.has_state && fed {
+            let dist = self.dist();
+            let run = self.run;
+            self.send(WorkerEvent::Dist { run, dist });
+        }
+        let ev = WorkerEvent::Finished {
+            run: self.run,
+            tokens: self.produced,
+            reason,
+            secs: self.started.elapsed().as_secs_f64(),
+            can_continue: self.has_state && fed,
+        };
+        self.send(ev);
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::model::Model;
+    use crate::tokenizer::TokenizerOptions;
+    use rand::SeedableRng;
+
+    /// An untrained char model over a small alphabet.
+    pub(crate) fn tiny_model() -> (Model<f32>, Tokenizer) {
+        let tok = Tokenizer::train(
+            TokenizerKind::Char,
+            "abcdefgh ijkl\nmnop",
+            &TokenizerOptions::for_kind(TokenizerKind::Char),
+        )
+        .unwrap();
+        let cfg = ModelConfig {
+            vocab: tok.vocab_size(),
+            embed: 4,
+            hidden: 8,
+            layers: 1,
+            dropout: 0.0,
+            tie_weights: false,
+        };
+        let mut rng = rand_pcg::Pcg32::seed_from_u64(3);
+        (Model::new(cfg, &mut rng).unwrap(), tok)
+    }
+
+    fn next(rx: &Receiver<AppEvent>) -> WorkerEvent {
+        match rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("worker event")
+        {
+            AppEvent::Worker(e) => e,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Collects events until the run's `Finished`.
+    fn until_finished(rx: &Receiver<AppEvent>) -> (Vec<WorkerEvent>, WorkerEvent) {
+        let mut evs = Vec::new();
+        loop {
+            let e = next(rx);
+            if matches!(e, WorkerEvent::Finished { .. }) {
+                return (evs, e);
+            }
+            evs.push(e);
+        }
+    }
+
+    fn text_of(evs: &[WorkerEvent]) -> String {
+        evs.iter()
+            .filter_map(|e| match e {
+                WorkerEvent::Token { text, .. } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn fast(length: usize) -> Settings {
+        Settings {
+            length: Some(length),
+            speed: None,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn generates_the_same_text_as_a_plain_sampling_loop() {
+        let (model, tok) = tiny_model();
+        let (tx, rx) = mpsc::channel();
+        let w = WorkerHandle::spawn(model.clone(), tok.clone(), tx);
+        w.send(Command::Generate {
+            run: 1,
+            prompt: "ab".into(),
+            seed: 7,
+            settings: fast(40),
+        });
+        let (evs, fin) = until_finished(&rx);
+        assert!(matches!(&evs[0], WorkerEvent::Started { run: 1, skipped } if skipped.is_empty()));
+        let WorkerEvent::Finished {
+            run: 1,
+            tokens: 40,
+            reason: StopReason::Length,
+            can_continue: true,
+            ..
+        } = fin
+        else {
+            panic!("{fin:?}")
+        };
+        // The reference: the `quill sample` loop.
+        let mut gen = Generator::new(Arc::new(model), 1);
+        let mut sampler = Sampler::new(fast(40).sampling, 7);
+        gen.feed(&tok.encode("ab").unwrap());
+        let mut want = String::new();
+        let mut probs = Vec::new();
+        for _ in 0..40 {
+            let s = sampler.sample(gen.logits_row(0));
+            want.push_str(&tok.decode(&[s.id]));
+            probs.push(s.prob);
+            gen.step(&[s.id]);
+        }
+        assert_eq!(text_of(&evs), want);
+        let got_probs: Vec<f32> = evs
+            .iter()
+            .filter_map(|e| match e {
+                WorkerEvent::Token { prob, .. } => Some(*prob),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(got_probs, probs);
+        // The last token carries the distribution at the end: 10 entries, sorted, summing <= 1.
+        let last = evs.iter().rev().find_map(|e| match e {
+            WorkerEvent::Token { dist, .. } => dist.clone(),
+            _ => None,
+        });
+        let dist = last.expect("a distribution with the last token");
+        assert_eq!(dist.len(), DIST_TOP);
+        assert!(dist.windows(2).all(|w| w[0].1 >= w[1].1));
+        w.shutdown();
+    }
+
+    #[test]
+    fn continue_picks_up_where_the_run_ended() {
+        let (model, tok) = tiny_model();
+        let (tx, rx) = mpsc::channel();
+        let w = WorkerHandle::spawn(model.clone(), tok.clone(), tx);
+        w.send(Command::Generate {
+            run: 1,
+            prompt: String::new(),
+            seed: 3,
+            settings: fast(10),
+        });
+        let (a, _) = until_finished(&rx);
+        w.send(Command::Continue {
+            run: 2,
+            settings: fast(15),
+        });
+        let (b, fin) = until_finished(&rx);
+        assert!(matches!(
+            fin,
+            WorkerEvent::Finished {
+                run: 2,
+                tokens: 15,
+                ..
+            }
+        ));
+        // One run of 25 tokens gives the same text.
+        w.send(Command::Generate {
+            run: 3,
+            prompt: String::new(),
+            seed: 3,
+            settings: fast(25),
+        });
+        let (c, _) = until_finished(&rx);
+        assert_eq!(text_of(&a) + &text_of(&b), text_of(&c));
+        w.shutdown();
+    }
+
+    #[test]
+    fn stop_pause_and_live_settings() {
+        let (model, tok) = tiny_model();
+        let (tx, rx) = mpsc::channel();
+        let w = WorkerHandle::spawn(model, tok, tx);
+        let slow = Settings {
+            length: None,
+            speed: Some(200),
+            ..Settings::default()
+        };
+        w.send(Command::Generate {
+            run: 1,
+            prompt: "abc".into(),
+            seed: 1,
+            settings: slow,
+        });
+        // Tokens flow; greedy settings take effect: every later token has probability 1.
+        let mut seen = 0;
+        while seen < 3 {
+            if let WorkerEvent::Token { .. } = next(&rx) {
+                seen += 1;
+            }
+        }
+        let greedy = Settings {
+            sampling: SamplingParams::greedy(),
+            ..slow
+        };
+        w.send(Command::Set(greedy));
+        w.send(Command::Pause);
+        // Drain what was in flight, then nothing comes while paused.
+        std::thread::sleep(Duration::from_millis(50));
+        while rx.try_recv().is_ok() {}
+        assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+        w.send(Command::Resume);
+        for _ in 0..3 {
+            match next(&rx) {
+                WorkerEvent::Token { prob, .. } => assert_eq!(prob, 1.0),
+                WorkerEvent::Dist { .. } => {}
+                e => panic!("{e:?}"),
+            }
+        }
+        w.send(Command::Stop);
+        let (_, fin) = until_finished(&rx);
+        assert!(matches!(
+            fin,
+            WorkerEvent::Finished {
+                reason: StopReason::Stopped,
+                can_continue: true,
+                ..
+            }
+        ));
+        // Idle: a settings change re-sends the distribution at the new temperature.
+        w.send(Command::Set(slow));
+        assert!(matches!(next(&rx), WorkerEvent::Dist { run: 1, .. }));
+        // After a clear there is nothing to continue.
+        w.send(Command::Clear);
+        w.send(Command::Continue {
+            run: 2,
+            settings: slow,
+        });
+        assert!(matches!(
+            next(&rx),
+            WorkerEvent::Failed { run: Some(2), .. }
+        ));
+        w.shutdown();
+    }
+
+    #[test]
+    fn unknown_prompt_chars_are_skipped_and_reported() {
+        let (model, tok) = tiny_model();
+        let (tx, rx) = mpsc::channel();
+        let w = WorkerHandle::spawn(model, tok, tx);
+        w.send(Command::Generate {
+            run: 4,
+            prompt: "aZb".into(),
+            seed: 1,
+            settings: fast(1),
+        });
+        assert_eq!(
+            next(&rx),
+            WorkerEvent::Started {
+                run: 4,
+                skipped: vec!["Z".into()]
+            }
+        );
+        w.send(Command::Load(PathBuf::from("/nonexistent/x.safetensors")));
+        let (_, fin) = until_finished(&rx);
+        assert!(matches!(fin, WorkerEvent::Finished { run: 4, .. }));
+        assert!(matches!(next(&rx), WorkerEvent::Failed { run: None, .. }));
+        w.shutdown();
+    }
+}

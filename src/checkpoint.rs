@@ -564,10 +564,10 @@ impl CheckpointFile {
     /// Load a checkpoint file. Refuses directories, non-regular files and files larger than
     /// [`MAX_FILE_BYTES`]; then parses with [`CheckpointFile::from_bytes`].
     pub fn load(path: &Path) -> Result<Self> {
-        let io_err = |action: &str, source| Error::CheckpointIo {
+        let io_err = |action: &str, cause| Error::CheckpointIo {
             path: path.to_path_buf(),
             action: action.to_string(),
-            source,
+            cause,
         };
         let err = |msg: String| Error::Checkpoint {
             path: path.to_path_buf(),
@@ -616,10 +616,10 @@ enum FailPoint {
 static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
 
 fn write_atomic(path: &Path, bytes: &[u8], fail: FailPoint) -> Result<()> {
-    let io_err = |action: String, source| Error::CheckpointIo {
+    let io_err = |action: String, cause| Error::CheckpointIo {
         path: path.to_path_buf(),
         action,
-        source,
+        cause,
     };
     let file_name = path.file_name().ok_or_else(|| Error::Checkpoint {
         path: path.to_path_buf(),

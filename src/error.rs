@@ -10,11 +10,12 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// An I/O operation on a named file failed.
-    #[error("{path}: {source}")]
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        /// The I/O error. Deliberately not the error's `source()`: the message already
+        /// includes it, and chains printed with `{:#}` would repeat it.
+        cause: std::io::Error,
     },
 
     /// A configuration or flag value is out of range.
@@ -39,12 +40,12 @@ pub enum Error {
 
     /// An I/O step of saving or loading a checkpoint failed. `action` says which step, e.g.
     /// "cannot write temporary file /runs/.model.qck.tmp-41-0".
-    #[error("checkpoint {path}: {action}: {source}")]
+    #[error("checkpoint {path}: {action}: {cause}")]
     CheckpointIo {
         path: PathBuf,
         action: String,
-        #[source]
-        source: std::io::Error,
+        /// The I/O error (in the message, not chained, as for `Io`).
+        cause: std::io::Error,
     },
 
     /// Shapes that do not fit together (a programming or data error caught at run time).
@@ -66,10 +67,10 @@ fn fmt_unknown(chars: &[char]) -> String {
 
 impl Error {
     /// Wrap an I/O error with the path it happened on.
-    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+    pub fn io(path: impl Into<PathBuf>, cause: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
-            source,
+            cause,
         }
     }
 

@@ -568,12 +568,7 @@ pub fn generate(
         if s.prime >= primes.len() {
             return Err(Error::config(
                 "prime",
-                format!(
-                    "sample {} uses prime {} of {}",
-                    s.id,
-                    s.prime,
-                    primes.len()
-                ),
+                format!("sample {} uses prime {} of {}", s.id, s.prime, primes.len()),
             ));
         }
         s.params.validate()?;
@@ -1007,10 +1002,7 @@ impl SampleWriter {
     /// manifest line, or its JSONL line.
     pub fn write(&mut self, out: &SampleOutput) -> Result<()> {
         let spec = *self.samples.get(out.index).ok_or_else(|| {
-            Error::config(
-                "sample",
-                format!("index {} is not in the plan", out.index),
-            )
+            Error::config("sample", format!("index {} is not in the plan", out.index))
         })?;
         let prime = self.primes.get(spec.prime).cloned().unwrap_or_default();
         let content = format!("{prime}{}", out.text);
@@ -1235,8 +1227,8 @@ mod tests {
 
     #[test]
     fn stop_strings_match_across_appends() {
-        let st = StopStrings::new(&["END".to_string(), "ab".to_string(), "é!".to_string()])
-            .unwrap();
+        let st =
+            StopStrings::new(&["END".to_string(), "ab".to_string(), "é!".to_string()]).unwrap();
         assert_eq!(st.find("xxEN", 0), None);
         // completed by the last append only
         assert_eq!(st.find("xxEND", 4), Some((2, 0)));
@@ -1272,7 +1264,16 @@ mod tests {
             count: 1,
         };
         let mut specs = plan(primes.len(), &sw).unwrap();
-        specs.extend(plan(1, &Sweep { count: 16, ..Sweep::default() }).unwrap());
+        specs.extend(
+            plan(
+                1,
+                &Sweep {
+                    count: 16,
+                    ..Sweep::default()
+                },
+            )
+            .unwrap(),
+        );
         specs.truncate(64);
         for (i, s) in specs.iter_mut().enumerate() {
             s.id = i as u64 + 1;
@@ -1403,7 +1404,14 @@ mod tests {
         .is_err());
 
         // a stop after the first step hands over nothing unfinished
-        let many = plan(1, &Sweep { count: 5, ..Sweep::default() }).unwrap();
+        let many = plan(
+            1,
+            &Sweep {
+                count: 5,
+                ..Sweep::default()
+            },
+        )
+        .unwrap();
         let mut got = 0;
         let mut last = Progress::default();
         let s = generate(
@@ -1424,7 +1432,10 @@ mod tests {
         .unwrap();
         assert!(s.interrupted);
         assert_eq!((got, s.samples, s.tokens), (0, 0, 5));
-        assert_eq!((last.tokens, last.budget_done, last.budget_total), (5, 5, 2500));
+        assert_eq!(
+            (last.tokens, last.budget_done, last.budget_total),
+            (5, 5, 2500)
+        );
 
         // sink errors end the run
         let e = generate(
@@ -1432,10 +1443,7 @@ mod tests {
             &t,
             &[vec![]],
             &many,
-            &GenConfig {
-                length: 3,
-                ..cfg
-            },
+            &GenConfig { length: 3, ..cfg },
             &mut |_| Err(Error::config("sink", "full")),
             &mut |_| Control::Continue,
         );
@@ -1465,9 +1473,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("o");
         let primes = vec!["P:".to_string()];
-        let specs = plan(1, &Sweep { count: 2, ..Sweep::default() }).unwrap();
-        let mut w = SampleWriter::create(&out, OutputFormat::Files, false, ck(), &primes, &specs)
-            .unwrap();
+        let specs = plan(
+            1,
+            &Sweep {
+                count: 2,
+                ..Sweep::default()
+            },
+        )
+        .unwrap();
+        let mut w =
+            SampleWriter::create(&out, OutputFormat::Files, false, ck(), &primes, &specs).unwrap();
         w.write(&output(0, 1, "one")).unwrap();
         w.write(&output(1, 2, "two")).unwrap();
         // the manifest appears only when finished
@@ -1513,7 +1528,14 @@ mod tests {
     #[test]
     fn a_failed_write_leaves_no_partial_file() {
         let dir = tempfile::tempdir().unwrap();
-        let specs = plan(1, &Sweep { count: 2, ..Sweep::default() }).unwrap();
+        let specs = plan(
+            1,
+            &Sweep {
+                count: 2,
+                ..Sweep::default()
+            },
+        )
+        .unwrap();
         let mut w = SampleWriter::create(
             dir.path(),
             OutputFormat::Files,

@@ -4,8 +4,10 @@
 //!   for every prime) into numbered [`SampleSpec`]s, ids 1..=N.
 //! * [`generate`] runs them as one batch: all active streams advance together through one
 //!   shared [`Generator`] (one matrix product per layer per step), at most
-//!   [`GenConfig::max_batch`] rows at a time. Rows that finish are refilled with the next
-//!   samples, and the batch shrinks once nothing is left to admit. Finished samples go to a
+//!   [`GenConfig::max_batch`] rows at a time, split into one shard (own generator) per
+//!   thread so that both the matrix products and the element-wise work use every core. Rows
+//!   that finish are refilled with the next samples, and shards shrink once nothing is left
+//!   to admit. Finished samples go to a
 //!   sink callback in id order; progress goes to a second callback.
 //! * [`SampleWriter`] writes each sample atomically to `DIR/0001.txt`, ... and the manifest
 //!   `DIR/manifest.jsonl` (or everything into one JSONL file), refusing to overwrite.
@@ -265,17 +267,21 @@ pub struct GenConfig {
     /// A sample ends at the first of these strings in its generated text, which is cut there
     /// (the stop string is not part of the text). Never searched in the prime.
     pub stop: Vec<String>,
-    /// Most rows B of the shared generator (>= 1); bounds memory.
+    /// Most samples generated side by side (>= 1); bounds memory.
     pub max_batch: usize,
+    /// Worker threads; the rows are split into this many shards, each with its own
+    /// generator, stepped in parallel. 0: [`default_threads`].
+    pub threads: usize,
 }
 
 impl Default for GenConfig {
-    /// 500 tokens, no stop strings, [`DEFAULT_MAX_BATCH`] rows.
+    /// 500 tokens, no stop strings, [`DEFAULT_MAX_BATCH`] rows, all cores.
     fn default() -> Self {
         GenConfig {
             length: 500,
             stop: Vec::new(),
             max_batch: DEFAULT_MAX_BATCH,
+            threads: 0,
         }
     }
 }
@@ -522,14 +528,66 @@ fn advance_rows(gen: &Generator, slots: &mut [Option<Row>], ctx: &StepCtx<'_>, t
     });
 }
 
+/// A share of the rows with its own generator; shards step in parallel, one per thread.
+struct Shard {
+    gen: Generator,
+    slots: Vec<Option<Row>>,
+    toks: Vec<u32>,
+}
+
+impl Shard {
+    fn new(model: &Arc<Model<f32>>, rows: usize) -> Self {
+        Shard {
+            gen: Generator::new(Arc::clone(model), rows),
+            slots: (0..rows).map(|_| None).collect(),
+            toks: vec![0; rows],
+        }
+    }
+
+    fn active(&self) -> usize {
+        self.slots.iter().filter(|s| s.is_some()).count()
+    }
+
+    /// Rebuilds the shard with only its running rows.
+    fn compact(&mut self, model: &Arc<Model<f32>>) {
+        let keep: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| self.slots[i].is_some())
+            .collect();
+        let mut small = Shard::new(model, keep.len());
+        let mut state = small.gen.state().clone();
+        let mut buf = vec![0.0f32; 2 * model.config.layers * model.config.hidden];
+        for (r, &i) in keep.iter().enumerate() {
+            capture_row(self.gen.state(), i, &mut buf);
+            write_row(&mut state, r, &buf);
+            small.slots[r] = self.slots[i].take();
+        }
+        small.gen.set_state(state);
+        *self = small;
+    }
+
+    /// One generator step for every row, then one sampled token per running row.
+    fn step(&mut self, ctx: &StepCtx<'_>, threads: usize) {
+        for (t, s) in self.toks.iter_mut().zip(&self.slots) {
+            *t = s.as_ref().map_or(0, |r| r.next);
+        }
+        self.gen.step(&self.toks);
+        advance_rows(&self.gen, &mut self.slots, ctx, threads);
+    }
+}
+
+/// Number of worker threads for `threads == 0`: the cores this process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |t| t.get())
+}
+
 /// Generates every sample of `samples` as one batch and hands each finished one to `sink`,
 /// in the order of `samples`.
 ///
 /// `primes` are token ids (an empty prime starts from [`start_tokens`]); each spec's `prime`
-/// indexes them. At most `cfg.max_batch` samples run at once; a finished row is refilled
-/// with the next sample. `progress` is called after every step; [`Control::Stop`] ends the
-/// run after handing the finished samples to the sink. An error from `sink` ends the run
-/// and is returned.
+/// indexes them. At most `cfg.max_batch` samples run at once, split into `cfg.threads`
+/// shards that step in parallel; a finished row is refilled with the next sample.
+/// `progress` is called after every step; [`Control::Stop`] ends the run after handing the
+/// finished samples to the sink. An error from `sink` ends the run and is returned.
 ///
 /// Errors: invalid `cfg` or sampling values, a prime index out of range, prime ids outside
 /// the vocabulary, or a tokenizer whose vocabulary does not match the model.
@@ -582,7 +640,10 @@ pub fn generate(
         eos: tokenizer.eos_id(),
         stops: &stops,
     };
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let threads = match cfg.threads {
+        0 => default_threads(),
+        t => t,
+    };
     let mut summary = Summary::default();
     let mut prog = Progress {
         samples_total: n,
@@ -593,9 +654,11 @@ pub fn generate(
         return Ok(summary);
     }
 
-    let mut gen = Generator::new(Arc::clone(model), cfg.max_batch.min(n));
-    let mut slots: Vec<Option<Row>> = (0..gen.batch()).map(|_| None).collect();
-    let mut toks = vec![0u32; gen.batch()];
+    let rows = cfg.max_batch.min(n);
+    let n_shards = threads.min(rows);
+    let mut shards: Vec<Shard> = (0..n_shards)
+        .map(|s| Shard::new(model, (s + 1) * rows / n_shards - s * rows / n_shards))
+        .collect();
     let mut next = 0usize; // next sample to admit
     let mut cache: HashMap<usize, Vec<f32>> = HashMap::new();
     let mut finished: BTreeMap<usize, SampleOutput> = BTreeMap::new();
@@ -603,8 +666,16 @@ pub fn generate(
     let mut budget_finished = 0u64;
 
     loop {
-        // Admit new samples into free rows.
-        let free: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_none()).collect();
+        // Admit new samples into free rows, shard by shard.
+        let free: Vec<(usize, usize)> = shards
+            .iter()
+            .enumerate()
+            .flat_map(|(s, sh)| {
+                (0..sh.slots.len())
+                    .filter(|&i| sh.slots[i].is_none())
+                    .map(move |i| (s, i))
+            })
+            .collect();
         if !free.is_empty() && next < n {
             let take = free.len().min(n - next);
             let admitted = next..next + take;
@@ -620,16 +691,17 @@ pub fn generate(
             for (p, st) in missing.iter().zip(prime_states(model, &seqs)) {
                 cache.insert(*p, st);
             }
-            let mut state = gen.state().clone();
-            for (&slot, i) in free.iter().zip(admitted) {
+            let mut states: Vec<Option<LstmState<f32>>> = shards.iter().map(|_| None).collect();
+            for (&(s, slot), i) in free.iter().zip(admitted) {
                 let spec = &samples[i];
                 let p = spec.prime;
-                write_row(&mut state, slot, &cache[&p]);
+                let state = states[s].get_or_insert_with(|| shards[s].gen.state().clone());
+                write_row(state, slot, &cache[&p]);
                 uses[p] -= 1;
                 if uses[p] == 0 {
                     cache.remove(&p);
                 }
-                slots[slot] = Some(Row {
+                shards[s].slots[slot] = Some(Row {
                     index: i,
                     sampler: Sampler::new(spec.params, sample_seed(spec.seed, spec.id)),
                     decoder: tokenizer.stream_decoder(),
@@ -640,39 +712,43 @@ pub fn generate(
                     done: None,
                 });
             }
-            gen.set_state(state);
+            for (sh, st) in shards.iter_mut().zip(states) {
+                if let Some(st) = st {
+                    sh.gen.set_state(st);
+                }
+            }
         }
 
-        let active = slots.iter().filter(|s| s.is_some()).count();
+        // Nothing left to admit: drop idle shards, shrink half-idle ones.
+        if next == n {
+            shards.retain(|sh| sh.active() > 0);
+            for sh in &mut shards {
+                if sh.active() * 2 <= sh.slots.len() {
+                    sh.compact(model);
+                }
+            }
+        }
+        let active: usize = shards.iter().map(Shard::active).sum();
         if active == 0 {
             break;
         }
-        // Nothing left to admit and at most half the rows busy: shrink the batch.
-        if next == n && active * 2 <= slots.len() {
-            let old = gen.state();
-            let keep: Vec<usize> = (0..slots.len()).filter(|&i| slots[i].is_some()).collect();
-            let mut small = Generator::new(Arc::clone(model), keep.len());
-            let mut state = small.state().clone();
-            let mut buf = vec![0.0f32; 2 * model.config.layers * model.config.hidden];
-            for (r, &i) in keep.iter().enumerate() {
-                capture_row(old, i, &mut buf);
-                write_row(&mut state, r, &buf);
-            }
-            small.set_state(state);
-            gen = small;
-            slots = keep.iter().map(|&i| slots[i].take()).collect();
-            toks = vec![0u32; slots.len()];
-        }
 
-        for (t, s) in toks.iter_mut().zip(&slots) {
-            *t = s.as_ref().map_or(0, |r| r.next);
+        if let [only] = shards.as_mut_slice() {
+            only.step(&ctx, threads);
+        } else {
+            let ctx = &ctx;
+            std::thread::scope(|sc| {
+                let (first, rest) = shards.split_first_mut().expect("at least one shard");
+                for sh in rest {
+                    sc.spawn(move || sh.step(ctx, 1));
+                }
+                first.step(ctx, 1);
+            });
         }
-        gen.step(&toks);
-        advance_rows(&gen, &mut slots, &ctx, threads);
         summary.tokens += active as u64;
 
         let mut running = 0u64;
-        for slot in slots.iter_mut() {
+        for slot in shards.iter_mut().flat_map(|sh| sh.slots.iter_mut()) {
             let Some(row) = slot else { continue };
             let Some(stop) = row.done.take() else {
                 running += row.tokens as u64;
@@ -1283,6 +1359,7 @@ mod tests {
             length: 30,
             stop: vec!["!".into()],
             max_batch: 64,
+            threads: 1,
         };
         let batch = run(&m, &t, &primes, &specs, &cfg);
         assert!(batch.iter().enumerate().all(|(i, o)| o.index == i));
@@ -1303,6 +1380,19 @@ mod tests {
             },
         );
         assert_eq!(small, batch);
+        // Shards on three threads, with refills and compaction in every shard.
+        let sharded = run(
+            &m,
+            &t,
+            &primes,
+            &specs,
+            &GenConfig {
+                max_batch: 20,
+                threads: 3,
+                ..cfg.clone()
+            },
+        );
+        assert_eq!(sharded, batch);
         // Different ids give different texts (the id enters the seed).
         let texts: std::collections::HashSet<_> = batch[48..].iter().map(|o| &o.text).collect();
         assert!(texts.len() > 8, "{texts:?}");
@@ -1327,6 +1417,7 @@ mod tests {
             length: 60,
             stop: vec![],
             max_batch: 8,
+            threads: 2,
         };
         let free = run(&m, &t, &primes, &specs, &long);
         let stops = vec!["e".to_string(), "at".to_string()];

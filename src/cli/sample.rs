@@ -94,6 +94,9 @@ pub struct SampleArgs {
     /// Batch mode: most samples generated side by side (bounds memory) [default: 256].
     #[arg(long, requires = "out")]
     max_batch: Option<usize>,
+    /// Batch mode: worker threads, each stepping its own share of the samples [default: all cores].
+    #[arg(long, requires = "out")]
+    threads: Option<usize>,
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
@@ -221,10 +224,23 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
         length: a.length,
         stop: a.stop.clone(),
         max_batch: a.max_batch.unwrap_or(batchgen::DEFAULT_MAX_BATCH),
+        threads: a.threads.unwrap_or(0),
     };
     StopStrings::new(&cfg.stop)?;
     if cfg.max_batch == 0 {
         anyhow::bail!("invalid max-batch: must be at least 1");
+    }
+    // Several shards already keep every core busy, each with its own matrix products; the
+    // matrix library's own threads would only compete with them. Set before the first matrix
+    // product (the library reads it once) and before this process starts any thread.
+    let shards = match cfg.threads {
+        0 => batchgen::default_threads(),
+        t => t,
+    }
+    .min(cfg.max_batch)
+    .min(samples.len());
+    if shards > 1 && std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        std::env::set_var("MATMUL_NUM_THREADS", "1");
     }
 
     let lm = load_model(a.checkpoint.as_deref())?;

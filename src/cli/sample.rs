@@ -1,16 +1,43 @@
-//! `quill sample`: stream generated text to stdout.
+//! `quill sample`: stream generated text to stdout, or (with `--out`) generate many samples at
+//! once into files with a manifest.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use quill::batchgen::{
+    self, CheckpointInfo, Control, GenConfig, OutputFormat, SampleWriter, StopStrings, Sweep,
+};
 use quill::model::Generator;
 use quill::sample::{Sampler, SamplingParams};
 use quill::tokenizer::UnknownPolicy;
 
 use super::common::load_model;
+
+/// A `--top-k` value: a number, or `none` for no top-k.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TopK(Option<usize>);
+
+impl FromStr for TopK {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "none" | "off" | "all" => Ok(TopK(None)),
+            n => n
+                .parse::<usize>()
+                .map(|k| TopK(Some(k)))
+                .map_err(|e| format!("{e} (expected a whole number or 'none')")),
+        }
+    }
+}
 
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
@@ -18,54 +45,83 @@ pub struct SampleArgs {
     /// Checkpoint to sample from [default: the newest *-best in checkpoints/, else the newest checkpoint there].
     #[arg(long, short)]
     checkpoint: Option<PathBuf>,
-    /// Text to start from (it is printed, then continued).
-    #[arg(long, default_value = "")]
+    /// Text to start from (it is printed, then continued; with --out every file starts with it).
+    #[arg(long, default_value = "", conflicts_with = "prime_file")]
     prime: String,
-    /// Number of tokens to generate.
+    /// With --out: a file of primes, one per line (empty lines are skipped); every prime gets
+    /// the whole sweep.
+    #[arg(long, value_name = "FILE", requires = "out")]
+    prime_file: Option<PathBuf>,
+    /// Use the whole --prime-file, newlines included (CRLF read as LF), as one prime.
+    #[arg(long, requires = "prime_file")]
+    prime_whole: bool,
+    /// Number of tokens to generate (per sample).
     #[arg(long, short, default_value_t = 500)]
     length: usize,
-    /// Softmax temperature; 0 picks the most probable token every time.
-    #[arg(long, short, default_value_t = 0.8)]
-    temperature: f32,
-    /// Sample only among the K most probable tokens.
-    #[arg(long)]
-    top_k: Option<usize>,
-    /// Sample only among the most probable tokens whose probabilities add up to P.
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
-    /// Random seed: the same seed gives the same text.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Softmax temperature; 0 picks the most probable token every time. With --out a
+    /// comma-separated list sweeps over the values.
+    #[arg(long, short, value_delimiter = ',', default_value = "0.8")]
+    temperature: Vec<f32>,
+    /// Sample only among the K most probable tokens ('none': all). List with --out.
+    #[arg(long, value_delimiter = ',', default_value = "none")]
+    top_k: Vec<TopK>,
+    /// Sample only among the most probable tokens whose probabilities add up to P. List with --out.
+    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    top_p: Vec<f32>,
+    /// Random seed: the same seed gives the same text. List with --out.
+    #[arg(long, value_delimiter = ',', default_value = "0")]
+    seed: Vec<u64>,
+    /// End at the first occurrence of this string in the generated text, which is not
+    /// written (repeatable).
+    #[arg(long, value_name = "STRING")]
+    stop: Vec<String>,
     /// What to do with prime characters the model has never seen.
     #[arg(long, value_enum, default_value_t = UnknownPolicy::Error)]
     unknown: UnknownPolicy,
+    /// Batch mode: samples per combination of the sweep values [default: 1].
+    #[arg(long, short = 'n', requires = "out")]
+    count: Option<usize>,
+    /// Batch mode: write the samples to this directory (DIR/0001.txt, ..., DIR/manifest.jsonl),
+    /// or with --format jsonl to this JSONL file.
+    #[arg(long, short, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Batch mode output: one file per sample plus a manifest, or one JSONL file [default: files].
+    #[arg(long, value_enum, requires = "out")]
+    format: Option<OutputFormat>,
+    /// Batch mode: overwrite existing sample files and manifest.
+    #[arg(long, requires = "out")]
+    force: bool,
+    /// Batch mode: most samples generated side by side (bounds memory) [default: 256].
+    #[arg(long, requires = "out")]
+    max_batch: Option<usize>,
+    /// Batch mode: worker threads, each stepping its own share of the samples [default: all cores].
+    #[arg(long, requires = "out")]
+    threads: Option<usize>,
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
-    let params = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-    };
-    params.validate()?;
     if a.length == 0 {
         anyhow::bail!("invalid length: must be at least 1");
     }
+    if a.out.is_some() {
+        return run_batch(a);
+    }
+    if a.temperature.len() > 1 || a.top_k.len() > 1 || a.top_p.len() > 1 || a.seed.len() > 1 {
+        anyhow::bail!("several values (a sweep) need --out DIR to write the samples to");
+    }
+    let params = SamplingParams {
+        temperature: a.temperature[0],
+        top_k: a.top_k[0].0,
+        top_p: a.top_p[0],
+    };
+    params.validate()?;
+    let stops = StopStrings::new(&a.stop)?;
     let lm = load_model(a.checkpoint.as_deref())?;
     let tok = &lm.tokenizer;
     let (prime, unknown) = tok.encode_prime(&a.prime, a.unknown)?;
-    if !unknown.is_empty() {
-        eprintln!(
-            "warning: prime pieces not in the vocabulary ({}): {}",
-            match a.unknown {
-                UnknownPolicy::Skip => "skipped",
-                UnknownPolicy::Error => "mapped to <unk>",
-            },
-            unknown.join(", ")
-        );
-    }
+    warn_unknown(&unknown, a.unknown);
     let mut gen = Generator::new(Arc::new(lm.model), 1);
-    let mut sampler = Sampler::new(params, a.seed);
+    let mut sampler = Sampler::new(params, a.seed[0]);
     let start = prime_or_start(&prime, tok);
     gen.feed(&start);
 
@@ -73,33 +129,229 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     let mut out = stdout.lock();
     out.write_all(a.prime.as_bytes())?;
     let mut dec = tok.stream_decoder();
+    // Generated text; `shown` bytes of it are printed. With stop strings the last few bytes
+    // are held back until it is clear they do not start a stop string.
+    let mut text = String::new();
+    let mut shown = 0;
+    let mut cut = None;
     for _ in 0..a.length {
         let s = sampler.sample(gen.logits_row(0));
         if Some(s.id) == tok.eos_id() {
             break;
         }
-        let piece = dec.push(s.id);
-        out.write_all(piece.as_bytes())?;
-        out.flush()?;
+        let old = text.len();
+        text.push_str(&dec.push(s.id));
+        if let Some((pos, _)) = stops.find(&text, old) {
+            cut = Some(pos);
+            break;
+        }
+        let safe = stops.safe_len(&text);
+        if safe > shown {
+            out.write_all(&text.as_bytes()[shown..safe])?;
+            out.flush()?;
+            shown = safe;
+        }
         gen.step(&[s.id]);
     }
-    out.write_all(dec.finish().as_bytes())?;
+    if cut.is_none() {
+        let old = text.len();
+        text.push_str(&dec.finish());
+        cut = stops.find(&text, old).map(|(pos, _)| pos);
+    }
+    let end = cut.unwrap_or(text.len()).max(shown);
+    out.write_all(&text.as_bytes()[shown..end])?;
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// A library error as one message: its text already names the path and the I/O cause, which
+/// the error chain would print a second time.
+fn flat(e: quill::Error) -> anyhow::Error {
+    anyhow::anyhow!("{e}")
+}
+
+fn warn_unknown(unknown: &[String], policy: UnknownPolicy) {
+    if !unknown.is_empty() {
+        eprintln!(
+            "warning: prime pieces not in the vocabulary ({}): {}",
+            match policy {
+                UnknownPolicy::Skip => "skipped",
+                UnknownPolicy::Error => "mapped to <unk>",
+            },
+            unknown.join(", ")
+        );
+    }
+}
+
+/// The primes of a batch run: `--prime`, or the lines (or whole text) of `--prime-file`.
+fn read_primes(a: &SampleArgs) -> anyhow::Result<Vec<String>> {
+    let Some(path) = &a.prime_file else {
+        return Ok(vec![a.prime.clone()]);
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read prime file {}", path.display()))?;
+    if a.prime_whole {
+        // Line ends are normalised as in corpora.
+        return Ok(vec![text.replace("\r\n", "\n")]);
+    }
+    let primes: Vec<String> = text
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect();
+    if primes.is_empty() {
+        anyhow::bail!(
+            "prime file {} has no primes (empty lines are skipped)",
+            path.display()
+        );
+    }
+    Ok(primes)
+}
+
+fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
+    let out = a.out.clone().expect("batch mode has --out");
+    let primes = read_primes(&a)?;
+    let sweep = Sweep {
+        temperature: a.temperature.clone(),
+        top_k: a.top_k.iter().map(|k| k.0).collect(),
+        top_p: a.top_p.clone(),
+        seed: a.seed.clone(),
+        count: a.count.unwrap_or(1),
+    };
+    let samples = batchgen::plan(primes.len(), &sweep)?;
+    let cfg = GenConfig {
+        length: a.length,
+        stop: a.stop.clone(),
+        max_batch: a.max_batch.unwrap_or(batchgen::DEFAULT_MAX_BATCH),
+        threads: a.threads.unwrap_or(0),
+    };
+    StopStrings::new(&cfg.stop)?;
+    if cfg.max_batch == 0 {
+        anyhow::bail!("invalid max-batch: must be at least 1");
+    }
+    // Several shards already keep every core busy, each with its own matrix products; the
+    // matrix library's own threads would only compete with them. Set before the first matrix
+    // product (the library reads it once) and before this process starts any thread.
+    let shards = match cfg.threads {
+        0 => batchgen::default_threads(),
+        t => t,
+    }
+    .min(cfg.max_batch)
+    .min(samples.len());
+    if shards > 1 && std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        std::env::set_var("MATMUL_NUM_THREADS", "1");
+    }
+
+    let lm = load_model(a.checkpoint.as_deref())?;
+    let checkpoint = CheckpointInfo::of_file(&lm.path).map_err(flat)?;
+    let tok = lm.tokenizer;
+    let mut unknown = Vec::new();
+    let mut encoded = Vec::with_capacity(primes.len());
+    for p in &primes {
+        let (ids, unk) = tok.encode_prime(p, a.unknown)?;
+        unknown.extend(unk);
+        encoded.push(ids);
+    }
+    unknown.sort();
+    unknown.dedup();
+    warn_unknown(&unknown, a.unknown);
+
+    let format = a.format.unwrap_or_default();
+    let mut writer = SampleWriter::create(&out, format, a.force, checkpoint, &primes, &samples)
+        .map_err(|e| match &e {
+            quill::Error::Io { source, .. }
+                if source.kind() == std::io::ErrorKind::AlreadyExists
+                    && source.to_string().contains("not overwriting") =>
+            {
+                anyhow::anyhow!("{e}; pass --force to overwrite")
+            }
+            _ => flat(e),
+        })?;
+
+    // Ctrl-C / SIGTERM: the first stops after the current step and writes what is finished
+    // (and the manifest); a second exits at once (every file is written atomically).
+    let interrupts = Arc::new(AtomicUsize::new(0));
+    {
+        let interrupts = interrupts.clone();
+        let _ = ctrlc::set_handler(move || {
+            if interrupts.fetch_add(1, Ordering::SeqCst) >= 1 {
+                std::process::exit(130);
+            }
+        });
+    }
+
+    let total = samples.len();
+    let bar = ProgressBar::new(a.length as u64 * total as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {bar:30} {percent:>3}% ETA {eta} {msg}",
+        )
+        .expect("valid template"),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let started = Instant::now();
+    let model = Arc::new(lm.model);
+    let result = batchgen::generate(
+        &model,
+        &tok,
+        &encoded,
+        &samples,
+        &cfg,
+        &mut |o| writer.write(&o),
+        &mut |p| {
+            bar.set_position(p.budget_done);
+            let secs = started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "{}/{} samples, {:.0} tokens/s",
+                p.samples_done,
+                p.samples_total,
+                p.tokens as f64 / secs
+            ));
+            if interrupts.load(Ordering::SeqCst) > 0 {
+                Control::Stop
+            } else {
+                Control::Continue
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let written = writer.written();
+            return Err(flat(e).context(format!(
+                "writing samples to {} ({written} of {total} written, no manifest)",
+                out.display()
+            )));
+        }
+    };
+    let target = writer.finish().map_err(flat)?;
+    let secs = started.elapsed().as_secs_f64();
+    let where_ = match format {
+        OutputFormat::Files => format!("{} (manifest {})", out.display(), target.display()),
+        OutputFormat::Jsonl => target.display().to_string(),
+    };
+    eprintln!(
+        "{} {} of {total} samples ({} tokens) to {where_} in {secs:.1} s: {:.0} tokens/s",
+        if summary.interrupted {
+            "interrupted: wrote"
+        } else {
+            "wrote"
+        },
+        summary.samples,
+        summary.tokens,
+        summary.tokens as f64 / secs.max(1e-9)
+    );
+    Ok(if summary.interrupted {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
 /// The tokens to condition on: the prime, or with an empty prime a start token (end-of-text
 /// for word/BPE models, a newline for char models, else token 0).
 pub fn prime_or_start(prime: &[u32], tok: &quill::tokenizer::Tokenizer) -> Vec<u32> {
-    if !prime.is_empty() {
-        return prime.to_vec();
-    }
-    if let Some(eos) = tok.eos_id() {
-        return vec![eos];
-    }
-    match tok.encode("\n") {
-        Ok(v) if !v.is_empty() => v,
-        _ => vec![0],
-    }
+    batchgen::start_tokens(prime, tok)
 }

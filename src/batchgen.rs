@@ -704,7 +704,7 @@ pub fn generate(
                 shards[s].slots[slot] = Some(Row {
                     index: i,
                     sampler: Sampler::new(spec.params, sample_seed(spec.seed, spec.id)),
-                    decoder: tokenizer.stream_decoder(),
+                    decoder: tokenizer.stream_decoder_after(&primes[p]),
                     text: String::new(),
                     tokens: 0,
                     sum_logprob: 0.0,

@@ -128,7 +128,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     out.write_all(a.prime.as_bytes())?;
-    let mut dec = tok.stream_decoder();
+    let mut dec = tok.stream_decoder_after(&prime);
     // Generated text; `shown` bytes of it are printed. With stop strings the last few bytes
     // are held back until it is clear they do not start a stop string.
     let mut text = String::new();
@@ -260,9 +260,9 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
     let format = a.format.unwrap_or_default();
     let mut writer = SampleWriter::create(&out, format, a.force, checkpoint, &primes, &samples)
         .map_err(|e| match &e {
-            quill::Error::Io { source, .. }
-                if source.kind() == std::io::ErrorKind::AlreadyExists
-                    && source.to_string().contains("not overwriting") =>
+            quill::Error::Io { cause, .. }
+                if cause.kind() == std::io::ErrorKind::AlreadyExists
+                    && cause.to_string().contains("not overwriting") =>
             {
                 anyhow::anyhow!("{e}; pass --force to overwrite")
             }

@@ -5,6 +5,7 @@
 //! E embedding size, H hidden size, V vocabulary size, L number of layers.
 
 pub mod batch;
+pub mod bench;
 pub mod checkpoint;
 pub mod corpus;
 pub mod error;

@@ -1,5 +1,6 @@
 //! Subcommands of the `quill` binary. This is the only place that prints.
 
+mod bench;
 mod common;
 mod eval;
 mod info;
@@ -30,6 +31,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a weights-only copy of a checkpoint (for sampling and sharing; not resumable).
     Export(info::ExportArgs),
+    /// Time training and generation on named configurations (p1, p2, p3).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod batchgen;
+pub mod bench;
 pub mod checkpoint;
 pub mod corpus;
 pub mod error;

@@ -1,5 +1,6 @@
 //! Subcommands of the `quill` binary. This is the only place that prints.
 
+mod bench;
 mod common;
 mod eval;
 mod info;
@@ -33,6 +34,8 @@ enum Command {
     Export(info::ExportArgs),
     /// Interactive terminal UI: generate, steer temperature/top-k/top-p live, see token probabilities.
     Tui(tui::TuiArgs),
+    /// Time training and generation on named configurations (p1, p2, p3).
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the parsed command.
@@ -45,6 +48,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
         Command::Tui(a) => tui::run(a),
+        Command::Bench(a) => bench::run(a),
     }
 }
 

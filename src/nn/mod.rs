@@ -104,3 +104,16 @@ pub mod fast {
 pub fn zero<F: Float, D: ndarray::Dimension>(a: &mut ndarray::Array<F, D>) {
     a.fill(F::zero());
 }
+
+/// Worker threads the numeric core uses: `QUILL_THREADS` if set to a positive number, else
+/// the number of CPUs available to the process. Read once.
+pub fn threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| {
+        std::env::var("QUILL_THREADS")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+    })
+}

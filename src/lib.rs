@@ -7,10 +7,12 @@
 pub mod batch;
 pub mod checkpoint;
 pub mod corpus;
+pub mod dashboard;
 pub mod error;
 pub mod model;
 pub mod nn;
 pub mod optim;
+pub mod plot;
 pub mod sample;
 pub mod snapshot;
 pub mod tokenizer;

@@ -3,6 +3,7 @@
 mod common;
 mod eval;
 mod info;
+mod plot;
 mod sample;
 mod train;
 
@@ -30,6 +31,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a weights-only copy of a checkpoint (for sampling and sharing; not resumable).
     Export(info::ExportArgs),
+    /// Draw loss curves (train and validation per step) from metrics logs to a PNG or SVG.
+    Plot(plot::PlotArgs),
 }
 
 /// Runs the parsed command.
@@ -40,6 +43,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 

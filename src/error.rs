@@ -55,6 +55,18 @@ pub enum Error {
     /// Training diverged (non-finite loss) and could not recover.
     #[error("training diverged: {0}")]
     Diverged(String),
+
+    /// A metrics log (`NAME-metrics.jsonl`) cannot be read or has nothing to plot.
+    #[error("metrics log {path}: {msg}")]
+    Metrics { path: PathBuf, msg: String },
+
+    /// A plot could not be drawn or encoded.
+    #[error("plot: {0}")]
+    Plot(String),
+
+    /// Drawing to or reading keys from the terminal failed (the training dashboard).
+    #[error("terminal: {0}")]
+    Terminal(#[source] std::io::Error),
 }
 
 fn fmt_unknown(chars: &[char]) -> String {

@@ -4,6 +4,7 @@ mod bench;
 mod common;
 mod eval;
 mod info;
+mod plot;
 mod sample;
 mod train;
 mod tui;
@@ -36,6 +37,8 @@ enum Command {
     Tui(tui::TuiArgs),
     /// Time training and generation on named configurations (p1, p2, p3).
     Bench(bench::BenchArgs),
+    /// Draw loss curves (train and validation per step) from metrics logs to a PNG or SVG.
+    Plot(plot::PlotArgs),
 }
 
 /// Runs the parsed command.
@@ -49,6 +52,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Export(a) => info::export(a),
         Command::Tui(a) => tui::run(a),
         Command::Bench(a) => bench::run(a),
+        Command::Plot(a) => plot::run(a),
     }
 }
 

@@ -118,11 +118,17 @@ impl<F: Float> Params<F> {
         }
     }
 
-    /// Initialisation: embedding U(−0.1, 0.1); LSTM as [`LstmParams::init`] (U(±1/√H),
-    /// forget bias 1); output weight U(±1/√H) and bias 0 (PyTorch's `nn.Linear` bound).
+    /// Initialisation: embedding N(0, 1) (PyTorch's `nn.Embedding`), or U(−0.1, 0.1) when it
+    /// is tied to the output layer (PyTorch's word_language_model); LSTM as
+    /// [`LstmParams::init`] (U(±1/√H), forget bias 1); output weight U(±1/√H) and bias 0
+    /// (PyTorch's `nn.Linear` bound).
     pub fn init(cfg: &ModelConfig, rng: &mut impl Rng) -> Self {
         let mut p = Self::zeros(cfg);
-        p.embed.mapv_inplace(|_| F::c(rng.random_range(-0.1..0.1)));
+        if cfg.tie_weights {
+            p.embed.mapv_inplace(|_| F::c(rng.random_range(-0.1..0.1)));
+        } else {
+            p.embed.mapv_inplace(|_| F::c(standard_normal(rng)));
+        }
         for (l, layer) in p.lstm.iter_mut().enumerate() {
             *layer = LstmParams::init(cfg.input_size(l), cfg.hidden, rng);
         }
@@ -194,6 +200,13 @@ impl<F: Float> Params<F> {
             out_b: c1(&self.out_b),
         }
     }
+}
+
+/// One draw from N(0, 1) (Box–Muller).
+fn standard_normal(rng: &mut impl Rng) -> f64 {
+    let u1: f64 = 1.0 - rng.random::<f64>(); // (0, 1]
+    let u2: f64 = rng.random();
+    (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
 }
 
 /// A named tensor in PyTorch state-dict layout: (name, shape, row-major data).

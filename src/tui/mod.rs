@@ -76,7 +76,7 @@ pub fn run<B: Backend>(
             next_tick = now + TICK;
             dirty = true;
         }
-        if dirty && last_draw.map_or(true, |t| now.duration_since(t) >= FRAME) {
+        if dirty && last_draw.is_none_or(|t| now.duration_since(t) >= FRAME) {
             terminal.draw(|f| ui::draw(f, app)).map_err(term_err)?;
             last_draw = Some(now);
             dirty = false;

@@ -485,7 +485,7 @@ impl Worker {
         self.produced += 1;
         let now = Instant::now();
         let last = self.settings.length.is_some_and(|n| self.produced >= n);
-        let dist = if last || self.last_dist.map_or(true, |t| now - t >= DIST_EVERY) {
+        let dist = if last || self.last_dist.is_none_or(|t| now - t >= DIST_EVERY) {
             self.last_dist = Some(now);
             Some(self.dist())
         } else {

@@ -1237,8 +1237,12 @@ mod tests {
     #[test]
     fn picker_opens_another_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
+        // The open model lives in the temp dir too, so the picker (which also lists the open
+        // model's directory) does not see the repository's bundled checkpoint.
+        let mut model = info("m");
+        model.path = dir.path().join("sub/m.safetensors");
         let mut a = App::new(
-            info("m"),
+            model,
             Options {
                 checkpoints: dir.path().to_path_buf(),
                 ..Options::default()

@@ -22,7 +22,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a model on a text corpus (default: the bundled Shakespeare corpus).
-    Train(train::TrainArgs),
+    Train(Box<train::TrainArgs>),
     /// Generate text from a trained model, streamed to stdout.
     Sample(sample::SampleArgs),
     /// Loss, perplexity and bits per character of a model on a text file.
@@ -38,7 +38,7 @@ enum Command {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Train(a) => train::run(a),
+        Command::Train(a) => train::run(*a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),

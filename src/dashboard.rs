@@ -586,7 +586,8 @@ impl DashboardState {
         let block = Block::bordered().title(" now ");
         let inner = block.inner(area);
         frame.render_widget(block, area);
-        let parts = Layout::vertical([Constraint::Min(1), Constraint::Length(3)]).split(inner);
+        // The figures first; the sparkline takes what is left (nothing on a short screen).
+        let parts = Layout::vertical([Constraint::Length(8), Constraint::Min(0)]).split(inner);
         let row = |k: &str, v: String| {
             Line::from(vec![
                 Span::styled(format!("{k:<11}"), Style::new().fg(Color::Gray)),
@@ -1083,7 +1084,8 @@ impl Default for UiOptions {
 /// How [`run_ui`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UiExit {
-    /// Training finished (or stopped) and said [`Msg::Done`], or its side hung up.
+    /// Training finished (or stopped) and said [`Msg::Done`] (the last frame is drawn), or
+    /// its side hung up (nothing more is drawn).
     Finished,
     /// A second Ctrl-C: the caller should exit at once.
     ForceQuit,
@@ -1139,10 +1141,13 @@ pub fn run_ui<B: Backend>(
                     weights = Some((step, model));
                     want_samples = true;
                 }
-                Ok(Msg::Done) | Err(TryRecvError::Disconnected) => {
+                Ok(Msg::Done) => {
                     finished = true;
                     break;
                 }
+                // The training side is gone without saying so: it is unwinding from a panic,
+                // and the panic hook has restored the terminal already. Draw nothing more.
+                Err(TryRecvError::Disconnected) => return Ok(UiExit::Finished),
                 Err(TryRecvError::Empty) => break,
             }
         }
@@ -1777,6 +1782,28 @@ mod tests {
             "{frames} frames in {secs:.2} s"
         );
         assert!(frames >= 2, "{frames}");
+    }
+
+    #[test]
+    fn ui_loop_draws_nothing_after_the_training_side_vanishes() {
+        let (_model, tok) = tiny_model();
+        let controls = Controls::new(Arc::new(AtomicUsize::new(0)));
+        let mut st = DashboardState::new("ui", &[1.0], 0);
+        let mut input = |_t: Duration| Ok(None);
+        let opts = UiOptions::default();
+
+        let (tx, rx) = mpsc::channel::<Msg>();
+        drop(tx);
+        let mut term = Terminal::new(TestBackend::new(40, 12)).unwrap();
+        let exit = run_ui(&mut term, &mut st, &rx, &controls, &tok, &mut input, &opts).unwrap();
+        assert_eq!(exit, UiExit::Finished);
+        assert_eq!(term.get_frame().count(), 0);
+
+        let (tx, rx) = mpsc::channel::<Msg>();
+        tx.send(Msg::Done).unwrap();
+        let mut term = Terminal::new(TestBackend::new(40, 12)).unwrap();
+        run_ui(&mut term, &mut st, &rx, &controls, &tok, &mut input, &opts).unwrap();
+        assert_eq!(term.get_frame().count(), 1, "the final frame");
     }
 
     #[test]

@@ -1151,10 +1151,6 @@ pub fn run_ui<B: Backend>(
                 Err(TryRecvError::Empty) => break,
             }
         }
-        if finished {
-            terminal.draw(|f| state.draw(f)).map_err(Error::Terminal)?;
-            return Ok(UiExit::Finished);
-        }
         if let Some((step, path)) = checkpoint {
             match snapshot::load_model(&path) {
                 Ok(lm) => {
@@ -1184,6 +1180,11 @@ pub fn run_ui<B: Backend>(
             }
             want_samples = false;
             urgent = true;
+        }
+        if finished {
+            // A sample due at the last step has been taken above: it is the final one.
+            terminal.draw(|f| state.draw(f)).map_err(Error::Terminal)?;
+            return Ok(UiExit::Finished);
         }
         let since = last_draw.map_or(Duration::MAX, |t| t.elapsed());
         if (urgent && since >= opts.frame_interval) || (stale && since >= opts.data_interval) {
@@ -1804,6 +1805,29 @@ mod tests {
         let mut term = Terminal::new(TestBackend::new(40, 12)).unwrap();
         run_ui(&mut term, &mut st, &rx, &controls, &tok, &mut input, &opts).unwrap();
         assert_eq!(term.get_frame().count(), 1, "the final frame");
+    }
+
+    #[test]
+    fn ui_loop_takes_a_sample_due_at_the_last_step_before_finishing() {
+        let (model, tok) = tiny_model();
+        let controls = Controls::new(Arc::new(AtomicUsize::new(0)));
+        let mut st = DashboardState::new("ui", &[0.5], 4);
+        let (tx, rx) = mpsc::channel::<Msg>();
+        tx.send(Msg::Weights { step: 4, model }).unwrap();
+        tx.send(Msg::Done).unwrap();
+        let mut term = Terminal::new(TestBackend::new(40, 12)).unwrap();
+        let mut input = |_t: Duration| Ok(None);
+        run_ui(
+            &mut term,
+            &mut st,
+            &rx,
+            &controls,
+            &tok,
+            &mut input,
+            &UiOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(st.samples[0].as_ref().map(|s| s.step), Some(4));
     }
 
     #[test]

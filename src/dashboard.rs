@@ -417,7 +417,12 @@ impl DashboardState {
                 Some(Action::Pause(self.paused))
             }
             KeyCode::Char('s') if !self.stopping => {
-                self.set_status("saving...".into(), false);
+                let msg = if self.paused {
+                    "save requested: written when training resumes"
+                } else {
+                    "saving..."
+                };
+                self.set_status(msg.into(), false);
                 Some(Action::SaveNow)
             }
             KeyCode::Char('n') if !self.stopping => {
@@ -496,7 +501,8 @@ impl DashboardState {
 
     fn draw_chart(&self, frame: &mut Frame, area: Rect) {
         let block = Block::bordered().title(" loss (nats/token) ");
-        let train = thin(&self.train.points(), (area.width as usize * 2).max(8));
+        let raw = thin(&self.train.points(), (area.width as usize * 2).max(8));
+        let train = crate::plot::smooth(&raw, raw.len() / 30);
         if train.is_empty() && self.val.is_empty() {
             frame.render_widget(
                 Paragraph::new("waiting for the first steps...").block(block),
@@ -522,12 +528,19 @@ impl DashboardState {
         }
         let pad = ((y1 - y0) * 0.05).max(0.01);
         let (y0, y1) = ((y0 - pad).max(0.0), y1 + pad);
-        let mut datasets = vec![Dataset::default()
-            .name("train")
-            .marker(Marker::Braille)
-            .graph_type(GraphType::Line)
-            .style(Style::new().fg(Color::Cyan))
-            .data(&train)];
+        let mut datasets = vec![
+            Dataset::default()
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(Color::DarkGray))
+                .data(&raw),
+            Dataset::default()
+                .name("train")
+                .marker(Marker::Braille)
+                .graph_type(GraphType::Line)
+                .style(Style::new().fg(Color::Cyan))
+                .data(&train),
+        ];
         if !self.val.is_empty() {
             datasets.push(
                 Dataset::default()
@@ -573,7 +586,8 @@ impl DashboardState {
         let block = Block::bordered().title(" now ");
         let inner = block.inner(area);
         frame.render_widget(block, area);
-        let parts = Layout::vertical([Constraint::Min(1), Constraint::Length(3)]).split(inner);
+        // The figures first; the sparkline takes what is left (nothing on a short screen).
+        let parts = Layout::vertical([Constraint::Length(8), Constraint::Min(0)]).split(inner);
         let row = |k: &str, v: String| {
             Line::from(vec![
                 Span::styled(format!("{k:<11}"), Style::new().fg(Color::Gray)),
@@ -954,7 +968,7 @@ pub struct TrainHook {
     sample_every: u64,
     latest: PathBuf,
     sample_pending: Option<u64>,
-    last_step: u64,
+    last_sampled: Option<u64>,
 }
 
 impl TrainHook {
@@ -971,7 +985,7 @@ impl TrainHook {
             sample_every,
             latest,
             sample_pending: None,
-            last_step: 0,
+            last_sampled: None,
         }
     }
 
@@ -982,21 +996,24 @@ impl TrainHook {
 
     /// Forwards the event and returns the user's request: [`Control::Stop`] after quit or an
     /// interrupt (or when the UI is gone), [`Control::SaveNow`] for a save or a due sample;
-    /// blocks while paused.
+    /// blocks while paused. A pause that begins at a step first saves and samples that step's
+    /// weights (so the samples on screen show where training stands), then holds.
     pub fn on_event(&mut self, e: &Event) -> Control {
         if self.tx.send(Msg::Event(e.clone())).is_err() {
             return Control::Stop;
         }
+        let at_step = matches!(e, Event::Step(_));
         match e {
             Event::Step(s) => {
-                self.last_step = s.step;
                 let due = self.sample_every > 0 && s.step % self.sample_every == 0;
-                if due || self.controls.sample_now.swap(false, Ordering::SeqCst) {
+                let pause_sample = self.controls.is_paused() && self.last_sampled != Some(s.step);
+                if due || pause_sample || self.controls.sample_now.swap(false, Ordering::SeqCst) {
                     self.sample_pending = Some(s.step);
                 }
             }
             Event::Saved { path } if *path == self.latest => {
                 if let Some(step) = self.sample_pending.take() {
+                    self.last_sampled = Some(step);
                     let _ = self.tx.send(Msg::Checkpoint {
                         step,
                         path: path.clone(),
@@ -1005,12 +1022,14 @@ impl TrainHook {
             }
             _ => {}
         }
-        self.controls.wait_while_paused();
+        if !(at_step && self.sample_pending.is_some()) {
+            self.controls.wait_while_paused();
+        }
         if self.controls.stop_requested() {
             return Control::Stop;
         }
         let save = self.controls.save_now.swap(false, Ordering::SeqCst);
-        if matches!(e, Event::Step(_)) && (save || self.sample_pending.is_some()) {
+        if at_step && (save || self.sample_pending.is_some()) {
             Control::SaveNow
         } else {
             if save {
@@ -1039,8 +1058,10 @@ pub enum Input {
 /// Settings of [`run_ui`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct UiOptions {
-    /// Shortest time between two frames.
+    /// Shortest time between two frames (after a key).
     pub frame_interval: Duration,
+    /// Shortest time between two frames that only show new training figures.
+    pub data_interval: Duration,
     /// Tokens per sample.
     pub sample_len: usize,
     /// Base seed of the samples (the step is added).
@@ -1048,10 +1069,12 @@ pub struct UiOptions {
 }
 
 impl Default for UiOptions {
-    /// 10 frames/s, 300-token samples, seed 0.
+    /// At most 10 frames/s after keys and 4/s for training figures, 300-token samples,
+    /// seed 0.
     fn default() -> Self {
         UiOptions {
             frame_interval: Duration::from_millis(100),
+            data_interval: Duration::from_millis(250),
             sample_len: 300,
             seed: 0,
         }
@@ -1061,7 +1084,8 @@ impl Default for UiOptions {
 /// How [`run_ui`] ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UiExit {
-    /// Training finished (or stopped) and said [`Msg::Done`], or its side hung up.
+    /// Training finished (or stopped) and said [`Msg::Done`] (the last frame is drawn), or
+    /// its side hung up (nothing more is drawn).
     Finished,
     /// A second Ctrl-C: the caller should exit at once.
     ForceQuit,
@@ -1096,7 +1120,11 @@ pub fn run_ui<B: Backend>(
     let _release = Release(controls);
     let mut weights: Option<(u64, Arc<Model<f32>>)> = None;
     let mut want_samples = false;
-    let mut dirty = true;
+    // Bumped by `n` while paused, for a different sample from the same weights.
+    let mut draws: u64 = 0;
+    // `urgent`: the user did something; `stale`: only new training figures.
+    let mut urgent = true;
+    let mut stale = false;
     let mut last_draw: Option<Instant> = None;
     let mut pause_started: Option<Instant> = None;
     loop {
@@ -1106,23 +1134,22 @@ pub fn run_ui<B: Backend>(
             match rx.try_recv() {
                 Ok(Msg::Event(e)) => {
                     state.apply(&e);
-                    dirty = true;
+                    stale = true;
                 }
                 Ok(Msg::Checkpoint { step, path }) => checkpoint = Some((step, path)),
                 Ok(Msg::Weights { step, model }) => {
                     weights = Some((step, model));
                     want_samples = true;
                 }
-                Ok(Msg::Done) | Err(TryRecvError::Disconnected) => {
+                Ok(Msg::Done) => {
                     finished = true;
                     break;
                 }
+                // The training side is gone without saying so: it is unwinding from a panic,
+                // and the panic hook has restored the terminal already. Draw nothing more.
+                Err(TryRecvError::Disconnected) => return Ok(UiExit::Finished),
                 Err(TryRecvError::Empty) => break,
             }
-        }
-        if finished {
-            terminal.draw(|f| state.draw(f)).map_err(Error::Terminal)?;
-            return Ok(UiExit::Finished);
         }
         if let Some((step, path)) = checkpoint {
             match snapshot::load_model(&path) {
@@ -1132,13 +1159,13 @@ pub fn run_ui<B: Backend>(
                 }
                 Err(e) => state.set_status(format!("cannot sample: {e}"), true),
             }
-            dirty = true;
+            urgent = true;
         }
         if controls.interrupted() && !state.stopping {
             state.stopping = true;
             state.paused = false;
             state.set_status("interrupted: validating and saving...".into(), true);
-            dirty = true;
+            urgent = true;
         }
         if want_samples {
             if let Some((step, model)) = &weights {
@@ -1147,24 +1174,33 @@ pub fn run_ui<B: Backend>(
                     tokenizer,
                     &state.temperatures,
                     opts.sample_len,
-                    opts.seed.wrapping_add(*step),
+                    opts.seed.wrapping_add(*step).wrapping_add(draws << 32),
                 );
                 state.set_samples(*step, texts);
             }
             want_samples = false;
-            dirty = true;
+            urgent = true;
         }
-        let since = last_draw.map_or(opts.frame_interval, |t| t.elapsed());
-        if dirty && since >= opts.frame_interval {
+        if finished {
+            // A sample due at the last step has been taken above: it is the final one.
+            terminal.draw(|f| state.draw(f)).map_err(Error::Terminal)?;
+            return Ok(UiExit::Finished);
+        }
+        let since = last_draw.map_or(Duration::MAX, |t| t.elapsed());
+        if (urgent && since >= opts.frame_interval) || (stale && since >= opts.data_interval) {
             terminal.draw(|f| state.draw(f)).map_err(Error::Terminal)?;
             last_draw = Some(Instant::now());
-            dirty = false;
+            urgent = false;
+            stale = false;
         }
-        let wait = if dirty {
-            opts.frame_interval
-                .saturating_sub(last_draw.map_or(Duration::ZERO, |t| t.elapsed()))
+        let since = last_draw.map_or(Duration::ZERO, |t| t.elapsed());
+        let wait = if urgent {
+            opts.frame_interval.saturating_sub(since)
+        } else if stale {
+            opts.data_interval.saturating_sub(since)
         } else {
-            opts.frame_interval
+            // Training events do not wake the input wait: look for them this often.
+            opts.data_interval
         };
         match next_input(wait.max(Duration::from_millis(1))).map_err(Error::Terminal)? {
             Some(Input::Key(key)) => {
@@ -1180,7 +1216,15 @@ pub fn run_ui<B: Backend>(
                         }
                     }
                     Some(Action::SaveNow) => controls.request_save(),
-                    Some(Action::SampleNow) => controls.request_sample(),
+                    Some(Action::SampleNow) => {
+                        if state.paused && weights.is_some() {
+                            // Paused: the weights do not change; draw another sample.
+                            draws += 1;
+                            want_samples = true;
+                        } else {
+                            controls.request_sample();
+                        }
+                    }
                     Some(Action::Resample) => want_samples = weights.is_some(),
                     Some(Action::Quit) => controls.request_quit(),
                     Some(Action::Interrupt) => {
@@ -1190,9 +1234,9 @@ pub fn run_ui<B: Backend>(
                     }
                     Some(Action::Redraw) | None => {}
                 }
-                dirty = true;
+                urgent = true;
             }
-            Some(Input::Resize) => dirty = true,
+            Some(Input::Resize) => urgent = true,
             None => {}
         }
     }
@@ -1557,6 +1601,33 @@ mod tests {
     }
 
     #[test]
+    fn pausing_at_a_step_saves_and_samples_it_before_holding() {
+        let controls = Arc::new(Controls::new(Arc::new(AtomicUsize::new(0))));
+        let (tx, rx) = mpsc::channel();
+        let latest = PathBuf::from("r-latest");
+        let mut hook = TrainHook::new(tx, controls.clone(), 0, latest.clone());
+        controls.set_paused(true);
+        // Does not block: the step's weights are saved first.
+        assert_eq!(hook.on_event(&info(7)), Control::SaveNow);
+        let c2 = controls.clone();
+        let resumer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            c2.set_paused(false);
+        });
+        let t0 = Instant::now();
+        hook.on_event(&Event::Saved { path: latest });
+        assert!(
+            t0.elapsed() >= Duration::from_millis(90),
+            "holds after the save"
+        );
+        resumer.join().unwrap();
+        assert!(rx
+            .try_iter()
+            .any(|m| matches!(m, Msg::Checkpoint { step: 7, .. })));
+        assert_eq!(hook.on_event(&info(8)), Control::Continue);
+    }
+
+    #[test]
     fn hook_blocks_while_paused_until_resumed_or_interrupted() {
         let interrupts = Arc::new(AtomicUsize::new(0));
         let controls = Arc::new(Controls::new(interrupts.clone()));
@@ -1569,7 +1640,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(150));
             c2.set_paused(false);
         });
-        assert_eq!(hook.on_event(&info(1)), Control::Continue);
+        let w = Event::Warning("w".into());
+        assert_eq!(hook.on_event(&w), Control::Continue);
         assert!(t0.elapsed() >= Duration::from_millis(140));
         resumer.join().unwrap();
 
@@ -1580,7 +1652,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             i2.fetch_add(1, Ordering::SeqCst);
         });
-        assert_eq!(hook.on_event(&info(2)), Control::Stop);
+        assert_eq!(hook.on_event(&w), Control::Stop);
     }
 
     #[test]
@@ -1604,6 +1676,7 @@ mod tests {
         .into_iter();
         let opts = UiOptions {
             frame_interval: Duration::from_millis(1),
+            data_interval: Duration::from_millis(1),
             sample_len: 20,
             seed: 1,
         };
@@ -1631,6 +1704,130 @@ mod tests {
         assert_eq!(s0.text.chars().count(), 20);
         assert!(st.samples[1].is_some());
         assert!(screen(&term).contains("sample T=0.1 · step 5"));
+    }
+
+    #[test]
+    fn ui_loop_n_while_paused_draws_a_new_sample_from_the_same_weights() {
+        let (model, tok) = tiny_model();
+        let controls = Controls::new(Arc::new(AtomicUsize::new(0)));
+        let (tx, rx) = mpsc::channel();
+        tx.send(Msg::Weights {
+            step: 3,
+            model: model.clone(),
+        })
+        .unwrap();
+        let opts = UiOptions {
+            frame_interval: Duration::from_millis(1),
+            data_interval: Duration::from_millis(1),
+            sample_len: 30,
+            seed: 9,
+        };
+        let first = generate_samples(model, &tok, &[1.0], 30, 9 + 3);
+        let mut st = DashboardState::new("ui", &[1.0], 0);
+        let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        let mut keys = vec![Input::Key(key('p')), Input::Key(key('n'))].into_iter();
+        let mut tx = Some(tx);
+        let mut input = |_t: Duration| -> std::io::Result<Option<Input>> {
+            let k = keys.next();
+            if k.is_none() {
+                if let Some(tx) = tx.take() {
+                    tx.send(Msg::Done).unwrap();
+                }
+            }
+            Ok(k)
+        };
+        run_ui(&mut term, &mut st, &rx, &controls, &tok, &mut input, &opts).unwrap();
+        let shown = &st.samples[0].as_ref().unwrap().text;
+        assert_eq!(shown.chars().count(), 30);
+        assert_ne!(shown, &first[0]);
+        assert!(
+            !controls.sample_now.load(Ordering::SeqCst),
+            "paused: no request to the trainer"
+        );
+    }
+
+    #[test]
+    fn ui_loop_draws_a_few_frames_per_second_not_one_per_step() {
+        let (_model, tok) = tiny_model();
+        let controls = Controls::new(Arc::new(AtomicUsize::new(0)));
+        let (tx, rx) = mpsc::channel();
+        let mut st = DashboardState::new("ui", &[1.0], 0);
+        let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        let opts = UiOptions::default();
+        let t0 = Instant::now();
+        let mut sent = 0u64;
+        let mut tx = Some(tx);
+        // Training sends 100 steps every 10 ms for 0.6 s, then finishes.
+        let mut input = |timeout: Duration| -> std::io::Result<Option<Input>> {
+            std::thread::sleep(timeout.min(Duration::from_millis(10)));
+            if let Some(t) = &tx {
+                for _ in 0..100 {
+                    sent += 1;
+                    t.send(Msg::Event(step(sent, 2.0, 0.1, 1.0))).unwrap();
+                }
+                if t0.elapsed() > Duration::from_millis(600) {
+                    t.send(Msg::Done).unwrap();
+                    tx = None;
+                }
+            }
+            Ok(None)
+        };
+        run_ui(&mut term, &mut st, &rx, &controls, &tok, &mut input, &opts).unwrap();
+        let frames = term.get_frame().count();
+        let secs = t0.elapsed().as_secs_f64();
+        assert!(sent >= 2000, "{sent}");
+        assert_eq!(st.last.as_ref().unwrap().step, sent);
+        // 4 data frames/s plus the first and the last.
+        assert!(
+            frames as f64 <= secs * 4.0 + 3.0,
+            "{frames} frames in {secs:.2} s"
+        );
+        assert!(frames >= 2, "{frames}");
+    }
+
+    #[test]
+    fn ui_loop_draws_nothing_after_the_training_side_vanishes() {
+        let (_model, tok) = tiny_model();
+        let controls = Controls::new(Arc::new(AtomicUsize::new(0)));
+        let mut st = DashboardState::new("ui", &[1.0], 0);
+        let mut input = |_t: Duration| Ok(None);
+        let opts = UiOptions::default();
+
+        let (tx, rx) = mpsc::channel::<Msg>();
+        drop(tx);
+        let mut term = Terminal::new(TestBackend::new(40, 12)).unwrap();
+        let exit = run_ui(&mut term, &mut st, &rx, &controls, &tok, &mut input, &opts).unwrap();
+        assert_eq!(exit, UiExit::Finished);
+        assert_eq!(term.get_frame().count(), 0);
+
+        let (tx, rx) = mpsc::channel::<Msg>();
+        tx.send(Msg::Done).unwrap();
+        let mut term = Terminal::new(TestBackend::new(40, 12)).unwrap();
+        run_ui(&mut term, &mut st, &rx, &controls, &tok, &mut input, &opts).unwrap();
+        assert_eq!(term.get_frame().count(), 1, "the final frame");
+    }
+
+    #[test]
+    fn ui_loop_takes_a_sample_due_at_the_last_step_before_finishing() {
+        let (model, tok) = tiny_model();
+        let controls = Controls::new(Arc::new(AtomicUsize::new(0)));
+        let mut st = DashboardState::new("ui", &[0.5], 4);
+        let (tx, rx) = mpsc::channel::<Msg>();
+        tx.send(Msg::Weights { step: 4, model }).unwrap();
+        tx.send(Msg::Done).unwrap();
+        let mut term = Terminal::new(TestBackend::new(40, 12)).unwrap();
+        let mut input = |_t: Duration| Ok(None);
+        run_ui(
+            &mut term,
+            &mut st,
+            &rx,
+            &controls,
+            &tok,
+            &mut input,
+            &UiOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(st.samples[0].as_ref().map(|s| s.step), Some(4));
     }
 
     #[test]

@@ -1,20 +1,26 @@
 //! `quill train`.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use quill::corpus::Corpus;
+use quill::dashboard::{
+    run_ui, Controls, DashboardState, Input, SampleText, TrainHook, UiExit, UiOptions,
+    MAX_TEMPERATURE,
+};
 use quill::model::ModelConfig;
 use quill::optim::Schedule;
+use quill::plot::{write_plot, PlotOptions, RunMetrics};
 use quill::snapshot;
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
-use quill::train::{Control, Event, TrainConfig, Trainer};
+use quill::train::{Control, Event, Summary, TrainConfig, Trainer};
 
 use super::common::human_count;
 
@@ -116,6 +122,19 @@ pub struct TrainArgs {
     /// No progress bar; one line per evaluation instead.
     #[arg(long)]
     quiet: bool,
+    /// Live dashboard: loss charts, speed, samples from the current weights; keys pause,
+    /// save, change the sample temperature and quit. Without a terminal: the progress bar.
+    #[arg(long, conflicts_with = "quiet")]
+    dashboard: bool,
+    /// Dashboard: sample every N steps (writes NAME-latest first; 0 = only on the `n` key).
+    #[arg(long, default_value_t = 100)]
+    sample_every: u64,
+    /// Dashboard: tokens per sample.
+    #[arg(long, default_value_t = 300)]
+    sample_length: usize,
+    /// Dashboard: sample temperatures, one pane each (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![0.5, 1.0])]
+    sample_temperatures: Vec<f32>,
 }
 
 impl TrainArgs {
@@ -244,9 +263,39 @@ fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> 
     c
 }
 
+/// Whether the dashboard owns the terminal (for the Ctrl-C handler's last-resort restore).
+static TUI_ACTIVE: AtomicBool = AtomicBool::new(false);
+
+impl TrainArgs {
+    fn check_dashboard_flags(&self) -> anyhow::Result<()> {
+        if !self.dashboard {
+            return Ok(());
+        }
+        let n = self.sample_temperatures.len();
+        if !(1..=4).contains(&n) {
+            anyhow::bail!("invalid sample-temperatures: give 1 to 4 values, got {n}");
+        }
+        if let Some(t) = self
+            .sample_temperatures
+            .iter()
+            .find(|t| !(t.is_finite() && (0.0..=MAX_TEMPERATURE).contains(*t)))
+        {
+            anyhow::bail!("invalid sample-temperatures: {t} is outside [0, {MAX_TEMPERATURE}]");
+        }
+        if !(1..=10_000).contains(&self.sample_length) {
+            anyhow::bail!(
+                "invalid sample-length: {} is outside 1..=10000",
+                self.sample_length
+            );
+        }
+        Ok(())
+    }
+}
+
 pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let config = args.train_config();
     config.validate()?;
+    args.check_dashboard_flags()?;
     let model_config = args.model_config();
     if args.resume.is_none() {
         let mut check = model_config.clone();
@@ -297,11 +346,75 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCo
         let interrupts = interrupts.clone();
         let _ = ctrlc::set_handler(move || {
             if interrupts.fetch_add(1, Ordering::SeqCst) >= 1 {
+                if TUI_ACTIVE.load(Ordering::SeqCst) {
+                    ratatui::restore();
+                }
                 std::process::exit(130);
             }
         });
     }
 
+    let use_dashboard =
+        args.dashboard && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();
+    if args.dashboard && !use_dashboard {
+        eprintln!("--dashboard needs a terminal (stdin and stdout); showing the progress bar");
+    }
+    let mut last_samples = Vec::new();
+    let summary = if use_dashboard {
+        match run_dashboard(&args, &mut trainer, &interrupts)? {
+            Some((summary, samples)) => {
+                last_samples = samples;
+                summary
+            }
+            None => run_with_bar(&args, &mut trainer, &interrupts)?,
+        }
+    } else {
+        run_with_bar(&args, &mut trainer, &interrupts)?
+    };
+    if let Some(s) = last_samples.first() {
+        eprintln!("last sample (step {}, T={:.1}):", s.step, s.temperature);
+        eprintln!("{}", s.text.trim_end());
+    }
+    eprintln!(
+        "done: {} steps ({} this run, {}), {:.0} tokens/s; final val loss {}; best {}",
+        summary.steps,
+        summary.steps_this_run,
+        summary.reason,
+        summary.tokens_per_s,
+        summary.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        summary.best_val.map_or("-".into(), |v| format!("{v:.4}")),
+    );
+    eprintln!("latest checkpoint: {}", summary.latest.display());
+    if summary.best_val.is_some() {
+        eprintln!(
+            "best checkpoint:   {}",
+            trainer.config.checkpoint_path("best").display()
+        );
+    }
+    let metrics = trainer.config.metrics_path();
+    eprintln!("metrics log:       {}", metrics.display());
+    let plot = trainer
+        .config
+        .out
+        .join(format!("{}-loss.png", trainer.config.name));
+    match RunMetrics::read(&metrics).and_then(|m| write_plot(&plot, &[m], &PlotOptions::default()))
+    {
+        Ok(()) => eprintln!("loss plot:         {}", plot.display()),
+        Err(e) => eprintln!("warning: no loss plot: {e}"),
+    }
+    Ok(if interrupts.load(Ordering::SeqCst) > 0 {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Training with the progress bar (or, with --quiet, one line per validation).
+fn run_with_bar(
+    args: &TrainArgs,
+    trainer: &mut Trainer,
+    interrupts: &Arc<AtomicUsize>,
+) -> anyhow::Result<Summary> {
     let bar = if args.quiet {
         ProgressBar::hidden()
     } else {
@@ -380,29 +493,102 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCo
     };
     let summary = trainer.run(steps_this_run, &mut on_event)?;
     bar.finish_and_clear();
-    eprintln!(
-        "done: {} steps ({} this run, {}), {:.0} tokens/s; final val loss {}; best {}",
-        summary.steps,
-        summary.steps_this_run,
-        summary.reason,
-        summary.tokens_per_s,
-        summary.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
-        summary.best_val.map_or("-".into(), |v| format!("{v:.4}")),
+    Ok(summary)
+}
+
+/// Training under the dashboard: the UI runs on its own thread, training here. Returns the
+/// summary and the last samples, or `None` if the terminal could not be set up (the caller
+/// falls back to the progress bar).
+fn run_dashboard(
+    args: &TrainArgs,
+    trainer: &mut Trainer,
+    interrupts: &Arc<AtomicUsize>,
+) -> anyhow::Result<Option<(Summary, Vec<SampleText>)>> {
+    let mut state = DashboardState::new(
+        &trainer.config.name,
+        &args.sample_temperatures,
+        args.sample_every,
     );
-    eprintln!("latest checkpoint: {}", summary.latest.display());
-    if summary.best_val.is_some() {
-        eprintln!(
-            "best checkpoint:   {}",
-            trainer.config.checkpoint_path("best").display()
-        );
+    if args.resume.is_some() {
+        if let Ok(m) = RunMetrics::read(&trainer.config.metrics_path()) {
+            state.load_history(&m);
+        }
     }
-    eprintln!(
-        "metrics log:       {}",
-        trainer.config.metrics_path().display()
+    let controls = Arc::new(Controls::new(interrupts.clone()));
+    let (tx, rx) = mpsc::channel();
+    let mut hook = TrainHook::new(
+        tx,
+        controls.clone(),
+        args.sample_every,
+        trainer.config.checkpoint_path("latest"),
     );
-    Ok(if interrupts.load(Ordering::SeqCst) > 0 {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    })
+    if let Some(path) = &args.resume {
+        hook.sample_checkpoint(trainer.progress.step, path.clone());
+    }
+    let tokenizer = trainer.tokenizer.clone();
+    let opts = UiOptions {
+        sample_len: args.sample_length,
+        seed: args.seed,
+        ..UiOptions::default()
+    };
+    let mut terminal = match ratatui::try_init() {
+        Ok(t) => t,
+        Err(e) => {
+            ratatui::restore();
+            eprintln!("cannot start the dashboard ({e}); showing the progress bar");
+            return Ok(None);
+        }
+    };
+    TUI_ACTIVE.store(true, Ordering::SeqCst);
+    let ui_controls = controls.clone();
+    let ui = std::thread::Builder::new()
+        .name("dashboard".into())
+        .spawn(move || {
+            let mut input = |timeout: Duration| -> std::io::Result<Option<Input>> {
+                use crossterm::event::{self, Event as Term};
+                if !event::poll(timeout)? {
+                    return Ok(None);
+                }
+                Ok(match event::read()? {
+                    Term::Key(k) => Some(Input::Key(k)),
+                    Term::Resize(..) => Some(Input::Resize),
+                    _ => None,
+                })
+            };
+            let r = run_ui(
+                &mut terminal,
+                &mut state,
+                &rx,
+                &ui_controls,
+                &tokenizer,
+                &mut input,
+                &opts,
+            );
+            if let Ok(UiExit::ForceQuit) = r {
+                // Second Ctrl-C: leave at once (checkpoints are written atomically).
+                ratatui::restore();
+                eprintln!("interrupted");
+                std::process::exit(130);
+            }
+            (r, state)
+        })
+        .context("starting the dashboard thread")?;
+    let result = trainer.run(args.steps_this_run, &mut |e| hook.on_event(e));
+    hook.finish();
+    drop(hook);
+    let joined = ui.join();
+    ratatui::restore();
+    TUI_ACTIVE.store(false, Ordering::SeqCst);
+    let samples = match joined {
+        Ok((Ok(_), state)) => state.samples.into_iter().flatten().collect(),
+        Ok((Err(e), _)) => {
+            eprintln!("warning: the dashboard failed ({e}); training was stopped and saved");
+            Vec::new()
+        }
+        Err(_) => {
+            eprintln!("warning: the dashboard crashed; training was stopped and saved");
+            Vec::new()
+        }
+    };
+    Ok(Some((result?, samples)))
 }

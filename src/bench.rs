@@ -269,12 +269,7 @@ fn time_training(cfg: &BenchConfig, opts: &BenchOptions, rng: &mut Pcg64) -> Res
 
 /// Times generation of `steps` tokens per stream with `b` streams, `runs` times after a
 /// warm-up; returns the median tokens/s over all streams.
-fn time_generation(
-    model: &Arc<Model<f32>>,
-    b: usize,
-    steps: usize,
-    opts: &BenchOptions,
-) -> f64 {
+fn time_generation(model: &Arc<Model<f32>>, b: usize, steps: usize, opts: &BenchOptions) -> f64 {
     let mut gen = Generator::new(Arc::clone(model), b);
     let mut samplers: Vec<Sampler> = (0..b)
         .map(|i| Sampler::new(SamplingParams::default(), opts.seed ^ i as u64))
@@ -288,7 +283,11 @@ fn time_generation(
             }
         }
     };
-    run(&mut gen, &mut tokens, (steps / 10).max(1) * opts.warmup.max(1));
+    run(
+        &mut gen,
+        &mut tokens,
+        (steps / 10).max(1) * opts.warmup.max(1),
+    );
     let mut rates = Vec::with_capacity(opts.runs);
     for _ in 0..opts.runs {
         let t0 = Instant::now();
@@ -338,7 +337,10 @@ mod tests {
     #[test]
     fn named_configs_match_the_issue_table() {
         let p1 = BenchConfig::named("p1").unwrap();
-        assert_eq!((p1.model.layers, p1.model.hidden, p1.model.embed), (2, 512, 512));
+        assert_eq!(
+            (p1.model.layers, p1.model.hidden, p1.model.embed),
+            (2, 512, 512)
+        );
         assert_eq!((p1.batch, p1.window, p1.model.vocab), (64, 64, 65));
         let p2 = BenchConfig::named("p2").unwrap();
         assert_eq!((p2.model.layers, p2.model.hidden, p2.batch), (1, 128, 32));
@@ -392,7 +394,9 @@ mod tests {
         let r = run_config(&cfg, &opts).unwrap();
         assert!(r.train_tokens_per_s > 0.0 && r.train_tokens_per_s.is_finite());
         assert!(r.gen_tokens_per_s > 0.0 && r.batch_gen_tokens_per_s > 0.0);
-        assert!((r.train_gflops - r.train_flops_per_token * r.train_tokens_per_s / 1e9).abs() < 1e-9);
+        assert!(
+            (r.train_gflops - r.train_flops_per_token * r.train_tokens_per_s / 1e9).abs() < 1e-9
+        );
         assert_eq!(r.params, cfg.model.num_params());
         if cfg!(target_os = "linux") {
             assert!(r.peak_rss_bytes > 0);

@@ -60,7 +60,14 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     if !a.json {
         println!(
             "{:<4} {:<22} {:>12} {:>9} {:>8} {:>10} {:>13} {:>9}",
-            "name", "model", "train tok/s", "ms/step", "GFLOP/s", "gen tok/s", "batch tok/s", "peak RSS"
+            "name",
+            "model",
+            "train tok/s",
+            "ms/step",
+            "GFLOP/s",
+            "gen tok/s",
+            "batch tok/s",
+            "peak RSS"
         );
     }
     for cfg in &configs {

@@ -19,7 +19,8 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rand::Rng;
 
-use super::Float;
+use super::gemm::{gemm, Mat, MatMut, PackedB};
+use super::{pool, Float};
 
 /// Parameters of one layer (also used for their gradients and optimizer moments).
 #[derive(Clone, Debug, PartialEq)]
@@ -64,14 +65,50 @@ impl<F: Float> LstmParams<F> {
     }
 }
 
+/// The weights of one layer packed for [`gemm`]: `wx`, `wh` for the forward pass, their
+/// transposes for the backward pass. Rebuilt from [`LstmParams`] whenever those may have
+/// changed (once per window in training, once per model in generation).
+#[derive(Clone, Debug, Default)]
+pub struct LstmPacked<F> {
+    /// wx (D, 4H).
+    pub wx: PackedB<F>,
+    /// wh (H, 4H).
+    pub wh: PackedB<F>,
+    /// wxᵀ (4H, D), backward only.
+    pub wx_t: PackedB<F>,
+    /// whᵀ (4H, H), backward only.
+    pub wh_t: PackedB<F>,
+}
+
+impl<F: Float> LstmPacked<F> {
+    /// Packs the forward weights of `p`.
+    pub fn pack_forward(&mut self, p: &LstmParams<F>) {
+        self.wx.pack(p.wx.view());
+        self.wh.pack(p.wh.view());
+    }
+
+    /// Packs the transposed weights of `p` for the backward pass.
+    pub fn pack_backward(&mut self, p: &LstmParams<F>) {
+        self.wx_t.pack(p.wx.t());
+        self.wh_t.pack(p.wh.t());
+    }
+
+    /// Forward weights packed from `p`.
+    pub fn forward_only(p: &LstmParams<F>) -> Self {
+        let mut s = Self::default();
+        s.pack_forward(p);
+        s
+    }
+}
+
 /// What the forward pass keeps for the backward pass, plus backward workspaces. Reused across
 /// windows; reallocated only when (T, B) changes.
 #[derive(Clone, Debug, Default)]
 pub struct LstmCache<F> {
     t: usize,
     b: usize,
-    /// Activated gates i, f, g, o per step, (T·B, 4H). Before the time loop it holds the input
-    /// projection; during backward it is overwritten by the pre-activation gradients.
+    /// Activated gates i, f, g, o per step, (T·B, 4H). During backward it is overwritten by
+    /// the pre-activation gradients.
     gates: Array2<F>,
     /// Cell states: rows 0..B hold c_0 (the carried state), then c_1..c_T, ((T+1)·B, H).
     c: Array2<F>,
@@ -83,6 +120,8 @@ pub struct LstmCache<F> {
     dh_next: Array2<F>,
     /// Backward: gradient flowing into c_{t-1} from step t, (B, H).
     dc_next: Array2<F>,
+    /// The packed weights of the last forward pass.
+    packed: LstmPacked<F>,
 }
 
 impl<F: Float> LstmCache<F> {
@@ -115,11 +154,39 @@ impl<F: Float> LstmCache<F> {
     }
 }
 
+/// A raw pointer that may cross to pool threads; each task touches only its own rows.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<F>(pub(crate) *mut F);
+// SAFETY: used only for disjoint row ranges of one buffer, from tasks joined before the
+// buffer is used again.
+unsafe impl<F> Send for SyncPtr<F> {}
+unsafe impl<F> Sync for SyncPtr<F> {}
+
+impl<F> SyncPtr<F> {
+    /// `len` elements from `off`.
+    ///
+    /// # Safety
+    /// In bounds, and no other live reference to these elements.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &mut [F] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+/// How many row groups to split B streams into: one per pool thread, never empty.
+pub(crate) fn parts(b: usize) -> usize {
+    pool::width().min(b).max(1)
+}
+
 /// Forward pass over a window.
 ///
 /// - `x`: inputs, (T·B, D), time-major rows.
 /// - `h0`, `c0`: carried state, (B, H).
 /// - Outputs land in `cache` ([`LstmCache::output`], [`LstmCache::last_h`], [`LstmCache::last_c`]).
+///
+/// The B streams are split into contiguous groups, one per thread; each group runs the whole
+/// window on its own (per step: gates = b + x_t·wx + h_{t-1}·wh, then the fused cell update),
+/// so no thread waits for another inside the time loop.
 pub fn lstm_forward<F: Float>(
     p: &LstmParams<F>,
     x: ArrayView2<'_, F>,
@@ -130,43 +197,182 @@ pub fn lstm_forward<F: Float>(
 ) {
     let b = h0.nrows();
     let h = p.hidden_size();
+    let d = p.input_size();
     debug_assert_eq!(x.nrows(), t_len * b);
-    debug_assert_eq!(x.ncols(), p.input_size());
+    debug_assert_eq!(x.ncols(), d);
     cache.ensure(t_len, b, h);
-
-    // Input projection for every step at once: gates = x · wx + b.
-    general_mat_mul(F::one(), &x, &p.wx, F::zero(), &mut cache.gates);
-    cache.gates += &p.b;
+    cache.packed.pack_forward(p);
     cache.h.slice_mut(s![..b, ..]).assign(&h0);
     cache.c.slice_mut(s![..b, ..]).assign(&c0);
-
-    for t in 0..t_len {
-        let rows = t * b..(t + 1) * b;
-        {
-            let h_prev = cache.h.slice(s![rows.clone(), ..]);
-            let mut g = cache.gates.slice_mut(s![rows.clone(), ..]);
-            general_mat_mul(F::one(), &h_prev, &p.wh, F::one(), &mut g);
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let bias = p.b.as_slice().expect("standard layout");
+    let gp = SyncPtr(cache.gates.as_mut_ptr());
+    let cp = SyncPtr(cache.c.as_mut_ptr());
+    let hp = SyncPtr(cache.h.as_mut_ptr());
+    let tp = SyncPtr(cache.tc.as_mut_ptr());
+    let packed = &cache.packed;
+    let np = parts(b);
+    pool::run(np, &|part| {
+        let rows = pool::split(b, np, part);
+        let nb = rows.len();
+        for t in 0..t_len {
+            let r0 = t * b + rows.start;
+            // SAFETY: rows r0..r0+nb of step t belong to this task alone; h and c rows of
+            // step t (read) were written by this task at step t-1 (or are the initial state).
+            unsafe {
+                let g = gp.slice(r0 * 4 * h, nb * 4 * h);
+                for row in g.chunks_exact_mut(4 * h) {
+                    row.copy_from_slice(bias);
+                }
+                let xa = &xs[r0 * d..(r0 + nb) * d];
+                gemm(
+                    nb,
+                    Mat { data: xa, ld: d },
+                    &packed.wx,
+                    MatMut { data: g, ld: 4 * h },
+                    true,
+                );
+                let h_prev = hp.slice(r0 * h, nb * h);
+                gemm(
+                    nb,
+                    Mat {
+                        data: h_prev,
+                        ld: h,
+                    },
+                    &packed.wh,
+                    MatMut { data: g, ld: 4 * h },
+                    true,
+                );
+                let c_prev = cp.slice(r0 * h, nb * h);
+                let c_next = cp.slice((r0 + b) * h, nb * h);
+                let h_next = hp.slice((r0 + b) * h, nb * h);
+                let tc = tp.slice(r0 * h, nb * h);
+                cell_forward(g, c_prev, c_next, tc, h_next, nb, h);
+            }
         }
-        let gates = cache.gates.as_slice_mut().expect("standard layout");
-        let gates = &mut gates[t * b * 4 * h..(t + 1) * b * 4 * h];
-        let (c_prev, c_next) = split_rows(&mut cache.c, t, b, h);
-        let (_, h_next) = split_rows(&mut cache.h, t, b, h);
-        let tc = &mut cache.tc.as_slice_mut().expect("standard layout")[t * b * h..(t + 1) * b * h];
-        cell_forward(gates, c_prev, c_next, tc, h_next, b, h);
+    });
+}
+
+/// `Some(s as &mut [f32])` when F is f32.
+#[inline]
+fn as_f32<F: Float>(s: &mut [F]) -> Option<&mut [f32]> {
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: F is f32.
+        Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+    } else {
+        None
     }
 }
 
-/// Rows t·B..(t+1)·B (read) and (t+1)·B..(t+2)·B (write) of a ((T+1)·B, H) state matrix.
-fn split_rows<F: Float>(a: &mut Array2<F>, t: usize, b: usize, h: usize) -> (&[F], &mut [F]) {
-    let s = a.as_slice_mut().expect("standard layout");
-    let (lo, hi) = s.split_at_mut((t + 1) * b * h);
-    (&lo[t * b * h..], &mut hi[..b * h])
+/// Shared-slice twin of [`as_f32`].
+#[inline]
+fn as_f32_ref<F: Float>(s: &[F]) -> Option<&[f32]> {
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: F is f32.
+        Some(unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+    } else {
+        None
+    }
 }
 
 /// The element-wise part of one step, fused: activates the gates in place and writes c_t,
-/// tanh(c_t) and h_t. `gates` is (B, 4H), the state slices are (B, H).
-#[inline]
-fn cell_forward<F: Float>(
+/// tanh(c_t) and h_t. `gates` is (B, 4H), the state slices are (B, H). For f32 on AVX2 CPUs
+/// the same code is compiled for AVX2 (vectorised polynomial nonlinearities).
+pub(crate) fn cell_forward<F: Float>(
+    gates: &mut [F],
+    c_prev: &[F],
+    c_next: &mut [F],
+    tc: &mut [F],
+    h_next: &mut [F],
+    b: usize,
+    h: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd() {
+        if let (Some(g), Some(cp), Some(cn), Some(t), Some(hn)) = (
+            as_f32(gates),
+            as_f32_ref(c_prev),
+            as_f32(c_next),
+            as_f32(tc),
+            as_f32(h_next),
+        ) {
+            // SAFETY: AVX2 and FMA are present.
+            unsafe { cell_forward_avx2(g, cp, cn, t, hn, b, h) };
+            return;
+        }
+    }
+    cell_forward_impl(gates, c_prev, c_next, tc, h_next, b, h);
+}
+
+/// One element of the forward cell: returns (i, f, g, o, c, tanh c, h).
+#[inline(always)]
+fn cell_elem<F: Float>(ai: F, af: F, ag: F, ao: F, cp: F) -> [F; 7] {
+    let i = F::sigmoid(ai);
+    let f = F::sigmoid(af);
+    let g = F::tanh_(ag);
+    let o = F::sigmoid(ao);
+    let c = F::fma(f, cp, i * g);
+    let tc = F::tanh_(c);
+    [i, f, g, o, c, tc, o * tc]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cell_forward_avx2(
+    gates: &mut [f32],
+    c_prev: &[f32],
+    c_next: &mut [f32],
+    tc: &mut [f32],
+    h_next: &mut [f32],
+    b: usize,
+    h: usize,
+) {
+    use super::fast::avx2::{sigmoid, tanh};
+    use std::arch::x86_64::*;
+    assert!(gates.len() >= b * 4 * h && c_prev.len() >= b * h && c_next.len() >= b * h);
+    assert!(tc.len() >= b * h && h_next.len() >= b * h);
+    for r in 0..b {
+        let g = gates.as_mut_ptr().add(r * 4 * h);
+        let (gi, gf, gg, go) = (g, g.add(h), g.add(2 * h), g.add(3 * h));
+        let cp = c_prev.as_ptr().add(r * h);
+        let cn = c_next.as_mut_ptr().add(r * h);
+        let tcr = tc.as_mut_ptr().add(r * h);
+        let hn = h_next.as_mut_ptr().add(r * h);
+        let mut j = 0;
+        while j + 8 <= h {
+            let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
+            let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
+            let gv = tanh(_mm256_loadu_ps(gg.add(j)));
+            let o = sigmoid(_mm256_loadu_ps(go.add(j)));
+            _mm256_storeu_ps(gi.add(j), i);
+            _mm256_storeu_ps(gf.add(j), f);
+            _mm256_storeu_ps(gg.add(j), gv);
+            _mm256_storeu_ps(go.add(j), o);
+            let c = _mm256_fmadd_ps(f, _mm256_loadu_ps(cp.add(j)), _mm256_mul_ps(i, gv));
+            let t = tanh(c);
+            _mm256_storeu_ps(cn.add(j), c);
+            _mm256_storeu_ps(tcr.add(j), t);
+            _mm256_storeu_ps(hn.add(j), _mm256_mul_ps(o, t));
+            j += 8;
+        }
+        while j < h {
+            let [i, f, gv, o, c, t, hv] =
+                cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cp.add(j));
+            *gi.add(j) = i;
+            *gf.add(j) = f;
+            *gg.add(j) = gv;
+            *go.add(j) = o;
+            *cn.add(j) = c;
+            *tcr.add(j) = t;
+            *hn.add(j) = hv;
+            j += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn cell_forward_impl<F: Float>(
     gates: &mut [F],
     c_prev: &[F],
     c_next: &mut [F],
@@ -185,19 +391,14 @@ fn cell_forward<F: Float>(
         let tcr = &mut tc[r * h..(r + 1) * h];
         let hn = &mut h_next[r * h..(r + 1) * h];
         for j in 0..h {
-            let i = F::sigmoid(gi[j]);
-            let f = F::sigmoid(gf[j]);
-            let gv = F::tanh_(gg[j]);
-            let o = F::sigmoid(go[j]);
+            let [i, f, gv, o, c, t, hv] = cell_elem(gi[j], gf[j], gg[j], go[j], cp[j]);
             gi[j] = i;
             gf[j] = f;
             gg[j] = gv;
             go[j] = o;
-            let c = f * cp[j] + i * gv;
-            let tcv = F::tanh_(c);
             cn[j] = c;
-            tcr[j] = tcv;
-            hn[j] = o * tcv;
+            tcr[j] = t;
+            hn[j] = hv;
         }
     }
 }
@@ -210,7 +411,9 @@ fn cell_forward<F: Float>(
 /// - `dx`: if given, receives the gradient w.r.t. `x`, (T·B, D) (overwritten).
 ///
 /// Truncated BPTT: the gradient w.r.t. the carried state (h_0, c_0) is not computed; the
-/// gradient entering from beyond the window's end is zero.
+/// gradient entering from beyond the window's end is zero. The sequential part (the cell
+/// backward and dh_{t-1} = dG_t · whᵀ) runs per group of streams as in the forward pass; the
+/// weight gradients and dx are whole-window products afterwards.
 pub fn lstm_backward<F: Float>(
     p: &LstmParams<F>,
     x: ArrayView2<'_, F>,
@@ -221,44 +424,85 @@ pub fn lstm_backward<F: Float>(
 ) {
     let (t_len, b) = (cache.t, cache.b);
     let h = p.hidden_size();
+    cache.packed.pack_backward(p);
     cache.dh_next.fill(F::zero());
     cache.dc_next.fill(F::zero());
+    let dh_out = dh_out.as_standard_layout();
     let dh_out = dh_out.as_slice().expect("standard layout");
-
-    for t in (0..t_len).rev() {
-        {
-            let gates = cache.gates.as_slice_mut().expect("standard layout");
-            let g = &mut gates[t * b * 4 * h..(t + 1) * b * 4 * h];
-            let c = cache.c.as_slice().expect("standard layout");
-            let c_prev = &c[t * b * h..(t + 1) * b * h];
-            let tc = &cache.tc.as_slice().expect("standard layout")[t * b * h..(t + 1) * b * h];
-            let dho = &dh_out[t * b * h..(t + 1) * b * h];
-            let dh_next = cache.dh_next.as_slice().expect("standard layout");
-            let dc_next = cache.dc_next.as_slice_mut().expect("standard layout");
-            cell_backward(g, c_prev, tc, dho, dh_next, dc_next, b, h);
-        }
-        if t > 0 {
-            let dg = cache.gates.slice(s![t * b..(t + 1) * b, ..]);
-            general_mat_mul(F::one(), &dg, &p.wh.t(), F::zero(), &mut cache.dh_next);
-        }
+    {
+        let gp = SyncPtr(cache.gates.as_mut_ptr());
+        let dhp = SyncPtr(cache.dh_next.as_mut_ptr());
+        let dcp = SyncPtr(cache.dc_next.as_mut_ptr());
+        let c = cache.c.as_slice().expect("standard layout");
+        let tc = cache.tc.as_slice().expect("standard layout");
+        let wh_t = &cache.packed.wh_t;
+        let np = parts(b);
+        pool::run(np, &|part| {
+            let rows = pool::split(b, np, part);
+            let nb = rows.len();
+            // SAFETY: this task owns rows `rows` of dh_next/dc_next and of every step's gates.
+            let dh_next = unsafe { dhp.slice(rows.start * h, nb * h) };
+            let dc_next = unsafe { dcp.slice(rows.start * h, nb * h) };
+            for t in (0..t_len).rev() {
+                let r0 = t * b + rows.start;
+                let g = unsafe { gp.slice(r0 * 4 * h, nb * 4 * h) };
+                let c_prev = &c[r0 * h..(r0 + nb) * h];
+                let tcr = &tc[r0 * h..(r0 + nb) * h];
+                let dho = &dh_out[r0 * h..(r0 + nb) * h];
+                cell_backward(g, c_prev, tcr, dho, dh_next, dc_next, nb, h);
+                if t > 0 {
+                    gemm(
+                        nb,
+                        Mat { data: g, ld: 4 * h },
+                        wh_t,
+                        MatMut {
+                            data: dh_next,
+                            ld: h,
+                        },
+                        false,
+                    );
+                }
+            }
+        });
     }
 
-    // Weight gradients over the whole window, one GEMM each.
+    // Weight gradients over the whole window, one product each.
     let dg = &cache.gates;
     general_mat_mul(F::one(), &x.t(), dg, F::one(), &mut dp.wx);
     let h_prev = cache.h.slice(s![..t_len * b, ..]);
     general_mat_mul(F::one(), &h_prev.t(), dg, F::one(), &mut dp.wh);
     dp.b += &dg.sum_axis(Axis(0));
     if let Some(mut dx) = dx {
-        general_mat_mul(F::one(), dg, &p.wx.t(), F::zero(), &mut dx);
+        let n = t_len * b;
+        let d = p.input_size();
+        let dgs = dg.as_slice().expect("standard layout");
+        if let Some(dxs) = dx.as_slice_mut() {
+            let dxp = SyncPtr(dxs.as_mut_ptr());
+            let wx_t = &cache.packed.wx_t;
+            let np = parts(n);
+            pool::run(np, &|part| {
+                let rows = pool::split(n, np, part);
+                // SAFETY: disjoint row ranges of dx.
+                let out = unsafe { dxp.slice(rows.start * d, rows.len() * d) };
+                let a = &dgs[rows.start * 4 * h..];
+                gemm(
+                    rows.len(),
+                    Mat { data: a, ld: 4 * h },
+                    wx_t,
+                    MatMut { data: out, ld: d },
+                    false,
+                );
+            });
+        } else {
+            general_mat_mul(F::one(), dg, &p.wx.t(), F::zero(), &mut dx);
+        }
     }
 }
 
 /// Element-wise backward of one step. On entry `g` holds the activated gates (B, 4H); on exit
 /// the gradients w.r.t. the pre-activations. `dc_next` carries dL/dc_t in and dL/dc_{t-1} out.
 #[allow(clippy::too_many_arguments)]
-#[inline]
-fn cell_backward<F: Float>(
+pub(crate) fn cell_backward<F: Float>(
     g: &mut [F],
     c_prev: &[F],
     tc: &[F],
@@ -268,7 +512,132 @@ fn cell_backward<F: Float>(
     b: usize,
     h: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd() {
+        if let (Some(g), Some(cp), Some(t), Some(dho), Some(dhn), Some(dcn)) = (
+            as_f32(g),
+            as_f32_ref(c_prev),
+            as_f32_ref(tc),
+            as_f32_ref(dh_out),
+            as_f32_ref(dh_next),
+            as_f32(dc_next),
+        ) {
+            // SAFETY: AVX2 and FMA are present.
+            unsafe { cell_backward_avx2(g, cp, t, dho, dhn, dcn, b, h) };
+            return;
+        }
+    }
+    cell_backward_impl(g, c_prev, tc, dh_out, dh_next, dc_next, b, h);
+}
+
+/// One element of the backward cell: from the activated gates, c_{t-1}, tanh c_t, the
+/// incoming dh and dc, returns (dai, daf, dag, dao, dc_{t-1}).
+#[inline(always)]
+fn cell_back_elem<F: Float>(i: F, f: F, g: F, o: F, cp: F, tc: F, dh: F, dc_in: F) -> [F; 5] {
     let one = F::one();
+    let dc = dc_in + dh * o * (one - tc * tc);
+    [
+        dc * g * i * (one - i),
+        dc * cp * f * (one - f),
+        dc * i * (one - g * g),
+        dh * tc * o * (one - o),
+        dc * f,
+    ]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cell_backward_avx2(
+    g: &mut [f32],
+    c_prev: &[f32],
+    tc: &[f32],
+    dh_out: &[f32],
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    b: usize,
+    h: usize,
+) {
+    use std::arch::x86_64::*;
+    assert!(g.len() >= b * 4 * h && c_prev.len() >= b * h && tc.len() >= b * h);
+    assert!(dh_out.len() >= b * h && dh_next.len() >= b * h && dc_next.len() >= b * h);
+    let one = _mm256_set1_ps(1.0);
+    for r in 0..b {
+        let gr = g.as_mut_ptr().add(r * 4 * h);
+        let (gi, gf, gg, go) = (gr, gr.add(h), gr.add(2 * h), gr.add(3 * h));
+        let o_ = r * h;
+        let (cp, tcr) = (c_prev.as_ptr().add(o_), tc.as_ptr().add(o_));
+        let (dho, dhn) = (dh_out.as_ptr().add(o_), dh_next.as_ptr().add(o_));
+        let dcn = dc_next.as_mut_ptr().add(o_);
+        let mut j = 0;
+        while j + 8 <= h {
+            let i = _mm256_loadu_ps(gi.add(j));
+            let f = _mm256_loadu_ps(gf.add(j));
+            let gv = _mm256_loadu_ps(gg.add(j));
+            let o = _mm256_loadu_ps(go.add(j));
+            let t = _mm256_loadu_ps(tcr.add(j));
+            let dh = _mm256_add_ps(_mm256_loadu_ps(dho.add(j)), _mm256_loadu_ps(dhn.add(j)));
+            // dc = dc_in + ((dh · o) · (1 − t·t))
+            let dc = _mm256_add_ps(
+                _mm256_loadu_ps(dcn.add(j)),
+                _mm256_mul_ps(
+                    _mm256_mul_ps(dh, o),
+                    _mm256_sub_ps(one, _mm256_mul_ps(t, t)),
+                ),
+            );
+            let mul3 = |a: __m256, b: __m256, c: __m256, d: __m256| {
+                _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(a, b), c), d)
+            };
+            _mm256_storeu_ps(gi.add(j), mul3(dc, gv, i, _mm256_sub_ps(one, i)));
+            _mm256_storeu_ps(
+                gf.add(j),
+                mul3(dc, _mm256_loadu_ps(cp.add(j)), f, _mm256_sub_ps(one, f)),
+            );
+            _mm256_storeu_ps(
+                gg.add(j),
+                _mm256_mul_ps(
+                    _mm256_mul_ps(dc, i),
+                    _mm256_sub_ps(one, _mm256_mul_ps(gv, gv)),
+                ),
+            );
+            _mm256_storeu_ps(go.add(j), mul3(dh, t, o, _mm256_sub_ps(one, o)));
+            _mm256_storeu_ps(dcn.add(j), _mm256_mul_ps(dc, f));
+            j += 8;
+        }
+        while j < h {
+            let dh = *dho.add(j) + *dhn.add(j);
+            let [di, df, dg, d_o, dcp] = cell_back_elem(
+                *gi.add(j),
+                *gf.add(j),
+                *gg.add(j),
+                *go.add(j),
+                *cp.add(j),
+                *tcr.add(j),
+                dh,
+                *dcn.add(j),
+            );
+            *gi.add(j) = di;
+            *gf.add(j) = df;
+            *gg.add(j) = dg;
+            *go.add(j) = d_o;
+            *dcn.add(j) = dcp;
+            j += 1;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn cell_backward_impl<F: Float>(
+    g: &mut [F],
+    c_prev: &[F],
+    tc: &[F],
+    dh_out: &[F],
+    dh_next: &[F],
+    dc_next: &mut [F],
+    b: usize,
+    h: usize,
+) {
     for r in 0..b {
         let gr = &mut g[r * 4 * h..(r + 1) * 4 * h];
         let (gi, rest) = gr.split_at_mut(h);
@@ -276,42 +645,124 @@ fn cell_backward<F: Float>(
         let (gg, go) = rest.split_at_mut(h);
         let o_ = r * h;
         for j in 0..h {
-            let (i, f, gv, o) = (gi[j], gf[j], gg[j], go[j]);
-            let tcv = tc[o_ + j];
             let dh = dh_out[o_ + j] + dh_next[o_ + j];
-            let dc = dc_next[o_ + j] + dh * o * (one - tcv * tcv);
-            dc_next[o_ + j] = dc * f;
-            gi[j] = dc * gv * i * (one - i);
-            gf[j] = dc * c_prev[o_ + j] * f * (one - f);
-            gg[j] = dc * i * (one - gv * gv);
-            go[j] = dh * tcv * o * (one - o);
+            let [di, df, dg, d_o, dcp] = cell_back_elem(
+                gi[j],
+                gf[j],
+                gg[j],
+                go[j],
+                c_prev[o_ + j],
+                tc[o_ + j],
+                dh,
+                dc_next[o_ + j],
+            );
+            gi[j] = di;
+            gf[j] = df;
+            gg[j] = dg;
+            go[j] = d_o;
+            dc_next[o_ + j] = dcp;
         }
     }
 }
 
 /// One step for generation (no caching): updates `h` and `c` (B, H) in place given the input
-/// projection `gx = x · wx + b` (B, 4H), which is overwritten as workspace.
+/// projection `gx = b + x · wx` (B, 4H), which is overwritten as workspace.
 pub fn lstm_step<F: Float>(
     p: &LstmParams<F>,
     gx: &mut Array2<F>,
     h: &mut Array2<F>,
     c: &mut Array2<F>,
 ) {
+    let packed = LstmPacked::forward_only(p);
     let (b, hs) = (h.nrows(), h.ncols());
-    general_mat_mul(F::one(), &*h, &p.wh, F::one(), gx);
     let g = gx.as_slice_mut().expect("standard layout");
-    let c = c.as_slice_mut().expect("standard layout");
     let hv = h.as_slice_mut().expect("standard layout");
+    let cv = c.as_slice_mut().expect("standard layout");
+    lstm_step_packed(&packed.wh, g, hv, cv, b, hs);
+}
+
+/// [`lstm_step`] on packed weights and raw rows: `g` (B, 4H) holds b + x·wx on entry;
+/// `h`, `c` (B, H) are updated in place.
+pub(crate) fn lstm_step_packed<F: Float>(
+    wh: &PackedB<F>,
+    g: &mut [F],
+    h: &mut [F],
+    c: &mut [F],
+    b: usize,
+    hs: usize,
+) {
+    gemm(
+        b,
+        Mat { data: h, ld: hs },
+        wh,
+        MatMut {
+            data: g,
+            ld: 4 * hs,
+        },
+        true,
+    );
+    cell_step(g, h, c, b, hs);
+}
+
+/// Cell update in place for generation: c ← f·c + i·g, h ← o·tanh(c) from pre-activations
+/// `g` (B, 4H); the same arithmetic as [`cell_forward`].
+pub(crate) fn cell_step<F: Float>(g: &[F], h: &mut [F], c: &mut [F], b: usize, hs: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd() {
+        if let (Some(g), Some(hv), Some(cv)) = (as_f32_ref(g), as_f32(h), as_f32(c)) {
+            // SAFETY: AVX2 and FMA are present.
+            unsafe { cell_step_avx2(g, hv, cv, b, hs) };
+            return;
+        }
+    }
+    cell_step_impl(g, h, c, b, hs);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cell_step_avx2(g: &[f32], h: &mut [f32], c: &mut [f32], b: usize, hs: usize) {
+    use super::fast::avx2::{sigmoid, tanh};
+    use std::arch::x86_64::*;
+    assert!(g.len() >= b * 4 * hs && h.len() >= b * hs && c.len() >= b * hs);
+    for r in 0..b {
+        let gr = g.as_ptr().add(r * 4 * hs);
+        let (gi, gf, gg, go) = (gr, gr.add(hs), gr.add(2 * hs), gr.add(3 * hs));
+        let cr = c.as_mut_ptr().add(r * hs);
+        let hr = h.as_mut_ptr().add(r * hs);
+        let mut j = 0;
+        while j + 8 <= hs {
+            let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
+            let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
+            let gv = tanh(_mm256_loadu_ps(gg.add(j)));
+            let o = sigmoid(_mm256_loadu_ps(go.add(j)));
+            let cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(cr.add(j)), _mm256_mul_ps(i, gv));
+            _mm256_storeu_ps(cr.add(j), cn);
+            _mm256_storeu_ps(hr.add(j), _mm256_mul_ps(o, tanh(cn)));
+            j += 8;
+        }
+        while j < hs {
+            let [_, _, _, _, cn, _, hv] =
+                cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cr.add(j));
+            *cr.add(j) = cn;
+            *hr.add(j) = hv;
+            j += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn cell_step_impl<F: Float>(g: &[F], h: &mut [F], c: &mut [F], b: usize, hs: usize) {
     for r in 0..b {
         let gr = &g[r * 4 * hs..(r + 1) * 4 * hs];
+        let (gi, rest) = gr.split_at(hs);
+        let (gf, rest) = rest.split_at(hs);
+        let (gg, go) = rest.split_at(hs);
+        let cr = &mut c[r * hs..(r + 1) * hs];
+        let hr = &mut h[r * hs..(r + 1) * hs];
         for j in 0..hs {
-            let i = F::sigmoid(gr[j]);
-            let f = F::sigmoid(gr[hs + j]);
-            let gv = F::tanh_(gr[2 * hs + j]);
-            let o = F::sigmoid(gr[3 * hs + j]);
-            let cn = f * c[r * hs + j] + i * gv;
-            c[r * hs + j] = cn;
-            hv[r * hs + j] = o * F::tanh_(cn);
+            let [_, _, _, _, cn, _, hv] = cell_elem(gi[j], gf[j], gg[j], go[j], cr[j]);
+            cr[j] = cn;
+            hr[j] = hv;
         }
     }
 }
@@ -374,6 +825,52 @@ mod tests {
         assert!((&cache.last_c().to_owned() - &cp)
             .iter()
             .all(|v| v.abs() < 1e-12));
+    }
+
+    /// The AVX2 element-wise kernels against the portable code: the same bits, tails included.
+    #[test]
+    fn simd_cells_match_portable_cells_bit_for_bit() {
+        let (b, h) = (3, 21);
+        let mut rng = Pcg64::seed_from_u64(9);
+        let mut v =
+            |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-s..s)).collect() };
+        let gates = v(b * 4 * h, 6.0);
+        let c_prev = v(b * h, 3.0);
+        let (mut g1, mut g2) = (gates.clone(), gates.clone());
+        let mut o1 = vec![vec![0f32; b * h]; 3];
+        let mut o2 = o1.clone();
+        let [c1, t1, h1] = &mut o1[..] else {
+            unreachable!()
+        };
+        cell_forward(&mut g1, &c_prev, c1, t1, h1, b, h);
+        let [c2, t2, h2] = &mut o2[..] else {
+            unreachable!()
+        };
+        cell_forward_impl(&mut g2, &c_prev, c2, t2, h2, b, h);
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&g1), bits(&g2));
+        assert_eq!(
+            o1.iter().map(|x| bits(x)).collect::<Vec<_>>(),
+            o2.iter().map(|x| bits(x)).collect::<Vec<_>>()
+        );
+
+        let (dho, dhn, dc) = (v(b * h, 1.0), v(b * h, 1.0), v(b * h, 1.0));
+        let (mut d1, mut d2) = (dc.clone(), dc.clone());
+        let (mut a1, mut a2) = (g1.clone(), g1.clone());
+        cell_backward(&mut a1, &c_prev, &o1[1], &dho, &dhn, &mut d1, b, h);
+        cell_backward_impl(&mut a2, &c_prev, &o1[1], &dho, &dhn, &mut d2, b, h);
+        assert_eq!(bits(&a1), bits(&a2));
+        assert_eq!(bits(&d1), bits(&d2));
+
+        let (mut hs1, mut cs1) = (vec![0f32; b * h], c_prev.clone());
+        let (mut hs2, mut cs2) = (vec![0f32; b * h], c_prev.clone());
+        cell_step(&gates, &mut hs1, &mut cs1, b, h);
+        cell_step_impl(&gates, &mut hs2, &mut cs2, b, h);
+        assert_eq!(bits(&hs1), bits(&hs2));
+        assert_eq!(bits(&cs1), bits(&cs2));
+        // and the in-place generation step equals the caching forward
+        assert_eq!(bits(&hs1), bits(&o1[2]));
+        assert_eq!(bits(&cs1), bits(&o1[0]));
     }
 
     #[test]

@@ -46,10 +46,6 @@ impl<F: Float> PackedB<F> {
         self.n
     }
 
-    fn panels(&self) -> usize {
-        self.n.div_ceil(NR)
-    }
-
     /// Packs `b` (K, N), any strides (pass `w.t()` to pack a transpose). Reuses the buffer.
     pub fn pack(&mut self, b: ArrayView2<'_, F>) {
         let (k, n) = b.dim();
@@ -111,18 +107,110 @@ pub struct MatMut<'a, F> {
     pub ld: usize,
 }
 
+/// A read-only strided matrix: element (i, j) at `data[i * rs + j * cs]`, `rows` × `cols`.
+#[derive(Clone, Copy, Debug)]
+pub struct View<'a, F> {
+    /// The elements.
+    pub data: &'a [F],
+    /// Rows.
+    pub rows: usize,
+    /// Columns.
+    pub cols: usize,
+    /// Row stride.
+    pub rs: usize,
+    /// Column stride.
+    pub cs: usize,
+}
+
+impl<'a, F> View<'a, F> {
+    /// A row-major (rows, cols) matrix with row stride `ld`.
+    pub fn rows(data: &'a [F], rows: usize, cols: usize, ld: usize) -> Self {
+        View { data, rows, cols, rs: ld, cs: 1 }
+    }
+
+    /// The transpose of a row-major (cols, rows) matrix with row stride `ld`: a (rows, cols)
+    /// view.
+    pub fn transposed(data: &'a [F], rows: usize, cols: usize, ld: usize) -> Self {
+        View { data, rows, cols, rs: 1, cs: ld }
+    }
+
+    fn check(&self, what: &str) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(self.data.len() > last, "gemm: {what} too short");
+        }
+    }
+}
+
+/// Where the driver finds B.
+enum BSource<'a, F> {
+    /// Packed once by the caller.
+    Packed(&'a PackedB<F>),
+    /// Packed one KC slice at a time into a thread-local buffer.
+    Strided(View<'a, F>),
+}
+
 /// `C = A · B` (`accumulate` false) or `C += A · B` for the first `m` rows of A and C.
 /// A is (m, K) with row stride `a.ld`, C is (m, N) with row stride `c.ld`.
 ///
 /// # Panics
 /// If a slice is too short for the shapes (a programming error).
 pub fn gemm<F: Float>(m: usize, a: Mat<'_, F>, b: &PackedB<F>, c: MatMut<'_, F>, accumulate: bool) {
-    let (k, n) = (b.k, b.n);
+    let av = View::rows(a.data, m, b.k, a.ld);
+    assert!(a.ld >= b.k, "gemm: leading dimension of A");
+    drive(av, BSource::Packed(b), c, accumulate);
+}
+
+/// `C (+)= A · B` with both operands strided views (for products of activations, such as
+/// weight gradients `Xᵀ · dG`): B is packed slice by slice on the fly. Same per-element
+/// operation order as [`gemm`].
+///
+/// # Panics
+/// If the shapes do not fit or a slice is too short (a programming error).
+pub fn gemm_strided<F: Float>(a: View<'_, F>, b: View<'_, F>, c: MatMut<'_, F>, accumulate: bool) {
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
+    drive(a, BSource::Strided(b), c, accumulate);
+}
+
+/// [`gemm_strided`] writing through a raw pointer, so tasks on other threads can fill
+/// disjoint column blocks of one matrix.
+///
+/// # Safety
+/// `c` must be valid for writes of rows `0..a.rows` × columns `0..b.cols` at row stride
+/// `ldc`, and no one else may access those elements during the call.
+pub(crate) unsafe fn gemm_strided_ptr<F: Float>(
+    a: View<'_, F>,
+    b: View<'_, F>,
+    c: *mut F,
+    ldc: usize,
+    accumulate: bool,
+) {
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
+    let (m, n) = (a.rows, b.cols);
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.ld >= k && c.ld >= n, "gemm: leading dimensions");
-    assert!(a.data.len() >= (m - 1) * a.ld + k, "gemm: A too short");
+    let c = MatMut {
+        data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
+        ld: ldc,
+    };
+    drive(a, BSource::Strided(b), c, accumulate);
+}
+
+fn drive<F: Float>(a: View<'_, F>, b: BSource<'_, F>, c: MatMut<'_, F>, accumulate: bool) {
+    let (m, k) = (a.rows, a.cols);
+    let n = match &b {
+        BSource::Packed(p) => p.n,
+        BSource::Strided(v) => v.cols,
+    };
+    if m == 0 || n == 0 {
+        return;
+    }
+    a.check("A");
+    if let BSource::Strided(v) = &b {
+        v.check("B");
+    }
+    assert!(c.ld >= n, "gemm: leading dimension of C");
     assert!(c.data.len() >= (m - 1) * c.ld + n, "gemm: C too short");
     if k == 0 {
         if !accumulate {
@@ -132,45 +220,48 @@ pub fn gemm<F: Float>(m: usize, a: Mat<'_, F>, b: &PackedB<F>, c: MatMut<'_, F>,
         }
         return;
     }
-    // SAFETY: bounds checked above; the kernel reads A rows i < m, columns < k, panels
-    // inside `b.data` and writes C rows i < m, columns < n.
-    unsafe {
-        gemm_raw(
-            m,
-            a.data.as_ptr(),
-            a.ld,
-            b,
-            c.data.as_mut_ptr(),
-            c.ld,
-            accumulate,
-        )
-    }
+    // SAFETY: bounds checked above; the driver reads A (i < m, j < k), B inside its view or
+    // packed buffer, and writes C rows i < m, columns < n.
+    unsafe { gemm_raw(a, &b, n, c.data.as_mut_ptr(), c.ld, accumulate) }
 }
 
 thread_local! {
     /// Packed A block of the current thread (f64 storage, cast to F: both f32 and f64 fit).
     static APACK: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Packed B slice of the current thread (strided B only).
+    static BPACK: std::cell::RefCell<Vec<f64>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// Copies rows `0..mc` × columns `0..kc` of A into tiles of `tile` rows: tile q holds
-/// `kc` groups of its rows' values (k-major), so the kernel reads one contiguous stream.
-unsafe fn pack_a<F: Float>(
-    a: *const F,
-    lda: usize,
-    mc: usize,
-    kc: usize,
-    tile: usize,
-    dst: *mut F,
-) {
+/// A pointer to at least `len` elements of F in a thread-local buffer.
+fn scratch<F>(buf: &mut Vec<f64>, len: usize) -> *mut F {
+    let words = (len * std::mem::size_of::<F>()).div_ceil(8);
+    if buf.len() < words {
+        buf.resize(words, 0.0);
+    }
+    buf.as_mut_ptr() as *mut F
+}
+
+/// Copies rows `0..mc` × columns `0..kc` of A (strides `rs`, `cs`) into tiles of `tile`
+/// rows: tile q holds `kc` groups of its rows' values (k-major), one contiguous stream.
+unsafe fn pack_a<F: Float>(a: *const F, rs: usize, cs: usize, mc: usize, kc: usize, tile: usize, dst: *mut F) {
     let mut off = 0;
     let mut i0 = 0;
     while i0 < mc {
         let rows = tile.min(mc - i0);
-        for i in 0..rows {
-            let src = a.add((i0 + i) * lda);
-            let d = dst.add(off + i);
+        let d = dst.add(off);
+        if cs == 1 {
+            for i in 0..rows {
+                let src = a.add((i0 + i) * rs);
+                for kk in 0..kc {
+                    *d.add(kk * rows + i) = *src.add(kk);
+                }
+            }
+        } else {
             for kk in 0..kc {
-                *d.add(kk * rows) = *src.add(kk);
+                let src = a.add(i0 * rs + kk * cs);
+                for i in 0..rows {
+                    *d.add(kk * rows + i) = *src.add(i * rs);
+                }
             }
         }
         off += rows * kc;
@@ -178,90 +269,130 @@ unsafe fn pack_a<F: Float>(
     }
 }
 
-/// The blocked driver: for each KC slice of K, for each MC block of rows, pack the A block
-/// into row tiles, then for each panel run the tiles. Tiles: 6 rows × 1 panel for M ≥ 4,
-/// else M rows × 2–4 panels (see the module docs for why this changes no result).
+/// Packs rows `k0..k0+kc` of a strided B (K, N) into `np` panels of `kc` × NR (zero-padded).
+unsafe fn pack_b_slice<F: Float>(b: &View<'_, F>, k0: usize, kc: usize, dst: *mut F) {
+    let n = b.cols;
+    let np = n.div_ceil(NR);
+    let base = b.data.as_ptr();
+    if n % NR != 0 {
+        let p = np - 1;
+        for kk in 0..kc {
+            for j in n - p * NR..NR {
+                *dst.add(p * kc * NR + kk * NR + j) = F::zero();
+            }
+        }
+    }
+    if b.cs == 1 {
+        for kk in 0..kc {
+            let src = base.add((k0 + kk) * b.rs);
+            for p in 0..np {
+                let w = NR.min(n - p * NR);
+                std::ptr::copy_nonoverlapping(src.add(p * NR), dst.add(p * kc * NR + kk * NR), w);
+            }
+        }
+    } else {
+        for j in 0..n {
+            let src = base.add(j * b.cs + k0 * b.rs);
+            let d = dst.add((j / NR) * kc * NR + j % NR);
+            for kk in 0..kc {
+                *d.add(kk * NR) = *src.add(kk * b.rs);
+            }
+        }
+    }
+}
+
+/// The blocked driver: for each KC slice of K (packing it when B is strided), for each MC
+/// block of rows, pack the A block into row tiles, then for each panel run the tiles. Tiles:
+/// 6 rows × 1 panel for M ≥ 4, else M rows × 2–4 panels (see the module docs for why this
+/// changes no result).
 unsafe fn gemm_raw<F: Float>(
-    m: usize,
-    a: *const F,
-    lda: usize,
-    b: &PackedB<F>,
+    a: View<'_, F>,
+    b: &BSource<'_, F>,
+    n: usize,
     c: *mut F,
     ldc: usize,
     accumulate: bool,
 ) {
-    let (k, n) = (b.k, b.n);
-    let np = b.panels();
-    let pstride = k * NR;
-    let bp = b.data.as_ptr();
-    let need = MC.min(m) * KC.min(k);
-    let words = (need * std::mem::size_of::<F>()).div_ceil(8);
-    APACK.with(|buf| {
-        let mut buf = buf.borrow_mut();
-        if buf.len() < words {
-            buf.resize(words, 0.0);
-        }
-        let ap = buf.as_mut_ptr() as *mut F;
-        let mut k0 = 0;
-        while k0 < k {
-            let kc = KC.min(k - k0);
-            let acc = accumulate || k0 > 0;
-            let mut i0 = 0;
-            while i0 < m {
-                let mc = MC.min(m - i0);
-                let few = mc < 4;
-                let tile = if few { mc } else { MR };
-                pack_a(a.add(i0 * lda + k0), lda, mc, kc, tile, ap);
-                if few {
-                    let per = match mc {
-                        1 => 4,
-                        2 => 3,
-                        _ => 2,
-                    };
-                    let mut p = 0;
-                    while p < np {
-                        let cnt = per.min(np - p);
-                        let cols = (n - p * NR).min(cnt * NR);
-                        F::gemm_tile(
-                            kc,
-                            ap,
-                            bp.add(p * pstride + k0 * NR),
-                            pstride,
-                            cnt,
-                            c.add(i0 * ldc + p * NR),
-                            ldc,
-                            mc,
-                            cols,
-                            acc,
-                        );
-                        p += cnt;
+    let (m, k) = (a.rows, a.cols);
+    let np = n.div_ceil(NR);
+    APACK.with(|abuf| {
+        BPACK.with(|bbuf| {
+            let mut abuf = abuf.borrow_mut();
+            let mut bbuf = bbuf.borrow_mut();
+            let ap = scratch::<F>(&mut abuf, MC.min(m) * KC.min(k));
+            let bslice = match b {
+                BSource::Packed(_) => std::ptr::null_mut(),
+                BSource::Strided(_) => scratch::<F>(&mut bbuf, np * NR * KC.min(k)),
+            };
+            let mut k0 = 0;
+            while k0 < k {
+                let kc = KC.min(k - k0);
+                let acc = accumulate || k0 > 0;
+                // B panels of this slice: base pointer and panel stride.
+                let (bp, pstride) = match b {
+                    BSource::Packed(p) => (p.data.as_ptr().add(k0 * NR), p.k * NR),
+                    BSource::Strided(v) => {
+                        pack_b_slice(v, k0, kc, bslice);
+                        (bslice as *const F, kc * NR)
                     }
-                } else {
-                    for p in 0..np {
-                        let cols = (n - p * NR).min(NR);
-                        let mut i = 0;
-                        while i < mc {
-                            let rows = MR.min(mc - i);
+                };
+                let mut i0 = 0;
+                while i0 < m {
+                    let mc = MC.min(m - i0);
+                    let few = mc < 4;
+                    let tile = if few { mc } else { MR };
+                    pack_a(a.data.as_ptr().add(i0 * a.rs + k0 * a.cs), a.rs, a.cs, mc, kc, tile, ap);
+                    if few {
+                        let per = match mc {
+                            1 => 4,
+                            2 => 3,
+                            _ => 2,
+                        };
+                        let mut p = 0;
+                        while p < np {
+                            let cnt = per.min(np - p);
+                            let cols = (n - p * NR).min(cnt * NR);
                             F::gemm_tile(
                                 kc,
-                                ap.add(i * kc),
-                                bp.add(p * pstride + k0 * NR),
+                                ap,
+                                bp.add(p * pstride),
                                 pstride,
-                                1,
-                                c.add((i0 + i) * ldc + p * NR),
+                                cnt,
+                                c.add(i0 * ldc + p * NR),
                                 ldc,
-                                rows,
+                                mc,
                                 cols,
                                 acc,
                             );
-                            i += rows;
+                            p += cnt;
+                        }
+                    } else {
+                        for p in 0..np {
+                            let cols = (n - p * NR).min(NR);
+                            let mut i = 0;
+                            while i < mc {
+                                let rows = MR.min(mc - i);
+                                F::gemm_tile(
+                                    kc,
+                                    ap.add(i * kc),
+                                    bp.add(p * pstride),
+                                    pstride,
+                                    1,
+                                    c.add((i0 + i) * ldc + p * NR),
+                                    ldc,
+                                    rows,
+                                    cols,
+                                    acc,
+                                );
+                                i += rows;
+                            }
                         }
                     }
+                    i0 += mc;
                 }
-                i0 += mc;
+                k0 += kc;
             }
-            k0 += kc;
-        }
+        })
     });
 }
 
@@ -557,6 +688,31 @@ mod tests {
                     &full[start * n..(start + m) * n],
                     "m {m} start {start}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn strided_operands_give_the_same_bits_as_packed() {
+        let mut rng = Pcg64::seed_from_u64(5);
+        for &(m, k, n) in &[(7, 1100, 37), (2, 9, 16), (40, 600, 70)] {
+            // A = Xᵀ with X (K, M); B strided both ways.
+            let x = rand2(k, m, &mut rng);
+            let b = rand2(k, n, &mut rng);
+            let bt = b.t().as_standard_layout().into_owned(); // (N, K)
+            let a_rows = x.t().as_standard_layout().into_owned();
+            let pb = PackedB::from_view(b.view());
+            let mut want = vec![0f32; m * n];
+            gemm(m, Mat { data: a_rows.as_slice().unwrap(), ld: k }, &pb, MatMut { data: &mut want, ld: n }, false);
+            let av = View::transposed(x.as_slice().unwrap(), m, k, m);
+            for bv in [View::rows(b.as_slice().unwrap(), k, n, n), View::transposed(bt.as_slice().unwrap(), k, n, k)] {
+                let mut got = vec![0f32; m * n];
+                gemm_strided(av, bv, MatMut { data: &mut got, ld: n }, false);
+                assert_eq!(got, want, "{m}x{k}x{n}");
+            }
+            let naive = naive(&a_rows, &b);
+            for (g, w) in want.iter().zip(naive.iter()) {
+                assert!((*g as f64 - w).abs() < 1e-3 * (1.0 + w.abs()));
             }
         }
     }

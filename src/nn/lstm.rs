@@ -16,10 +16,10 @@
 //! `weight_ih_l{k}` is `wxᵀ` and `weight_hh_l{k}` is `whᵀ`.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
-use super::gemm::{gemm, Mat, MatMut, PackedB};
+use super::gemm::{gemm, gemm_strided_ptr, Mat, MatMut, PackedB, View, NR};
 use super::{pool, Float};
 
 /// Parameters of one layer (also used for their gradients and optimizer moments).
@@ -163,6 +163,11 @@ unsafe impl<F> Send for SyncPtr<F> {}
 unsafe impl<F> Sync for SyncPtr<F> {}
 
 impl<F> SyncPtr<F> {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    pub(crate) fn ptr(&self) -> *mut F {
+        self.0
+    }
+
     /// `len` elements from `off`.
     ///
     /// # Safety
@@ -466,16 +471,41 @@ pub fn lstm_backward<F: Float>(
         });
     }
 
-    // Weight gradients over the whole window, one product each.
-    let dg = &cache.gates;
-    general_mat_mul(F::one(), &x.t(), dg, F::one(), &mut dp.wx);
-    let h_prev = cache.h.slice(s![..t_len * b, ..]);
-    general_mat_mul(F::one(), &h_prev.t(), dg, F::one(), &mut dp.wh);
-    dp.b += &dg.sum_axis(Axis(0));
+    // Weight gradients over the whole window: dwx += xᵀ·dG, dwh += h_prevᵀ·dG, db += Σ dG,
+    // each thread taking a block of columns (so every element is summed in row order by one
+    // thread, whatever the thread count).
+    let n = t_len * b;
+    let d = p.input_size();
+    let x = x.as_standard_layout();
+    let xs = x.as_slice().expect("standard layout");
+    let dgs = cache.gates.as_slice().expect("standard layout");
+    let hs = &cache.h.as_slice().expect("standard layout")[..n * h];
+    {
+        let (wxp, whp) = (SyncPtr(dp.wx.as_mut_ptr()), SyncPtr(dp.wh.as_mut_ptr()));
+        let bp = SyncPtr(dp.b.as_mut_ptr());
+        let panels = (4 * h).div_ceil(NR);
+        let np = pool::width().min(panels);
+        pool::run(np, &|part| {
+            let pr = pool::split(panels, np, part);
+            let cols = pr.start * NR..(pr.end * NR).min(4 * h);
+            let dgv = View { data: &dgs[cols.start..], rows: n, cols: cols.len(), rs: 4 * h, cs: 1 };
+            // SAFETY: this task alone writes columns `cols` of dwx, dwh and db.
+            unsafe {
+                let xt = View::transposed(xs, d, n, d);
+                gemm_strided_ptr(xt, dgv, wxp.ptr().add(cols.start), 4 * h, true);
+                let ht = View::transposed(hs, h, n, h);
+                gemm_strided_ptr(ht, dgv, whp.ptr().add(cols.start), 4 * h, true);
+                let db = bp.slice(cols.start, cols.len());
+                for r in 0..n {
+                    let row = &dgs[r * 4 * h + cols.start..r * 4 * h + cols.end];
+                    for (acc, &v) in db.iter_mut().zip(row) {
+                        *acc += v;
+                    }
+                }
+            }
+        });
+    }
     if let Some(mut dx) = dx {
-        let n = t_len * b;
-        let d = p.input_size();
-        let dgs = dg.as_slice().expect("standard layout");
         if let Some(dxs) = dx.as_slice_mut() {
             let dxp = SyncPtr(dxs.as_mut_ptr());
             let wx_t = &cache.packed.wx_t;
@@ -485,16 +515,10 @@ pub fn lstm_backward<F: Float>(
                 // SAFETY: disjoint row ranges of dx.
                 let out = unsafe { dxp.slice(rows.start * d, rows.len() * d) };
                 let a = &dgs[rows.start * 4 * h..];
-                gemm(
-                    rows.len(),
-                    Mat { data: a, ld: 4 * h },
-                    wx_t,
-                    MatMut { data: out, ld: d },
-                    false,
-                );
+                gemm(rows.len(), Mat { data: a, ld: 4 * h }, wx_t, MatMut { data: out, ld: d }, false);
             });
         } else {
-            general_mat_mul(F::one(), dg, &p.wx.t(), F::zero(), &mut dx);
+            general_mat_mul(F::one(), &cache.gates, &p.wx.t(), F::zero(), &mut dx);
         }
     }
 }

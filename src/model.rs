@@ -12,10 +12,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::nn::dropout::{dropout_backward, dropout_forward};
 use crate::nn::embedding::{embedding_backward, embedding_forward};
-use crate::nn::linear::{linear_backward, linear_forward};
+use crate::nn::gemm::{gemm, Mat, MatMut, PackedB};
+use crate::nn::linear::{
+    linear_forward_packed, linear_weight_grad, loss_backward_packed, LinearPacked,
+};
 use crate::nn::loss::softmax_xent;
-use crate::nn::lstm::{lstm_backward, lstm_forward, lstm_step, LstmCache, LstmParams};
-use crate::nn::Float;
+use crate::nn::lstm::{
+    cell_step, lstm_backward, lstm_forward, LstmCache, LstmPacked, LstmParams, SyncPtr,
+};
+use crate::nn::{pool, Float};
 
 /// Largest sizes a model may declare; guards allocations driven by untrusted checkpoints.
 const MAX_VOCAB: usize = 1 << 21;
@@ -343,6 +348,10 @@ pub struct Workspace<F> {
     dxh: Array2<F>,
     /// Gradient w.r.t. the embedded inputs, (T·B, E).
     dx0: Array2<F>,
+    /// The output weight packed for this window.
+    out: LinearPacked<F>,
+    /// Loss of each row of the window, (T·B).
+    row_loss: Vec<f64>,
 }
 
 impl<F: Float> Workspace<F> {
@@ -357,6 +366,7 @@ impl<F: Float> Workspace<F> {
             self.dh = Array2::zeros((n, cfg.hidden));
             self.dxh = Array2::zeros((n, cfg.hidden));
             self.dx0 = Array2::zeros((n, cfg.embed));
+            self.row_loss = vec![0.0; n];
         }
     }
 
@@ -428,16 +438,17 @@ impl<F: Float> Model<F> {
                 );
             }
         }
+        ws.out.wt.pack(self.params.out_weight().t());
         let top = if drop {
             ws.dropped[cfg.layers - 1].view()
         } else {
             ws.caches[cfg.layers - 1].output()
         };
-        linear_forward(
-            top,
-            self.params.out_weight(),
-            &self.params.out_b,
-            ws.logits.view_mut(),
+        linear_forward_packed(
+            top.to_slice().expect("standard layout"),
+            &ws.out.wt,
+            self.params.out_b.as_slice().expect("standard layout"),
+            ws.logits.as_slice_mut().expect("standard layout"),
         );
     }
 
@@ -465,9 +476,16 @@ impl<F: Float> Model<F> {
         let drop = rng.is_some() && cfg.dropout > 0.0;
         self.forward(ws, tokens, state, rng);
         let n = tokens.len();
-        let loss = softmax_xent(ws.logits.view_mut(), targets, true) / n as f64;
 
-        // Output layer.
+        // Output layer: loss, dlogits and dh fused per block of rows, then dW and db.
+        ws.out.w.pack(self.params.out_weight().view());
+        let loss = loss_backward_packed(
+            ws.logits.as_slice_mut().expect("standard layout"),
+            targets,
+            &ws.out.w,
+            ws.dh.as_slice_mut().expect("standard layout"),
+            &mut ws.row_loss,
+        ) / n as f64;
         let last = cfg.layers - 1;
         {
             let top = if drop {
@@ -479,13 +497,12 @@ impl<F: Float> Model<F> {
                 Some(w) => w,
                 None => &mut grads.embed,
             };
-            linear_backward(
-                top,
-                self.params.out_weight(),
-                ws.logits.view(),
-                dw,
-                &mut grads.out_b,
-                Some(ws.dh.view_mut()),
+            linear_weight_grad(
+                top.to_slice().expect("standard layout"),
+                ws.logits.as_slice().expect("standard layout"),
+                n,
+                dw.as_slice_mut().expect("standard layout"),
+                grads.out_b.as_slice_mut().expect("standard layout"),
             );
         }
         // LSTM layers, top to bottom.
@@ -537,13 +554,64 @@ impl<F: Float> Model<F> {
     }
 }
 
+/// The weights of a model packed for generation; shared by clones of a [`Generator`].
+#[derive(Debug)]
+struct GenWeights {
+    /// Per layer: wx, wh packed.
+    layers: Vec<LstmPacked<f32>>,
+    /// For layer 0 when V ≤ E: the input projection of every token, b + embed[v] · wx,
+    /// (V, 4H) (computed by the same product as per step, so the same bits).
+    table0: Option<Array2<f32>>,
+    /// Output weight transposed, (H, V).
+    out_wt: PackedB<f32>,
+}
+
+impl GenWeights {
+    fn new(model: &Model<f32>) -> Self {
+        let p = &model.params;
+        let cfg = &model.config;
+        let layers: Vec<LstmPacked<f32>> = p.lstm.iter().map(LstmPacked::forward_only).collect();
+        let table0 = (cfg.vocab <= cfg.embed).then(|| {
+            let h4 = 4 * cfg.hidden;
+            let mut t = Array2::zeros((cfg.vocab, h4));
+            for mut row in t.rows_mut() {
+                row.assign(&p.lstm[0].b);
+            }
+            gemm(
+                cfg.vocab,
+                Mat {
+                    data: p.embed.as_slice().expect("standard layout"),
+                    ld: cfg.embed,
+                },
+                &layers[0].wx,
+                MatMut {
+                    data: t.as_slice_mut().expect("standard layout"),
+                    ld: h4,
+                },
+                true,
+            );
+            t
+        });
+        GenWeights {
+            out_wt: PackedB::from_view(p.out_weight().t()),
+            layers,
+            table0,
+        }
+    }
+}
+
 /// Token-by-token generation for B streams at once, with the weights shared (`Arc`) so a
 /// worker thread can own it. No allocation per step.
+///
+/// The weights are packed once, at construction. Each stream's results are bit-identical
+/// whatever B is (every product row is computed on its own, in the same order), so a stream
+/// generates the same text alone or in a batch.
 #[derive(Clone, Debug)]
 pub struct Generator {
     model: Arc<Model<f32>>,
+    packed: Arc<GenWeights>,
     state: LstmState<f32>,
-    /// Input to the current layer, (B, E) for layer 0.
+    /// Input to layer 0, (B, E).
     x: Array2<f32>,
     /// Gate workspace, (B, 4H).
     gx: Array2<f32>,
@@ -556,6 +624,7 @@ impl Generator {
     pub fn new(model: Arc<Model<f32>>, b: usize) -> Self {
         let cfg = &model.config;
         Generator {
+            packed: Arc::new(GenWeights::new(&model)),
             state: LstmState::zeros(cfg, b),
             x: Array2::zeros((b, cfg.embed)),
             gx: Array2::zeros((b, 4 * cfg.hidden)),
@@ -592,26 +661,96 @@ impl Generator {
     /// Feeds one token per stream (`tokens` has B entries) and returns the next-token
     /// logits, (B, V).
     pub fn step(&mut self, tokens: &[u32]) -> ArrayView2<'_, f32> {
+        let b = self.batch();
+        assert_eq!(tokens.len(), b, "one token per stream");
         let p = &self.model.params;
-        embedding_forward(&p.embed, tokens, self.x.view_mut());
-        let layers = self.model.config.layers;
-        for l in 0..layers {
-            let (below, here) = self.state.h.split_at_mut(l);
-            let input = if l == 0 {
-                self.x.view()
-            } else {
-                below[l - 1].view()
-            };
-            ndarray::linalg::general_mat_mul(1.0, &input, &p.lstm[l].wx, 0.0, &mut self.gx);
-            self.gx += &p.lstm[l].b;
-            lstm_step(&p.lstm[l], &mut self.gx, &mut here[0], &mut self.state.c[l]);
-        }
-        linear_forward(
-            self.state.h[layers - 1].view(),
-            p.out_weight(),
-            &p.out_b,
-            self.logits.view_mut(),
-        );
+        let cfg = &self.model.config;
+        let (e, hs, v) = (cfg.embed, cfg.hidden, cfg.vocab);
+        let h4 = 4 * hs;
+        let w = &*self.packed;
+        let xp = SyncPtr(self.x.as_mut_ptr());
+        let gp = SyncPtr(self.gx.as_mut_ptr());
+        let lp = SyncPtr(self.logits.as_mut_ptr());
+        let hp: Vec<SyncPtr<f32>> = self
+            .state
+            .h
+            .iter_mut()
+            .map(|a| SyncPtr(a.as_mut_ptr()))
+            .collect();
+        let cp: Vec<SyncPtr<f32>> = self
+            .state
+            .c
+            .iter_mut()
+            .map(|a| SyncPtr(a.as_mut_ptr()))
+            .collect();
+        let embed = p.embed.as_slice().expect("standard layout");
+        let tasks = pool::width().min(b).max(1);
+        pool::run(tasks, &|t| {
+            let r = pool::split(b, tasks, t);
+            let nb = r.len();
+            // SAFETY: every buffer is touched only in this task's rows r.
+            unsafe {
+                let g = gp.slice(r.start * h4, nb * h4);
+                for l in 0..cfg.layers {
+                    let lw = &w.layers[l];
+                    match (l, &w.table0) {
+                        (0, Some(tab)) => {
+                            let tab = tab.as_slice().expect("standard layout");
+                            for (row, &tok) in g.chunks_exact_mut(h4).zip(&tokens[r.clone()]) {
+                                let o = tok as usize * h4;
+                                row.copy_from_slice(&tab[o..o + h4]);
+                            }
+                        }
+                        _ => {
+                            let bias = p.lstm[l].b.as_slice().expect("standard layout");
+                            for row in g.chunks_exact_mut(h4) {
+                                row.copy_from_slice(bias);
+                            }
+                            let (input, d): (&[f32], usize) = if l == 0 {
+                                let x = xp.slice(r.start * e, nb * e);
+                                for (row, &tok) in x.chunks_exact_mut(e).zip(&tokens[r.clone()]) {
+                                    let o = tok as usize * e;
+                                    row.copy_from_slice(&embed[o..o + e]);
+                                }
+                                (x, e)
+                            } else {
+                                (hp[l - 1].slice(r.start * hs, nb * hs), hs)
+                            };
+                            gemm(
+                                nb,
+                                Mat { data: input, ld: d },
+                                &lw.wx,
+                                MatMut { data: g, ld: h4 },
+                                true,
+                            );
+                        }
+                    }
+                    let h = hp[l].slice(r.start * hs, nb * hs);
+                    let c = cp[l].slice(r.start * hs, nb * hs);
+                    gemm(
+                        nb,
+                        Mat { data: h, ld: hs },
+                        &lw.wh,
+                        MatMut { data: g, ld: h4 },
+                        true,
+                    );
+                    cell_step(g, h, c, nb, hs);
+                }
+                let top = hp[cfg.layers - 1].slice(r.start * hs, nb * hs);
+                let out = lp.slice(r.start * v, nb * v);
+                let ob = p.out_b.as_slice().expect("standard layout");
+                for row in out.chunks_exact_mut(v) {
+                    row.copy_from_slice(ob);
+                }
+                gemm(
+                    nb,
+                    Mat { data: top, ld: hs },
+                    &w.out_wt,
+                    MatMut { data: out, ld: v },
+                    true,
+                );
+            }
+        });
         self.logits.view()
     }
 
@@ -631,5 +770,80 @@ impl Generator {
     pub fn logits_row(&self, i: usize) -> &[f32] {
         let v = self.logits.ncols();
         &self.logits.as_slice().expect("standard layout")[i * v..(i + 1) * v]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn model(vocab: usize, embed: usize, hidden: usize, layers: usize) -> Arc<Model<f32>> {
+        let cfg = ModelConfig {
+            vocab,
+            embed,
+            hidden,
+            layers,
+            dropout: 0.0,
+            tie_weights: false,
+        };
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
+        let mut m = Model::<f32>::new(cfg, &mut rng).unwrap();
+        m.params.out_b.mapv_inplace(|_| rng.random_range(-0.5..0.5));
+        Arc::new(m)
+    }
+
+    fn bits(a: &[f32]) -> Vec<u32> {
+        a.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A stream gives the same bits alone or among others, with and without the layer-0
+    /// token table (V ≤ E and V > E).
+    #[test]
+    fn generator_streams_do_not_depend_on_batch() {
+        for m in [model(7, 12, 20, 2), model(40, 9, 21, 1)] {
+            let v = m.config.vocab as u32;
+            let b = 7;
+            let mut many = Generator::new(Arc::clone(&m), b);
+            let mut one = Generator::new(Arc::clone(&m), 1);
+            for step in 0..6u32 {
+                let toks: Vec<u32> = (0..b as u32).map(|i| (i * 5 + step * 3) % v).collect();
+                many.step(&toks);
+                one.step(&toks[3..4]);
+                assert_eq!(
+                    bits(many.logits_row(3)),
+                    bits(one.logits_row(0)),
+                    "step {step}"
+                );
+            }
+            assert_eq!(
+                bits(many.state().h[0].row(3).as_slice().unwrap()),
+                bits(one.state().h[0].row(0).as_slice().unwrap())
+            );
+        }
+    }
+
+    /// Generation step by step equals the window forward pass of training, bit for bit.
+    #[test]
+    fn generator_matches_window_forward() {
+        for m in [model(7, 12, 20, 2), model(40, 9, 21, 2)] {
+            let (b, t) = (3, 4);
+            let v = m.config.vocab as u32;
+            let tokens: Vec<u32> = (0..(t * b) as u32).map(|i| (i * 7 + 1) % v).collect();
+            let mut ws = Workspace::default();
+            let state = LstmState::zeros(&m.config, b);
+            m.forward(&mut ws, &tokens, &state, None);
+            let mut g = Generator::new(Arc::clone(&m), b);
+            for step in 0..t {
+                g.step(&tokens[step * b..(step + 1) * b]);
+                let vv = m.config.vocab;
+                let want = &ws.logits().to_slice().unwrap()[step * b * vv..(step + 1) * b * vv];
+                assert_eq!(
+                    bits(g.logits.as_slice().unwrap()),
+                    bits(want),
+                    "step {step}"
+                );
+            }
+        }
     }
 }

@@ -125,13 +125,25 @@ pub struct View<'a, F> {
 impl<'a, F> View<'a, F> {
     /// A row-major (rows, cols) matrix with row stride `ld`.
     pub fn rows(data: &'a [F], rows: usize, cols: usize, ld: usize) -> Self {
-        View { data, rows, cols, rs: ld, cs: 1 }
+        View {
+            data,
+            rows,
+            cols,
+            rs: ld,
+            cs: 1,
+        }
     }
 
     /// The transpose of a row-major (cols, rows) matrix with row stride `ld`: a (rows, cols)
     /// view.
     pub fn transposed(data: &'a [F], rows: usize, cols: usize, ld: usize) -> Self {
-        View { data, rows, cols, rs: 1, cs: ld }
+        View {
+            data,
+            rows,
+            cols,
+            rs: 1,
+            cs: ld,
+        }
     }
 
     fn check(&self, what: &str) {
@@ -243,7 +255,15 @@ fn scratch<F>(buf: &mut Vec<f64>, len: usize) -> *mut F {
 
 /// Copies rows `0..mc` × columns `0..kc` of A (strides `rs`, `cs`) into tiles of `tile`
 /// rows: tile q holds `kc` groups of its rows' values (k-major), one contiguous stream.
-unsafe fn pack_a<F: Float>(a: *const F, rs: usize, cs: usize, mc: usize, kc: usize, tile: usize, dst: *mut F) {
+unsafe fn pack_a<F: Float>(
+    a: *const F,
+    rs: usize,
+    cs: usize,
+    mc: usize,
+    kc: usize,
+    tile: usize,
+    dst: *mut F,
+) {
     let mut off = 0;
     let mut i0 = 0;
     while i0 < mc {
@@ -341,7 +361,15 @@ unsafe fn gemm_raw<F: Float>(
                     let mc = MC.min(m - i0);
                     let few = mc < 4;
                     let tile = if few { mc } else { MR };
-                    pack_a(a.data.as_ptr().add(i0 * a.rs + k0 * a.cs), a.rs, a.cs, mc, kc, tile, ap);
+                    pack_a(
+                        a.data.as_ptr().add(i0 * a.rs + k0 * a.cs),
+                        a.rs,
+                        a.cs,
+                        mc,
+                        kc,
+                        tile,
+                        ap,
+                    );
                     if few {
                         let per = match mc {
                             1 => 4,
@@ -703,11 +731,34 @@ mod tests {
             let a_rows = x.t().as_standard_layout().into_owned();
             let pb = PackedB::from_view(b.view());
             let mut want = vec![0f32; m * n];
-            gemm(m, Mat { data: a_rows.as_slice().unwrap(), ld: k }, &pb, MatMut { data: &mut want, ld: n }, false);
+            gemm(
+                m,
+                Mat {
+                    data: a_rows.as_slice().unwrap(),
+                    ld: k,
+                },
+                &pb,
+                MatMut {
+                    data: &mut want,
+                    ld: n,
+                },
+                false,
+            );
             let av = View::transposed(x.as_slice().unwrap(), m, k, m);
-            for bv in [View::rows(b.as_slice().unwrap(), k, n, n), View::transposed(bt.as_slice().unwrap(), k, n, k)] {
+            for bv in [
+                View::rows(b.as_slice().unwrap(), k, n, n),
+                View::transposed(bt.as_slice().unwrap(), k, n, k),
+            ] {
                 let mut got = vec![0f32; m * n];
-                gemm_strided(av, bv, MatMut { data: &mut got, ld: n }, false);
+                gemm_strided(
+                    av,
+                    bv,
+                    MatMut {
+                        data: &mut got,
+                        ld: n,
+                    },
+                    false,
+                );
                 assert_eq!(got, want, "{m}x{k}x{n}");
             }
             let naive = naive(&a_rows, &b);

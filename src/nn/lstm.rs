@@ -20,7 +20,7 @@ use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
 use super::gemm::{gemm, gemm_strided_ptr, Mat, MatMut, PackedB, View, NR};
-use super::{pool, Float};
+use super::{as_f32, as_f32_ref, pool, Float};
 
 /// Parameters of one layer (also used for their gradients and optimizer moments).
 #[derive(Clone, Debug, PartialEq)]
@@ -259,28 +259,6 @@ pub fn lstm_forward<F: Float>(
     });
 }
 
-/// `Some(s as &mut [f32])` when F is f32.
-#[inline]
-fn as_f32<F: Float>(s: &mut [F]) -> Option<&mut [f32]> {
-    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
-        // SAFETY: F is f32.
-        Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
-    } else {
-        None
-    }
-}
-
-/// Shared-slice twin of [`as_f32`].
-#[inline]
-fn as_f32_ref<F: Float>(s: &[F]) -> Option<&[f32]> {
-    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
-        // SAFETY: F is f32.
-        Some(unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
-    } else {
-        None
-    }
-}
-
 /// The element-wise part of one step, fused: activates the gates in place and writes c_t,
 /// tanh(c_t) and h_t. `gates` is (B, 4H), the state slices are (B, H). For f32 on AVX2 CPUs
 /// the same code is compiled for AVX2 (vectorised polynomial nonlinearities).
@@ -488,7 +466,13 @@ pub fn lstm_backward<F: Float>(
         pool::run(np, &|part| {
             let pr = pool::split(panels, np, part);
             let cols = pr.start * NR..(pr.end * NR).min(4 * h);
-            let dgv = View { data: &dgs[cols.start..], rows: n, cols: cols.len(), rs: 4 * h, cs: 1 };
+            let dgv = View {
+                data: &dgs[cols.start..],
+                rows: n,
+                cols: cols.len(),
+                rs: 4 * h,
+                cs: 1,
+            };
             // SAFETY: this task alone writes columns `cols` of dwx, dwh and db.
             unsafe {
                 let xt = View::transposed(xs, d, n, d);
@@ -515,7 +499,13 @@ pub fn lstm_backward<F: Float>(
                 // SAFETY: disjoint row ranges of dx.
                 let out = unsafe { dxp.slice(rows.start * d, rows.len() * d) };
                 let a = &dgs[rows.start * 4 * h..];
-                gemm(rows.len(), Mat { data: a, ld: 4 * h }, wx_t, MatMut { data: out, ld: d }, false);
+                gemm(
+                    rows.len(),
+                    Mat { data: a, ld: 4 * h },
+                    wx_t,
+                    MatMut { data: out, ld: d },
+                    false,
+                );
             });
         } else {
             general_mat_mul(F::one(), &cache.gates, &p.wx.t(), F::zero(), &mut dx);
@@ -794,6 +784,7 @@ fn cell_step_impl<F: Float>(g: &[F], h: &mut [F], c: &mut [F], b: usize, hs: usi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Axis;
     use rand::SeedableRng;
     use rand_pcg::Pcg64;
 

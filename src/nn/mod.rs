@@ -399,6 +399,28 @@ pub mod fast {
     }
 }
 
+/// `Some(s as &mut [f32])` when F is f32 (for dispatch to f32 SIMD kernels).
+#[inline]
+pub(crate) fn as_f32<F: Float>(s: &mut [F]) -> Option<&mut [f32]> {
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: F is f32.
+        Some(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+    } else {
+        None
+    }
+}
+
+/// Shared-slice twin of [`as_f32`].
+#[inline]
+pub(crate) fn as_f32_ref<F: Float>(s: &[F]) -> Option<&[f32]> {
+    if std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: F is f32.
+        Some(unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+    } else {
+        None
+    }
+}
+
 /// Zero every element of an array (gradient reset).
 pub fn zero<F: Float, D: ndarray::Dimension>(a: &mut ndarray::Array<F, D>) {
     a.fill(F::zero());

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::nn::dropout::{dropout_backward, dropout_forward};
 use crate::nn::embedding::{embedding_backward, embedding_forward};
-use crate::nn::gemm::{gemm, Mat, MatMut, PackedB};
+use crate::nn::gemm::{gemm, Init, Mat, MatMut, PackedB};
 use crate::nn::linear::{
     linear_forward_packed, linear_weight_grad, loss_backward_packed, LinearPacked,
 };
@@ -574,9 +574,6 @@ impl GenWeights {
         let table0 = (cfg.vocab <= cfg.embed).then(|| {
             let h4 = 4 * cfg.hidden;
             let mut t = Array2::zeros((cfg.vocab, h4));
-            for mut row in t.rows_mut() {
-                row.assign(&p.lstm[0].b);
-            }
             gemm(
                 cfg.vocab,
                 Mat {
@@ -588,7 +585,7 @@ impl GenWeights {
                     data: t.as_slice_mut().expect("standard layout"),
                     ld: h4,
                 },
-                true,
+                Init::Bias(p.lstm[0].b.as_slice().expect("standard layout")),
             );
             t
         });
@@ -703,9 +700,6 @@ impl Generator {
                         }
                         _ => {
                             let bias = p.lstm[l].b.as_slice().expect("standard layout");
-                            for row in g.chunks_exact_mut(h4) {
-                                row.copy_from_slice(bias);
-                            }
                             let (input, d): (&[f32], usize) = if l == 0 {
                                 let x = xp.slice(r.start * e, nb * e);
                                 for (row, &tok) in x.chunks_exact_mut(e).zip(&tokens[r.clone()]) {
@@ -721,7 +715,7 @@ impl Generator {
                                 Mat { data: input, ld: d },
                                 &lw.wx,
                                 MatMut { data: g, ld: h4 },
-                                true,
+                                Init::Bias(bias),
                             );
                         }
                     }
@@ -732,22 +726,19 @@ impl Generator {
                         Mat { data: h, ld: hs },
                         &lw.wh,
                         MatMut { data: g, ld: h4 },
-                        true,
+                        Init::Accumulate,
                     );
                     cell_step(g, h, c, nb, hs);
                 }
                 let top = hp[cfg.layers - 1].slice(r.start * hs, nb * hs);
                 let out = lp.slice(r.start * v, nb * v);
                 let ob = p.out_b.as_slice().expect("standard layout");
-                for row in out.chunks_exact_mut(v) {
-                    row.copy_from_slice(ob);
-                }
                 gemm(
                     nb,
                     Mat { data: top, ld: hs },
                     &w.out_wt,
                     MatMut { data: out, ld: v },
-                    true,
+                    Init::Bias(ob),
                 );
             }
         });

@@ -1,6 +1,7 @@
-//! Matrix products with a pre-packed right-hand side: `C (+)= A · B`, A (M, K) row-major,
-//! B (K, N) packed once into column panels ([`PackedB`]) and reused by many products (the
-//! weights of a layer are packed once per optimizer step and then used by every time step).
+//! Matrix products `C = init + A · B` ([`Init`]: zero, C itself, or a bias row). B is either
+//! packed once into column panels ([`PackedB`], for weights: packed once per optimizer step
+//! and then used by every time step) or a strided view packed slice by slice on the fly
+//! ([`gemm_strided`], for products of activations such as weight gradients).
 //!
 //! The f32 kernel is an AVX2/FMA register tile of up to 6 rows × 16 columns (12 accumulators,
 //! chosen at run time; other CPUs and f64 use a portable kernel with the same blocking).
@@ -154,6 +155,29 @@ impl<'a, F> View<'a, F> {
     }
 }
 
+/// What C starts from: `C = init + A · B`.
+#[derive(Clone, Copy, Debug)]
+pub enum Init<'a, F> {
+    /// C = A · B.
+    Zero,
+    /// C += A · B.
+    Accumulate,
+    /// C = bias + A · B, the bias (N) added to every row.
+    Bias(&'a [F]),
+}
+
+/// [`Init`] of one register tile (the bias already offset to the tile's first column).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug)]
+pub enum TileInit<F> {
+    /// Overwrite.
+    Zero,
+    /// Add to C.
+    Accumulate,
+    /// Add to the bias.
+    Bias(*const F),
+}
+
 /// Where the driver finds B.
 enum BSource<'a, F> {
     /// Packed once by the caller.
@@ -162,40 +186,46 @@ enum BSource<'a, F> {
     Strided(View<'a, F>),
 }
 
-/// `C = A · B` (`accumulate` false) or `C += A · B` for the first `m` rows of A and C.
-/// A is (m, K) with row stride `a.ld`, C is (m, N) with row stride `c.ld`.
+/// `C = init + A · B` for the first `m` rows of A and C. A is (m, K) with row stride
+/// `a.ld`, C is (m, N) with row stride `c.ld`.
 ///
 /// # Panics
 /// If a slice is too short for the shapes (a programming error).
-pub fn gemm<F: Float>(m: usize, a: Mat<'_, F>, b: &PackedB<F>, c: MatMut<'_, F>, accumulate: bool) {
-    let av = View::rows(a.data, m, b.k, a.ld);
+pub fn gemm<F: Float>(
+    m: usize,
+    a: Mat<'_, F>,
+    b: &PackedB<F>,
+    c: MatMut<'_, F>,
+    init: Init<'_, F>,
+) {
     assert!(a.ld >= b.k, "gemm: leading dimension of A");
-    drive(av, BSource::Packed(b), c, accumulate);
+    let av = View::rows(a.data, m, b.k, a.ld);
+    drive(av, BSource::Packed(b), c, init);
 }
 
-/// `C (+)= A · B` with both operands strided views (for products of activations, such as
-/// weight gradients `Xᵀ · dG`): B is packed slice by slice on the fly. Same per-element
+/// `C = init + A · B` with both operands strided views (for products of activations, such
+/// as weight gradients `Xᵀ · dG`): B is packed slice by slice on the fly. Same per-element
 /// operation order as [`gemm`].
 ///
 /// # Panics
 /// If the shapes do not fit or a slice is too short (a programming error).
-pub fn gemm_strided<F: Float>(a: View<'_, F>, b: View<'_, F>, c: MatMut<'_, F>, accumulate: bool) {
+pub fn gemm_strided<F: Float>(a: View<'_, F>, b: View<'_, F>, c: MatMut<'_, F>, init: Init<'_, F>) {
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
-    drive(a, BSource::Strided(b), c, accumulate);
+    drive(a, BSource::Strided(b), c, init);
 }
 
 /// [`gemm_strided`] writing through a raw pointer, so tasks on other threads can fill
 /// disjoint column blocks of one matrix.
 ///
 /// # Safety
-/// `c` must be valid for writes of rows `0..a.rows` × columns `0..b.cols` at row stride
-/// `ldc`, and no one else may access those elements during the call.
+/// `c` must be valid for reads and writes of rows `0..a.rows` × columns `0..b.cols` at row
+/// stride `ldc`, and no one else may access those elements during the call.
 pub(crate) unsafe fn gemm_strided_ptr<F: Float>(
     a: View<'_, F>,
     b: View<'_, F>,
     c: *mut F,
     ldc: usize,
-    accumulate: bool,
+    init: Init<'_, F>,
 ) {
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
     let (m, n) = (a.rows, b.cols);
@@ -206,10 +236,10 @@ pub(crate) unsafe fn gemm_strided_ptr<F: Float>(
         data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
         ld: ldc,
     };
-    drive(a, BSource::Strided(b), c, accumulate);
+    drive(a, BSource::Strided(b), c, init);
 }
 
-fn drive<F: Float>(a: View<'_, F>, b: BSource<'_, F>, c: MatMut<'_, F>, accumulate: bool) {
+fn drive<F: Float>(a: View<'_, F>, b: BSource<'_, F>, c: MatMut<'_, F>, init: Init<'_, F>) {
     let (m, k) = (a.rows, a.cols);
     let n = match &b {
         BSource::Packed(p) => p.n,
@@ -224,17 +254,23 @@ fn drive<F: Float>(a: View<'_, F>, b: BSource<'_, F>, c: MatMut<'_, F>, accumula
     }
     assert!(c.ld >= n, "gemm: leading dimension of C");
     assert!(c.data.len() >= (m - 1) * c.ld + n, "gemm: C too short");
+    if let Init::Bias(bias) = init {
+        assert!(bias.len() >= n, "gemm: bias too short");
+    }
     if k == 0 {
-        if !accumulate {
-            for i in 0..m {
-                c.data[i * c.ld..i * c.ld + n].fill(F::zero());
+        for i in 0..m {
+            let row = &mut c.data[i * c.ld..i * c.ld + n];
+            match init {
+                Init::Zero => row.fill(F::zero()),
+                Init::Accumulate => {}
+                Init::Bias(bias) => row.copy_from_slice(&bias[..n]),
             }
         }
         return;
     }
     // SAFETY: bounds checked above; the driver reads A (i < m, j < k), B inside its view or
-    // packed buffer, and writes C rows i < m, columns < n.
-    unsafe { gemm_raw(a, &b, n, c.data.as_mut_ptr(), c.ld, accumulate) }
+    // packed buffer, the bias (j < n), and writes C rows i < m, columns < n.
+    unsafe { gemm_raw(a, &b, n, c.data.as_mut_ptr(), c.ld, init) }
 }
 
 thread_local! {
@@ -253,6 +289,35 @@ fn scratch<F>(buf: &mut Vec<f64>, len: usize) -> *mut F {
     buf.as_mut_ptr() as *mut F
 }
 
+/// Packs one tile of R rows × kc columns of A (strides rs, cs) k-major into `d`.
+#[inline(always)]
+unsafe fn pack_tile<F: Float, const R: usize>(
+    a: *const F,
+    rs: usize,
+    cs: usize,
+    kc: usize,
+    d: *mut F,
+) {
+    if cs == 1 {
+        let mut rows = [a; R];
+        for (i, r) in rows.iter_mut().enumerate() {
+            *r = a.add(i * rs);
+        }
+        for kk in 0..kc {
+            for (i, r) in rows.iter().enumerate() {
+                *d.add(kk * R + i) = *r.add(kk);
+            }
+        }
+    } else {
+        for kk in 0..kc {
+            let src = a.add(kk * cs);
+            for i in 0..R {
+                *d.add(kk * R + i) = *src.add(i * rs);
+            }
+        }
+    }
+}
+
 /// Copies rows `0..mc` × columns `0..kc` of A (strides `rs`, `cs`) into tiles of `tile`
 /// rows: tile q holds `kc` groups of its rows' values (k-major), one contiguous stream.
 unsafe fn pack_a<F: Float>(
@@ -268,21 +333,14 @@ unsafe fn pack_a<F: Float>(
     let mut i0 = 0;
     while i0 < mc {
         let rows = tile.min(mc - i0);
-        let d = dst.add(off);
-        if cs == 1 {
-            for i in 0..rows {
-                let src = a.add((i0 + i) * rs);
-                for kk in 0..kc {
-                    *d.add(kk * rows + i) = *src.add(kk);
-                }
-            }
-        } else {
-            for kk in 0..kc {
-                let src = a.add(i0 * rs + kk * cs);
-                for i in 0..rows {
-                    *d.add(kk * rows + i) = *src.add(i * rs);
-                }
-            }
+        let (src, d) = (a.add(i0 * rs), dst.add(off));
+        match rows {
+            6 => pack_tile::<F, 6>(src, rs, cs, kc, d),
+            5 => pack_tile::<F, 5>(src, rs, cs, kc, d),
+            4 => pack_tile::<F, 4>(src, rs, cs, kc, d),
+            3 => pack_tile::<F, 3>(src, rs, cs, kc, d),
+            2 => pack_tile::<F, 2>(src, rs, cs, kc, d),
+            _ => pack_tile::<F, 1>(src, rs, cs, kc, d),
         }
         off += rows * kc;
         i0 += rows;
@@ -307,7 +365,12 @@ unsafe fn pack_b_slice<F: Float>(b: &View<'_, F>, k0: usize, kc: usize, dst: *mu
             let src = base.add((k0 + kk) * b.rs);
             for p in 0..np {
                 let w = NR.min(n - p * NR);
-                std::ptr::copy_nonoverlapping(src.add(p * NR), dst.add(p * kc * NR + kk * NR), w);
+                let d = dst.add(p * kc * NR + kk * NR);
+                if w == NR {
+                    std::ptr::copy_nonoverlapping(src.add(p * NR), d, NR);
+                } else {
+                    std::ptr::copy_nonoverlapping(src.add(p * NR), d, w);
+                }
             }
         }
     } else {
@@ -331,7 +394,7 @@ unsafe fn gemm_raw<F: Float>(
     n: usize,
     c: *mut F,
     ldc: usize,
-    accumulate: bool,
+    init: Init<'_, F>,
 ) {
     let (m, k) = (a.rows, a.cols);
     let np = n.div_ceil(NR);
@@ -347,7 +410,12 @@ unsafe fn gemm_raw<F: Float>(
             let mut k0 = 0;
             while k0 < k {
                 let kc = KC.min(k - k0);
-                let acc = accumulate || k0 > 0;
+                // Later slices add their partial sums to C.
+                let tile_init = |col: usize| match (k0, init) {
+                    (0, Init::Zero) => TileInit::Zero,
+                    (0, Init::Bias(bias)) => TileInit::Bias(bias.as_ptr().add(col)),
+                    _ => TileInit::Accumulate,
+                };
                 // B panels of this slice: base pointer and panel stride.
                 let (bp, pstride) = match b {
                     BSource::Packed(p) => (p.data.as_ptr().add(k0 * NR), p.k * NR),
@@ -390,13 +458,14 @@ unsafe fn gemm_raw<F: Float>(
                                 ldc,
                                 mc,
                                 cols,
-                                acc,
+                                tile_init(p * NR),
                             );
                             p += cnt;
                         }
                     } else {
                         for p in 0..np {
                             let cols = (n - p * NR).min(NR);
+                            let ti = tile_init(p * NR);
                             let mut i = 0;
                             while i < mc {
                                 let rows = MR.min(mc - i);
@@ -410,7 +479,7 @@ unsafe fn gemm_raw<F: Float>(
                                     ldc,
                                     rows,
                                     cols,
-                                    acc,
+                                    ti,
                                 );
                                 i += rows;
                             }
@@ -424,9 +493,10 @@ unsafe fn gemm_raw<F: Float>(
     });
 }
 
-/// Portable tile: `rows` × (`np` panels, `cols` valid columns) of C (+)= A · B-panels over
-/// `k` steps; A packed as `k` groups of `rows` values. Same operation order as the SIMD kernels (one chain per element over k,
-/// fused multiply-add where the type's `mul_add` is exact).
+/// Portable tile: `rows` × (`np` panels, `cols` valid columns) of C = init + A · B-panels
+/// over `k` steps; A packed as `k` groups of `rows` values. Same operation order as the SIMD
+/// kernels (one fused multiply-add chain per element over k, then one addition of the
+/// initial value).
 ///
 /// # Safety
 /// Pointers valid for the described extents.
@@ -441,7 +511,7 @@ pub(crate) unsafe fn tile_generic<F: Float>(
     ldc: usize,
     rows: usize,
     cols: usize,
-    accumulate: bool,
+    init: TileInit<F>,
 ) {
     debug_assert!(rows <= MR && np <= 4 && cols <= np * NR);
     let mut acc = [[F::zero(); 4 * NR]; MR];
@@ -460,7 +530,11 @@ pub(crate) unsafe fn tile_generic<F: Float>(
     for (i, acc_i) in acc.iter().enumerate().take(rows) {
         for (j, &v) in acc_i.iter().enumerate().take(cols) {
             let dst = c.add(i * ldc + j);
-            *dst = if accumulate { *dst + v } else { v };
+            *dst = match init {
+                TileInit::Zero => v,
+                TileInit::Accumulate => *dst + v,
+                TileInit::Bias(bias) => *bias.add(j) + v,
+            };
         }
     }
 }
@@ -468,7 +542,7 @@ pub(crate) unsafe fn tile_generic<F: Float>(
 /// AVX2 + FMA kernels for f32.
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
-    use super::NR;
+    use super::{TileInit, NR};
     use std::arch::x86_64::*;
 
     /// Whether this CPU runs the AVX2/FMA kernels (checked once by std, cached).
@@ -493,11 +567,11 @@ pub(crate) mod avx2 {
         ldc: usize,
         rows: usize,
         cols: usize,
-        accumulate: bool,
+        init: TileInit<f32>,
     ) {
         macro_rules! go {
             ($r:literal, $p:literal) => {
-                kernel::<$r, $p>(k, a, b, pstride, c, ldc, cols, accumulate)
+                kernel::<$r, $p>(k, a, b, pstride, c, ldc, cols, init)
             };
         }
         match (rows, np) {
@@ -513,7 +587,7 @@ pub(crate) mod avx2 {
             (2, 3) => go!(2, 3),
             (1, 3) => go!(1, 3),
             (1, 4) => go!(1, 4),
-            _ => super::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, accumulate),
+            _ => super::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init),
         }
     }
 
@@ -528,13 +602,15 @@ pub(crate) mod avx2 {
         c: *mut f32,
         ldc: usize,
         cols: usize,
-        accumulate: bool,
+        init: TileInit<f32>,
     ) {
-        // Fetch the C tile early: it is read at the end and may sit in L3.
-        for i in 0..R {
-            let crow = c.add(i * ldc) as *const i8;
-            _mm_prefetch::<_MM_HINT_T0>(crow);
-            _mm_prefetch::<_MM_HINT_T0>(crow.add(P * NR * 4 - 4));
+        if let TileInit::Accumulate = init {
+            // Fetch the C tile early: it is read at the end and may sit in L3.
+            for i in 0..R {
+                let crow = c.add(i * ldc) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(crow);
+                _mm_prefetch::<_MM_HINT_T0>(crow.add(P * NR * 4 - 4));
+            }
         }
         let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
         let mut bp = [b; P];
@@ -568,9 +644,16 @@ pub(crate) mod avx2 {
                 let dst = crow.add(c0);
                 if cols - c0 >= NR {
                     let (mut v0, mut v1) = (acc_ip[0], acc_ip[1]);
-                    if accumulate {
-                        v0 = _mm256_add_ps(_mm256_loadu_ps(dst), v0);
-                        v1 = _mm256_add_ps(_mm256_loadu_ps(dst.add(8)), v1);
+                    match init {
+                        TileInit::Zero => {}
+                        TileInit::Accumulate => {
+                            v0 = _mm256_add_ps(_mm256_loadu_ps(dst), v0);
+                            v1 = _mm256_add_ps(_mm256_loadu_ps(dst.add(8)), v1);
+                        }
+                        TileInit::Bias(bias) => {
+                            v0 = _mm256_add_ps(_mm256_loadu_ps(bias.add(c0)), v0);
+                            v1 = _mm256_add_ps(_mm256_loadu_ps(bias.add(c0 + 8)), v1);
+                        }
                     }
                     _mm256_storeu_ps(dst, v0);
                     _mm256_storeu_ps(dst.add(8), v1);
@@ -580,7 +663,11 @@ pub(crate) mod avx2 {
                     _mm256_storeu_ps(tmp.as_mut_ptr().add(8), acc_ip[1]);
                     for (j, &v) in tmp.iter().enumerate().take(cols - c0) {
                         let d = dst.add(j);
-                        *d = if accumulate { *d + v } else { v };
+                        *d = match init {
+                            TileInit::Zero => v,
+                            TileInit::Accumulate => *d + v,
+                            TileInit::Bias(bias) => *bias.add(c0 + j) + v,
+                        };
                     }
                 }
             }
@@ -631,7 +718,7 @@ mod tests {
                     data: c.as_slice_mut().unwrap(),
                     ld: n,
                 },
-                false,
+                Init::Zero,
             );
             let want = naive(&a, &b);
             for (g, w) in c.iter().zip(want.iter()) {
@@ -653,7 +740,7 @@ mod tests {
                     data: c.as_slice_mut().unwrap(),
                     ld: n,
                 },
-                true,
+                Init::Accumulate,
             );
             for (g, w) in c.iter().zip(before.iter()) {
                 assert!((g - 2.0 * w).abs() <= 1e-5 * (1.0 + w.abs()));
@@ -693,7 +780,7 @@ mod tests {
                     data: &mut c,
                     ld: n,
                 },
-                false,
+                Init::Zero,
             );
             c
         };
@@ -709,7 +796,7 @@ mod tests {
                         data: &mut c,
                         ld: n,
                     },
-                    false,
+                    Init::Zero,
                 );
                 assert_eq!(
                     &c[..],
@@ -742,7 +829,7 @@ mod tests {
                     data: &mut want,
                     ld: n,
                 },
-                false,
+                Init::Zero,
             );
             let av = View::transposed(x.as_slice().unwrap(), m, k, m);
             for bv in [
@@ -757,7 +844,7 @@ mod tests {
                         data: &mut got,
                         ld: n,
                     },
-                    false,
+                    Init::Zero,
                 );
                 assert_eq!(got, want, "{m}x{k}x{n}");
             }
@@ -766,6 +853,63 @@ mod tests {
                 assert!((*g as f64 - w).abs() < 1e-3 * (1.0 + w.abs()));
             }
         }
+    }
+
+    #[test]
+    fn bias_init_equals_adding_to_a_copied_bias() {
+        let mut rng = Pcg64::seed_from_u64(6);
+        let (m, k, n) = (9, 700, 37);
+        let a = rand2(m, k, &mut rng);
+        let pb = PackedB::from_view(rand2(k, n, &mut rng).view());
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.37 - 3.0).collect();
+        let mut c1 = vec![0f32; m * n];
+        gemm(
+            m,
+            Mat {
+                data: a.as_slice().unwrap(),
+                ld: k,
+            },
+            &pb,
+            MatMut {
+                data: &mut c1,
+                ld: n,
+            },
+            Init::Bias(&bias),
+        );
+        let mut c2: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+        gemm(
+            m,
+            Mat {
+                data: a.as_slice().unwrap(),
+                ld: k,
+            },
+            &pb,
+            MatMut {
+                data: &mut c2,
+                ld: n,
+            },
+            Init::Accumulate,
+        );
+        assert_eq!(c1, c2);
+        let mut c3 = vec![0f32; m * n];
+        gemm(
+            m,
+            Mat {
+                data: a.as_slice().unwrap(),
+                ld: k,
+            },
+            &pb,
+            MatMut {
+                data: &mut c3,
+                ld: n,
+            },
+            Init::Zero,
+        );
+        assert!(c1
+            .iter()
+            .zip(&c3)
+            .enumerate()
+            .all(|(i, (x, y))| (x - y - bias[i % n]).abs() < 1e-4));
     }
 
     #[test]
@@ -786,7 +930,7 @@ mod tests {
                 data: c.as_slice_mut().unwrap(),
                 ld: 20,
             },
-            false,
+            Init::Zero,
         );
         let want = a.dot(&b);
         assert!((&c - &want).iter().all(|v| v.abs() < 1e-12));

@@ -7,13 +7,10 @@
 
 use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 
-use super::gemm::{gemm, gemm_strided_ptr, Mat, MatMut, PackedB, View, NR};
+use super::gemm::{gemm, gemm_strided_ptr, Init, Mat, MatMut, PackedB, View, NR};
 use super::loss::xent_row;
-use super::lstm::SyncPtr;
+use super::lstm::{row_tasks, SyncPtr};
 use super::{pool, Float};
-
-/// Rows per task of the row-parallel products (a multiple of the 6-row tile).
-const ROW_BLOCK: usize = 96;
 
 /// The output weight packed for the forward pass (Wᵀ, (H, V)) and for dx (W, (V, H)).
 #[derive(Clone, Debug, Default)]
@@ -22,16 +19,6 @@ pub struct LinearPacked<F> {
     pub wt: PackedB<F>,
     /// W (V, H), backward only.
     pub w: PackedB<F>,
-}
-
-/// Number of row tasks for `n` rows: one per thread, more when there are many rows.
-fn row_tasks(n: usize) -> usize {
-    let w = pool::width();
-    if n <= ROW_BLOCK {
-        w.min(n).max(1)
-    } else {
-        n.div_ceil(ROW_BLOCK).max(w).min(n)
-    }
 }
 
 /// `out = x · wᵀ + b` on packed weights; `x` (N, H) row-major, `out` (N, V) row-major.
@@ -51,16 +38,13 @@ pub fn linear_forward_packed<F: Float>(x: &[F], wt: &PackedB<F>, b: &[F], out: &
         let rows = pool::split(n, tasks, t);
         // SAFETY: disjoint row ranges of `out`.
         let o = unsafe { op.slice(rows.start * v, rows.len() * v) };
-        for row in o.chunks_exact_mut(v) {
-            row.copy_from_slice(b);
-        }
         let xa = &x[rows.start * h..];
         gemm(
             rows.len(),
             Mat { data: xa, ld: h },
             wt,
             MatMut { data: o, ld: v },
-            true,
+            Init::Bias(b),
         );
     });
 }
@@ -111,7 +95,7 @@ pub fn linear_weight_grad<F: Float>(x: &[F], dout: &[F], n: usize, dw: &mut [F],
         let b = View::rows(x, n, h, h);
         // SAFETY: this task alone writes rows r of dw and entries r of db.
         unsafe {
-            gemm_strided_ptr(a, b, wp.ptr().add(r.start * h), h, true);
+            gemm_strided_ptr(a, b, wp.ptr().add(r.start * h), h, Init::Accumulate);
             let db = bp.slice(r.start, r.len());
             for i in 0..n {
                 for (acc, &g) in db.iter_mut().zip(&dout[i * v + r.start..i * v + r.end]) {
@@ -169,7 +153,7 @@ fn dx_rows<F: Float>(dout: &[F], w: &PackedB<F>, dx: &mut [F]) {
             Mat { data: a, ld: v },
             w,
             MatMut { data: o, ld: h },
-            false,
+            Init::Zero,
         );
     });
 }
@@ -213,7 +197,7 @@ pub fn loss_backward_packed<F: Float>(
             Mat { data: l, ld: v },
             w,
             MatMut { data: o, ld: h },
-            false,
+            Init::Zero,
         );
     });
     row_loss[..n].iter().sum()

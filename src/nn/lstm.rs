@@ -19,7 +19,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
-use super::gemm::{gemm, gemm_strided_ptr, Mat, MatMut, PackedB, View, NR};
+use super::gemm::{gemm, gemm_strided_ptr, Init, Mat, MatMut, PackedB, View, NR};
 use super::{as_f32, as_f32_ref, pool, Float};
 
 /// Parameters of one layer (also used for their gradients and optimizer moments).
@@ -189,9 +189,10 @@ pub(crate) fn parts(b: usize) -> usize {
 /// - `h0`, `c0`: carried state, (B, H).
 /// - Outputs land in `cache` ([`LstmCache::output`], [`LstmCache::last_h`], [`LstmCache::last_c`]).
 ///
-/// The B streams are split into contiguous groups, one per thread; each group runs the whole
-/// window on its own (per step: gates = b + x_t·wx + h_{t-1}·wh, then the fused cell update),
-/// so no thread waits for another inside the time loop.
+/// First the input projection of the whole window, gates = b + x·wx, one product with its
+/// rows split across threads. Then the B streams are split into contiguous groups, one per
+/// thread; each group runs the time loop on its own (gates_t += h_{t-1}·wh, then the fused
+/// cell update), so no thread waits for another inside the loop.
 pub fn lstm_forward<F: Float>(
     p: &LstmParams<F>,
     x: ArrayView2<'_, F>,
@@ -212,11 +213,26 @@ pub fn lstm_forward<F: Float>(
     let x = x.as_standard_layout();
     let xs = x.as_slice().expect("standard layout");
     let bias = p.b.as_slice().expect("standard layout");
+    let n = t_len * b;
     let gp = SyncPtr(cache.gates.as_mut_ptr());
+    let packed = &cache.packed;
+    let tasks = row_tasks(n);
+    pool::run(tasks, &|t| {
+        let rows = pool::split(n, tasks, t);
+        // SAFETY: disjoint row ranges of the gates.
+        let g = unsafe { gp.slice(rows.start * 4 * h, rows.len() * 4 * h) };
+        let xa = &xs[rows.start * d..rows.end * d];
+        gemm(
+            rows.len(),
+            Mat { data: xa, ld: d },
+            &packed.wx,
+            MatMut { data: g, ld: 4 * h },
+            Init::Bias(bias),
+        );
+    });
     let cp = SyncPtr(cache.c.as_mut_ptr());
     let hp = SyncPtr(cache.h.as_mut_ptr());
     let tp = SyncPtr(cache.tc.as_mut_ptr());
-    let packed = &cache.packed;
     let np = parts(b);
     pool::run(np, &|part| {
         let rows = pool::split(b, np, part);
@@ -227,17 +243,6 @@ pub fn lstm_forward<F: Float>(
             // step t (read) were written by this task at step t-1 (or are the initial state).
             unsafe {
                 let g = gp.slice(r0 * 4 * h, nb * 4 * h);
-                for row in g.chunks_exact_mut(4 * h) {
-                    row.copy_from_slice(bias);
-                }
-                let xa = &xs[r0 * d..(r0 + nb) * d];
-                gemm(
-                    nb,
-                    Mat { data: xa, ld: d },
-                    &packed.wx,
-                    MatMut { data: g, ld: 4 * h },
-                    true,
-                );
                 let h_prev = hp.slice(r0 * h, nb * h);
                 gemm(
                     nb,
@@ -247,7 +252,7 @@ pub fn lstm_forward<F: Float>(
                     },
                     &packed.wh,
                     MatMut { data: g, ld: 4 * h },
-                    true,
+                    Init::Accumulate,
                 );
                 let c_prev = cp.slice(r0 * h, nb * h);
                 let c_next = cp.slice((r0 + b) * h, nb * h);
@@ -257,6 +262,18 @@ pub fn lstm_forward<F: Float>(
             }
         }
     });
+}
+
+/// Number of row tasks for a product with `n` rows: one per thread, more (blocks of about
+/// 96 rows) when there are many rows, so a slow thread does not hold up the others.
+pub(crate) fn row_tasks(n: usize) -> usize {
+    const BLOCK: usize = 96;
+    let w = pool::width();
+    if n <= BLOCK {
+        w.min(n).max(1)
+    } else {
+        n.div_ceil(BLOCK).max(w).min(n)
+    }
 }
 
 /// The element-wise part of one step, fused: activates the gates in place and writes c_t,
@@ -442,7 +459,7 @@ pub fn lstm_backward<F: Float>(
                             data: dh_next,
                             ld: h,
                         },
-                        false,
+                        Init::Zero,
                     );
                 }
             }
@@ -476,9 +493,9 @@ pub fn lstm_backward<F: Float>(
             // SAFETY: this task alone writes columns `cols` of dwx, dwh and db.
             unsafe {
                 let xt = View::transposed(xs, d, n, d);
-                gemm_strided_ptr(xt, dgv, wxp.ptr().add(cols.start), 4 * h, true);
+                gemm_strided_ptr(xt, dgv, wxp.ptr().add(cols.start), 4 * h, Init::Accumulate);
                 let ht = View::transposed(hs, h, n, h);
-                gemm_strided_ptr(ht, dgv, whp.ptr().add(cols.start), 4 * h, true);
+                gemm_strided_ptr(ht, dgv, whp.ptr().add(cols.start), 4 * h, Init::Accumulate);
                 let db = bp.slice(cols.start, cols.len());
                 for r in 0..n {
                     let row = &dgs[r * 4 * h + cols.start..r * 4 * h + cols.end];
@@ -493,7 +510,7 @@ pub fn lstm_backward<F: Float>(
         if let Some(dxs) = dx.as_slice_mut() {
             let dxp = SyncPtr(dxs.as_mut_ptr());
             let wx_t = &cache.packed.wx_t;
-            let np = parts(n);
+            let np = row_tasks(n);
             pool::run(np, &|part| {
                 let rows = pool::split(n, np, part);
                 // SAFETY: disjoint row ranges of dx.
@@ -504,7 +521,7 @@ pub fn lstm_backward<F: Float>(
                     Mat { data: a, ld: 4 * h },
                     wx_t,
                     MatMut { data: out, ld: d },
-                    false,
+                    Init::Zero,
                 );
             });
         } else {
@@ -713,7 +730,7 @@ pub(crate) fn lstm_step_packed<F: Float>(
             data: g,
             ld: 4 * hs,
         },
-        true,
+        Init::Accumulate,
     );
     cell_step(g, h, c, b, hs);
 }

@@ -71,9 +71,9 @@ pub trait Float:
         ldc: usize,
         rows: usize,
         cols: usize,
-        accumulate: bool,
+        init: gemm::TileInit<Self>,
     ) {
-        gemm::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, accumulate)
+        gemm::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init)
     }
 }
 
@@ -110,13 +110,13 @@ impl Float for f32 {
         ldc: usize,
         rows: usize,
         cols: usize,
-        accumulate: bool,
+        init: gemm::TileInit<f32>,
     ) {
         #[cfg(target_arch = "x86_64")]
         if simd() {
-            return gemm::avx2::tile(k, a, b, pstride, np, c, ldc, rows, cols, accumulate);
+            return gemm::avx2::tile(k, a, b, pstride, np, c, ldc, rows, cols, init);
         }
-        gemm::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, accumulate)
+        gemm::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init)
     }
 }
 

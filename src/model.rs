@@ -18,7 +18,8 @@ use crate::nn::linear::{
 };
 use crate::nn::loss::softmax_xent;
 use crate::nn::lstm::{
-    cell_step, lstm_backward, lstm_forward, LstmCache, LstmPacked, LstmParams, SyncPtr,
+    cell_step, fold_embedding, lstm_backward_input, lstm_forward_input, LstmCache, LstmInput,
+    LstmPacked, LstmParams, SyncPtr,
 };
 use crate::nn::{pool, Float};
 
@@ -354,19 +355,47 @@ pub struct Workspace<F> {
     row_loss: Vec<f64>,
 }
 
+/// `a` as a zero (r, c) array, reallocated only if its shape differs.
+fn shape<F: Float>(a: &mut Array2<F>, r: usize, c: usize) {
+    if a.dim() != (r, c) {
+        *a = Array2::zeros((r, c));
+    }
+}
+
 impl<F: Float> Workspace<F> {
-    fn ensure(&mut self, cfg: &ModelConfig, n: usize) {
+    /// Buffers of the forward pass for `n` = T·B rows. Only what the window needs is kept:
+    /// no embedded inputs when layer 0 folds the embedding, no dropout buffers without
+    /// dropout (they stay once a training window has needed them).
+    fn ensure(&mut self, cfg: &ModelConfig, n: usize, fold: bool, drop: bool) {
         if self.n != n || self.caches.len() != cfg.layers || self.logits.ncols() != cfg.vocab {
             self.n = n;
-            self.x0 = Array2::zeros((n, cfg.embed));
             self.caches = vec![LstmCache::default(); cfg.layers];
+            self.masks.clear();
+            self.dropped.clear();
+            self.logits = Array2::zeros((n, cfg.vocab));
+            self.row_loss = vec![0.0; n];
+        }
+        if fold {
+            self.x0 = Array2::zeros((0, 0));
+            self.dx0 = Array2::zeros((0, 0));
+        } else {
+            shape(&mut self.x0, n, cfg.embed);
+        }
+        if drop && self.masks.len() != cfg.layers {
             self.masks = vec![Array2::zeros((n, cfg.hidden)); cfg.layers];
             self.dropped = vec![Array2::zeros((n, cfg.hidden)); cfg.layers];
-            self.logits = Array2::zeros((n, cfg.vocab));
-            self.dh = Array2::zeros((n, cfg.hidden));
-            self.dxh = Array2::zeros((n, cfg.hidden));
-            self.dx0 = Array2::zeros((n, cfg.embed));
-            self.row_loss = vec![0.0; n];
+        }
+    }
+
+    /// Buffers of the backward pass.
+    fn ensure_backward(&mut self, cfg: &ModelConfig, fold: bool) {
+        let n = self.n;
+        shape(&mut self.dh, n, cfg.hidden);
+        if cfg.layers > 1 {
+            shape(&mut self.dxh, n, cfg.hidden);
+        }
+        if !fold {
+            shape(&mut self.dx0, n, cfg.embed);
         }
     }
 
@@ -407,19 +436,27 @@ impl<F: Float> Model<F> {
         let b = state.batch();
         let n = tokens.len();
         let t_len = n / b;
-        ws.ensure(cfg, n);
         let drop = rng.is_some() && cfg.dropout > 0.0;
-        embedding_forward(&self.params.embed, tokens, ws.x0.view_mut());
+        let fold = fold_embedding(cfg.vocab, n);
+        ws.ensure(cfg, n, fold, drop);
+        if !fold {
+            embedding_forward(&self.params.embed, tokens, ws.x0.view_mut());
+        }
         for l in 0..cfg.layers {
             let (done, rest) = ws.caches.split_at_mut(l);
-            let (dropped_done, dropped_rest) = ws.dropped.split_at_mut(l);
+            let nd = ws.dropped.len();
+            let (dropped_done, dropped_rest) = ws.dropped.split_at_mut(l.min(nd));
             let input = match l {
-                0 => ws.x0.view(),
-                _ if drop => dropped_done[l - 1].view(),
-                _ => done[l - 1].output(),
+                0 if fold => LstmInput::Tokens {
+                    table: self.params.embed.view(),
+                    tokens,
+                },
+                0 => LstmInput::Dense(ws.x0.view()),
+                _ if drop => LstmInput::Dense(dropped_done[l - 1].view()),
+                _ => LstmInput::Dense(done[l - 1].output()),
             };
             let cache = &mut rest[0];
-            lstm_forward(
+            lstm_forward_input(
                 &self.params.lstm[l],
                 input,
                 state.h[l].view(),
@@ -476,6 +513,8 @@ impl<F: Float> Model<F> {
         let drop = rng.is_some() && cfg.dropout > 0.0;
         self.forward(ws, tokens, state, rng);
         let n = tokens.len();
+        let fold = fold_embedding(cfg.vocab, n);
+        ws.ensure_backward(cfg, fold);
 
         // Output layer: loss, dlogits and dh fused per block of rows, then dW and db.
         ws.out.w.pack(self.params.out_weight().view());
@@ -512,28 +551,36 @@ impl<F: Float> Model<F> {
             }
             let (done, rest) = ws.caches.split_at_mut(l);
             let input = match l {
-                0 => ws.x0.view(),
-                _ if drop => ws.dropped[l - 1].view(),
-                _ => done[l - 1].output(),
+                0 if fold => LstmInput::Tokens {
+                    table: self.params.embed.view(),
+                    tokens,
+                },
+                0 => LstmInput::Dense(ws.x0.view()),
+                _ if drop => LstmInput::Dense(ws.dropped[l - 1].view()),
+                _ => LstmInput::Dense(done[l - 1].output()),
             };
             let dx = if l == 0 {
                 ws.dx0.view_mut()
             } else {
                 ws.dxh.view_mut()
             };
-            lstm_backward(
+            let dtable = (l == 0 && fold).then_some(&mut grads.embed);
+            lstm_backward_input(
                 &self.params.lstm[l],
                 input,
                 ws.dh.view(),
                 &mut rest[0],
                 &mut grads.lstm[l],
-                Some(dx),
+                (!(l == 0 && fold)).then_some(dx),
+                dtable,
             );
             if l > 0 {
                 std::mem::swap(&mut ws.dh, &mut ws.dxh);
             }
         }
-        embedding_backward(&mut grads.embed, tokens, ws.dx0.view());
+        if !fold {
+            embedding_backward(&mut grads.embed, tokens, ws.dx0.view());
+        }
         self.carry(ws, state);
         loss
     }

@@ -122,6 +122,9 @@ pub struct LstmCache<F> {
     dc_next: Array2<F>,
     /// The packed weights of the last forward pass.
     packed: LstmPacked<F>,
+    /// Token inputs only: the folded table b + embed · wx in the forward pass, then the
+    /// per-token sums of the gate gradients in the backward pass, (V, 4H).
+    folded: Array2<F>,
 }
 
 impl<F: Float> LstmCache<F> {
@@ -183,6 +186,45 @@ pub(crate) fn parts(b: usize) -> usize {
     pool::width().min(b).max(1)
 }
 
+/// The input of a layer for a window of T·B rows.
+#[derive(Clone, Copy, Debug)]
+pub enum LstmInput<'a, F> {
+    /// Dense rows, (T·B, D).
+    Dense(ArrayView2<'a, F>),
+    /// Token ids (T·B) into an embedding table (V, D) (layer 0). The embedding and the input
+    /// projection fold into a (V, 4H) table b + table · wx computed once per window, and the
+    /// backward pass works on per-token sums of the gate gradients; this pays off when V is
+    /// small next to T·B (character models).
+    Tokens {
+        /// The embedding table, (V, D).
+        table: ArrayView2<'a, F>,
+        /// Token ids, (T·B), each < V.
+        tokens: &'a [u32],
+    },
+}
+
+impl<F: Float> LstmInput<'_, F> {
+    fn rows(&self) -> usize {
+        match self {
+            LstmInput::Dense(x) => x.nrows(),
+            LstmInput::Tokens { tokens, .. } => tokens.len(),
+        }
+    }
+
+    fn width(&self) -> usize {
+        match self {
+            LstmInput::Dense(x) => x.ncols(),
+            LstmInput::Tokens { table, .. } => table.ncols(),
+        }
+    }
+}
+
+/// Whether layer 0 should fold the embedding into its input projection for a window of
+/// `n` = T·B rows and vocabulary `v` (the folded table costs V rows instead of T·B).
+pub fn fold_embedding(v: usize, n: usize) -> bool {
+    2 * v <= n
+}
+
 /// Forward pass over a window.
 ///
 /// - `x`: inputs, (T·B, D), time-major rows.
@@ -201,38 +243,93 @@ pub fn lstm_forward<F: Float>(
     t_len: usize,
     cache: &mut LstmCache<F>,
 ) {
+    lstm_forward_input(p, LstmInput::Dense(x), h0, c0, t_len, cache)
+}
+
+/// [`lstm_forward`] on any [`LstmInput`]; with tokens, the gates start as rows of the folded
+/// table (the same values, bit for bit, as embedding then projecting each row).
+pub fn lstm_forward_input<F: Float>(
+    p: &LstmParams<F>,
+    input: LstmInput<'_, F>,
+    h0: ArrayView2<'_, F>,
+    c0: ArrayView2<'_, F>,
+    t_len: usize,
+    cache: &mut LstmCache<F>,
+) {
     let b = h0.nrows();
     let h = p.hidden_size();
     let d = p.input_size();
-    debug_assert_eq!(x.nrows(), t_len * b);
-    debug_assert_eq!(x.ncols(), d);
+    debug_assert_eq!(input.rows(), t_len * b);
+    debug_assert_eq!(input.width(), d);
     cache.ensure(t_len, b, h);
     cache.packed.pack_forward(p);
     cache.h.slice_mut(s![..b, ..]).assign(&h0);
     cache.c.slice_mut(s![..b, ..]).assign(&c0);
-    let x = x.as_standard_layout();
-    let xs = x.as_slice().expect("standard layout");
     let bias = p.b.as_slice().expect("standard layout");
     let n = t_len * b;
     let gp = SyncPtr(cache.gates.as_mut_ptr());
-    let packed = &cache.packed;
-    let tasks = row_tasks(n);
-    pool::run(tasks, &|t| {
-        let rows = pool::split(n, tasks, t);
-        // SAFETY: disjoint row ranges of the gates.
-        let g = unsafe { gp.slice(rows.start * 4 * h, rows.len() * 4 * h) };
-        let xa = &xs[rows.start * d..rows.end * d];
-        gemm(
-            rows.len(),
-            Mat { data: xa, ld: d },
-            &packed.wx,
-            MatMut { data: g, ld: 4 * h },
-            Init::Bias(bias),
-        );
-    });
+    match input {
+        LstmInput::Dense(x) => {
+            let x = x.as_standard_layout();
+            let xs = x.as_slice().expect("standard layout");
+            let packed = &cache.packed;
+            let tasks = row_tasks(n);
+            pool::run(tasks, &|t| {
+                let rows = pool::split(n, tasks, t);
+                // SAFETY: disjoint row ranges of the gates.
+                let g = unsafe { gp.slice(rows.start * 4 * h, rows.len() * 4 * h) };
+                let xa = &xs[rows.start * d..rows.end * d];
+                gemm(
+                    rows.len(),
+                    Mat { data: xa, ld: d },
+                    &packed.wx,
+                    MatMut { data: g, ld: 4 * h },
+                    Init::Bias(bias),
+                );
+            });
+        }
+        LstmInput::Tokens { table, tokens } => {
+            let v = table.nrows();
+            let table = table.as_standard_layout();
+            let ts = table.as_slice().expect("standard layout");
+            if cache.folded.dim() != (v, 4 * h) {
+                cache.folded = Array2::zeros((v, 4 * h));
+            }
+            let fp = SyncPtr(cache.folded.as_mut_ptr());
+            let packed = &cache.packed;
+            let tasks = row_tasks(v);
+            pool::run(tasks, &|t| {
+                let rows = pool::split(v, tasks, t);
+                // SAFETY: disjoint row ranges of the folded table.
+                let f = unsafe { fp.slice(rows.start * 4 * h, rows.len() * 4 * h) };
+                gemm(
+                    rows.len(),
+                    Mat {
+                        data: &ts[rows.start * d..rows.end * d],
+                        ld: d,
+                    },
+                    &packed.wx,
+                    MatMut { data: f, ld: 4 * h },
+                    Init::Bias(bias),
+                );
+            });
+            let folded = cache.folded.as_slice().expect("standard layout");
+            let tasks = row_tasks(n);
+            pool::run(tasks, &|t| {
+                let rows = pool::split(n, tasks, t);
+                // SAFETY: disjoint row ranges of the gates.
+                let g = unsafe { gp.slice(rows.start * 4 * h, rows.len() * 4 * h) };
+                for (row, &tok) in g.chunks_exact_mut(4 * h).zip(&tokens[rows]) {
+                    let o = tok as usize * 4 * h;
+                    row.copy_from_slice(&folded[o..o + 4 * h]);
+                }
+            });
+        }
+    }
     let cp = SyncPtr(cache.c.as_mut_ptr());
     let hp = SyncPtr(cache.h.as_mut_ptr());
     let tp = SyncPtr(cache.tc.as_mut_ptr());
+    let packed = &cache.packed;
     let np = parts(b);
     pool::run(np, &|part| {
         let rows = pool::split(b, np, part);
@@ -422,6 +519,21 @@ pub fn lstm_backward<F: Float>(
     dp: &mut LstmParams<F>,
     dx: Option<ArrayViewMut2<'_, F>>,
 ) {
+    lstm_backward_input(p, LstmInput::Dense(x), dh_out, cache, dp, dx, None)
+}
+
+/// [`lstm_backward`] on any [`LstmInput`]. With tokens, `dx` is ignored and the gradient
+/// w.r.t. the embedding table is *accumulated* into `dtable` (V, D): with S the (V, 4H)
+/// per-token sums of the gate gradients, dwx += tableᵀ · S and dtable += S · wxᵀ.
+pub fn lstm_backward_input<F: Float>(
+    p: &LstmParams<F>,
+    input: LstmInput<'_, F>,
+    dh_out: ArrayView2<'_, F>,
+    cache: &mut LstmCache<F>,
+    dp: &mut LstmParams<F>,
+    dx: Option<ArrayViewMut2<'_, F>>,
+    dtable: Option<&mut Array2<F>>,
+) {
     let (t_len, b) = (cache.t, cache.b);
     let h = p.hidden_size();
     cache.packed.pack_backward(p);
@@ -468,18 +580,36 @@ pub fn lstm_backward<F: Float>(
 
     // Weight gradients over the whole window: dwx += xᵀ·dG, dwh += h_prevᵀ·dG, db += Σ dG,
     // each thread taking a block of columns (so every element is summed in row order by one
-    // thread, whatever the thread count).
+    // thread, whatever the thread count). Token inputs first sum dG per token (S), then
+    // dwx += tableᵀ·S.
     let n = t_len * b;
     let d = p.input_size();
-    let x = x.as_standard_layout();
-    let xs = x.as_slice().expect("standard layout");
+    let dense = match &input {
+        LstmInput::Dense(x) => Some(x.as_standard_layout()),
+        LstmInput::Tokens { .. } => None,
+    };
+    let table = match &input {
+        LstmInput::Tokens { table, .. } => Some(table.as_standard_layout()),
+        LstmInput::Dense(_) => None,
+    };
+    let tokens: &[u32] = match input {
+        LstmInput::Tokens { tokens, .. } => tokens,
+        LstmInput::Dense(_) => &[],
+    };
+    if let Some(t) = &table {
+        if cache.folded.dim() != (t.nrows(), 4 * h) {
+            cache.folded = Array2::zeros((t.nrows(), 4 * h));
+        }
+    }
     let dgs = cache.gates.as_slice().expect("standard layout");
     let hs = &cache.h.as_slice().expect("standard layout")[..n * h];
     {
         let (wxp, whp) = (SyncPtr(dp.wx.as_mut_ptr()), SyncPtr(dp.wh.as_mut_ptr()));
         let bp = SyncPtr(dp.b.as_mut_ptr());
+        let sp = SyncPtr(cache.folded.as_mut_ptr());
         let panels = (4 * h).div_ceil(NR);
         let np = pool::width().min(panels);
+        let (dense, table) = (&dense, &table);
         pool::run(np, &|part| {
             let pr = pool::split(panels, np, part);
             let cols = pr.start * NR..(pr.end * NR).min(4 * h);
@@ -490,10 +620,40 @@ pub fn lstm_backward<F: Float>(
                 rs: 4 * h,
                 cs: 1,
             };
-            // SAFETY: this task alone writes columns `cols` of dwx, dwh and db.
+            // SAFETY: this task alone writes columns `cols` of dwx, dwh, db and S.
             unsafe {
-                let xt = View::transposed(xs, d, n, d);
-                gemm_strided_ptr(xt, dgv, wxp.ptr().add(cols.start), 4 * h, Init::Accumulate);
+                if let Some(x) = dense {
+                    let xt = View::transposed(x.as_slice().expect("standard layout"), d, n, d);
+                    gemm_strided_ptr(xt, dgv, wxp.ptr().add(cols.start), 4 * h, Init::Accumulate);
+                }
+                if let Some(t) = table {
+                    let v = t.nrows();
+                    let srows = sp.ptr();
+                    for tok in 0..v {
+                        sp.slice(tok * 4 * h + cols.start, cols.len())
+                            .fill(F::zero());
+                    }
+                    for (r, &tok) in tokens.iter().enumerate() {
+                        let src = &dgs[r * 4 * h + cols.start..r * 4 * h + cols.end];
+                        let dst = std::slice::from_raw_parts_mut(
+                            srows.add(tok as usize * 4 * h + cols.start),
+                            cols.len(),
+                        );
+                        for (acc, &g) in dst.iter_mut().zip(src) {
+                            *acc += g;
+                        }
+                    }
+                    let s_all = std::slice::from_raw_parts(srows as *const F, v * 4 * h);
+                    let sv = View {
+                        data: &s_all[cols.start..],
+                        rows: v,
+                        cols: cols.len(),
+                        rs: 4 * h,
+                        cs: 1,
+                    };
+                    let tt = View::transposed(t.as_slice().expect("standard layout"), d, v, d);
+                    gemm_strided_ptr(tt, sv, wxp.ptr().add(cols.start), 4 * h, Init::Accumulate);
+                }
                 let ht = View::transposed(hs, h, n, h);
                 gemm_strided_ptr(ht, dgv, whp.ptr().add(cols.start), 4 * h, Init::Accumulate);
                 let db = bp.slice(cols.start, cols.len());
@@ -505,6 +665,30 @@ pub fn lstm_backward<F: Float>(
                 }
             }
         });
+    }
+    if let (Some(t), Some(dtable)) = (&table, dtable) {
+        // dtable += S · wxᵀ, rows split across threads.
+        let v = t.nrows();
+        let ss = cache.folded.as_slice().expect("standard layout");
+        let dtp = SyncPtr(dtable.as_mut_ptr());
+        let wx_t = &cache.packed.wx_t;
+        let tasks = row_tasks(v);
+        pool::run(tasks, &|k| {
+            let rows = pool::split(v, tasks, k);
+            // SAFETY: disjoint row ranges of dtable.
+            let out = unsafe { dtp.slice(rows.start * d, rows.len() * d) };
+            gemm(
+                rows.len(),
+                Mat {
+                    data: &ss[rows.start * 4 * h..],
+                    ld: 4 * h,
+                },
+                wx_t,
+                MatMut { data: out, ld: d },
+                Init::Accumulate,
+            );
+        });
+        return;
     }
     if let Some(mut dx) = dx {
         if let Some(dxs) = dx.as_slice_mut() {
@@ -903,6 +1087,66 @@ mod tests {
         // and the in-place generation step equals the caching forward
         assert_eq!(bits(&hs1), bits(&o1[2]));
         assert_eq!(bits(&cs1), bits(&o1[0]));
+    }
+
+    /// Token inputs (embedding folded into the input projection, per-token gradient sums)
+    /// against embedding the tokens and running the dense path.
+    #[test]
+    fn token_input_matches_dense_input() {
+        let (v, d, h, b, t) = (4, 3, 5, 3, 4);
+        let mut rng = Pcg64::seed_from_u64(21);
+        let mut p = LstmParams::<f64>::init(d, h, &mut rng);
+        p.b.mapv_inplace(|x| x + 0.2);
+        let table = rand_arr(v, d, &mut rng);
+        let tokens: Vec<u32> = (0..t * b).map(|_| rng.random_range(0..v as u32)).collect();
+        let x = Array2::from_shape_fn((t * b, d), |(r, j)| table[[tokens[r] as usize, j]]);
+        let (h0, c0) = (rand_arr(b, h, &mut rng), rand_arr(b, h, &mut rng));
+        let dh_out = rand_arr(t * b, h, &mut rng);
+
+        let mut dense = LstmCache::default();
+        lstm_forward(&p, x.view(), h0.view(), c0.view(), t, &mut dense);
+        let mut folded = LstmCache::default();
+        let input = LstmInput::Tokens {
+            table: table.view(),
+            tokens: &tokens,
+        };
+        lstm_forward_input(&p, input, h0.view(), c0.view(), t, &mut folded);
+        assert!((&dense.output() - &folded.output())
+            .iter()
+            .all(|e| e.abs() < 1e-14));
+
+        let mut dp1 = LstmParams::zeros(d, h);
+        let mut dx = Array2::zeros((t * b, d));
+        lstm_backward(
+            &p,
+            x.view(),
+            dh_out.view(),
+            &mut dense,
+            &mut dp1,
+            Some(dx.view_mut()),
+        );
+        let mut dtable1 = Array2::<f64>::zeros((v, d));
+        for (r, &tok) in tokens.iter().enumerate() {
+            let mut row = dtable1.row_mut(tok as usize);
+            row += &dx.row(r);
+        }
+        let mut dp2 = LstmParams::zeros(d, h);
+        let mut dtable2 = Array2::<f64>::ones((v, d));
+        lstm_backward_input(
+            &p,
+            input,
+            dh_out.view(),
+            &mut folded,
+            &mut dp2,
+            None,
+            Some(&mut dtable2),
+        );
+        let close = |a: &Array2<f64>, b: &Array2<f64>| (a - b).iter().all(|e| e.abs() < 1e-12);
+        assert!(close(&dp1.wx, &dp2.wx));
+        assert!(close(&dp1.wh, &dp2.wh));
+        assert!((&dp1.b - &dp2.b).iter().all(|e| e.abs() < 1e-12));
+        assert!(close(&(dtable1 + 1.0), &dtable2), "dtable accumulates");
+        assert!(dp2.wx.iter().any(|e| e.abs() > 1e-3));
     }
 
     #[test]

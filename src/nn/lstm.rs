@@ -361,16 +361,12 @@ pub fn lstm_forward_input<F: Float>(
     });
 }
 
-/// Number of row tasks for a product with `n` rows: one per thread, more (blocks of about
-/// 96 rows) when there are many rows, so a slow thread does not hold up the others.
+/// Number of row tasks for a product with `n` rows: a multiple of the thread count, with
+/// blocks of at most about 192 rows, so threads finish together even when one is slower.
 pub(crate) fn row_tasks(n: usize) -> usize {
-    const BLOCK: usize = 96;
+    const BLOCK: usize = 192;
     let w = pool::width();
-    if n <= BLOCK {
-        w.min(n).max(1)
-    } else {
-        n.div_ceil(BLOCK).max(w).min(n)
-    }
+    (w * n.div_ceil(w * BLOCK)).clamp(1, n.max(1))
 }
 
 /// The element-wise part of one step, fused: activates the gates in place and writes c_t,

@@ -65,19 +65,16 @@ impl<F: Float> LstmParams<F> {
     }
 }
 
-/// The weights of one layer packed for [`gemm`]: `wx`, `wh` for the forward pass, their
-/// transposes for the backward pass. Rebuilt from [`LstmParams`] whenever those may have
-/// changed (once per window in training, once per model in generation).
+/// The weights of one layer packed for [`gemm`]. After [`LstmPacked::pack_forward`] they
+/// hold wx (D, 4H) and wh (H, 4H); after [`LstmPacked::pack_backward`], in the same buffers,
+/// their transposes wxᵀ (4H, D) and whᵀ (4H, H) (the forward pass is over by then, so the
+/// backward pass needs no memory of its own).
 #[derive(Clone, Debug, Default)]
 pub struct LstmPacked<F> {
-    /// wx (D, 4H).
+    /// wx, or wxᵀ after `pack_backward`.
     pub wx: PackedB<F>,
-    /// wh (H, 4H).
+    /// wh, or whᵀ after `pack_backward`.
     pub wh: PackedB<F>,
-    /// wxᵀ (4H, D), backward only.
-    pub wx_t: PackedB<F>,
-    /// whᵀ (4H, H), backward only.
-    pub wh_t: PackedB<F>,
 }
 
 impl<F: Float> LstmPacked<F> {
@@ -89,8 +86,8 @@ impl<F: Float> LstmPacked<F> {
 
     /// Packs the transposed weights of `p` for the backward pass.
     pub fn pack_backward(&mut self, p: &LstmParams<F>) {
-        self.wx_t.pack(p.wx.t());
-        self.wh_t.pack(p.wh.t());
+        self.wx.pack(p.wx.t());
+        self.wh.pack(p.wh.t());
     }
 
     /// Forward weights packed from `p`.
@@ -112,15 +109,13 @@ pub struct LstmCache<F> {
     gates: Array2<F>,
     /// Cell states: rows 0..B hold c_0 (the carried state), then c_1..c_T, ((T+1)·B, H).
     c: Array2<F>,
-    /// tanh(c_t) for t = 1..T, (T·B, H).
-    tc: Array2<F>,
     /// Hidden states: rows 0..B hold h_0, then the layer's outputs h_1..h_T, ((T+1)·B, H).
     h: Array2<F>,
     /// Backward: gradient flowing into h_{t-1} from step t, (B, H).
     dh_next: Array2<F>,
     /// Backward: gradient flowing into c_{t-1} from step t, (B, H).
     dc_next: Array2<F>,
-    /// The packed weights of the last forward pass.
+    /// The packed weights of the current pass (see [`LstmPacked`]).
     packed: LstmPacked<F>,
     /// Token inputs only: the folded table b + embed · wx in the forward pass, then the
     /// per-token sums of the gate gradients in the backward pass, (V, 4H).
@@ -134,7 +129,6 @@ impl<F: Float> LstmCache<F> {
             self.b = b;
             self.gates = Array2::zeros((t * b, 4 * h));
             self.c = Array2::zeros(((t + 1) * b, h));
-            self.tc = Array2::zeros((t * b, h));
             self.h = Array2::zeros(((t + 1) * b, h));
             self.dh_next = Array2::zeros((b, h));
             self.dc_next = Array2::zeros((b, h));
@@ -328,7 +322,6 @@ pub fn lstm_forward_input<F: Float>(
     }
     let cp = SyncPtr(cache.c.as_mut_ptr());
     let hp = SyncPtr(cache.h.as_mut_ptr());
-    let tp = SyncPtr(cache.tc.as_mut_ptr());
     let packed = &cache.packed;
     let np = parts(b);
     pool::run(np, &|part| {
@@ -354,8 +347,7 @@ pub fn lstm_forward_input<F: Float>(
                 let c_prev = cp.slice(r0 * h, nb * h);
                 let c_next = cp.slice((r0 + b) * h, nb * h);
                 let h_next = hp.slice((r0 + b) * h, nb * h);
-                let tc = tp.slice(r0 * h, nb * h);
-                cell_forward(g, c_prev, c_next, tc, h_next, nb, h);
+                cell_forward(g, c_prev, c_next, h_next, nb, h);
             }
         }
     });
@@ -369,33 +361,31 @@ pub(crate) fn row_tasks(n: usize) -> usize {
     (w * n.div_ceil(w * BLOCK)).clamp(1, n.max(1))
 }
 
-/// The element-wise part of one step, fused: activates the gates in place and writes c_t,
-/// tanh(c_t) and h_t. `gates` is (B, 4H), the state slices are (B, H). For f32 on AVX2 CPUs
+/// The element-wise part of one step, fused: activates the gates in place and writes c_t
+/// and h_t. `gates` is (B, 4H), the state slices are (B, H). For f32 on AVX2 CPUs
 /// the same code is compiled for AVX2 (vectorised polynomial nonlinearities).
 pub(crate) fn cell_forward<F: Float>(
     gates: &mut [F],
     c_prev: &[F],
     c_next: &mut [F],
-    tc: &mut [F],
     h_next: &mut [F],
     b: usize,
     h: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
     if super::simd() {
-        if let (Some(g), Some(cp), Some(cn), Some(t), Some(hn)) = (
+        if let (Some(g), Some(cp), Some(cn), Some(hn)) = (
             as_f32(gates),
             as_f32_ref(c_prev),
             as_f32(c_next),
-            as_f32(tc),
             as_f32(h_next),
         ) {
             // SAFETY: AVX2 and FMA are present.
-            unsafe { cell_forward_avx2(g, cp, cn, t, hn, b, h) };
+            unsafe { cell_forward_avx2(g, cp, cn, hn, b, h) };
             return;
         }
     }
-    cell_forward_impl(gates, c_prev, c_next, tc, h_next, b, h);
+    cell_forward_impl(gates, c_prev, c_next, h_next, b, h);
 }
 
 /// One element of the forward cell: returns (i, f, g, o, c, tanh c, h).
@@ -416,7 +406,6 @@ unsafe fn cell_forward_avx2(
     gates: &mut [f32],
     c_prev: &[f32],
     c_next: &mut [f32],
-    tc: &mut [f32],
     h_next: &mut [f32],
     b: usize,
     h: usize,
@@ -424,13 +413,12 @@ unsafe fn cell_forward_avx2(
     use super::fast::avx2::{sigmoid, tanh};
     use std::arch::x86_64::*;
     assert!(gates.len() >= b * 4 * h && c_prev.len() >= b * h && c_next.len() >= b * h);
-    assert!(tc.len() >= b * h && h_next.len() >= b * h);
+    assert!(h_next.len() >= b * h);
     for r in 0..b {
         let g = gates.as_mut_ptr().add(r * 4 * h);
         let (gi, gf, gg, go) = (g, g.add(h), g.add(2 * h), g.add(3 * h));
         let cp = c_prev.as_ptr().add(r * h);
         let cn = c_next.as_mut_ptr().add(r * h);
-        let tcr = tc.as_mut_ptr().add(r * h);
         let hn = h_next.as_mut_ptr().add(r * h);
         let mut j = 0;
         while j + 8 <= h {
@@ -445,19 +433,17 @@ unsafe fn cell_forward_avx2(
             let c = _mm256_fmadd_ps(f, _mm256_loadu_ps(cp.add(j)), _mm256_mul_ps(i, gv));
             let t = tanh(c);
             _mm256_storeu_ps(cn.add(j), c);
-            _mm256_storeu_ps(tcr.add(j), t);
             _mm256_storeu_ps(hn.add(j), _mm256_mul_ps(o, t));
             j += 8;
         }
         while j < h {
-            let [i, f, gv, o, c, t, hv] =
+            let [i, f, gv, o, c, _, hv] =
                 cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cp.add(j));
             *gi.add(j) = i;
             *gf.add(j) = f;
             *gg.add(j) = gv;
             *go.add(j) = o;
             *cn.add(j) = c;
-            *tcr.add(j) = t;
             *hn.add(j) = hv;
             j += 1;
         }
@@ -469,7 +455,6 @@ fn cell_forward_impl<F: Float>(
     gates: &mut [F],
     c_prev: &[F],
     c_next: &mut [F],
-    tc: &mut [F],
     h_next: &mut [F],
     b: usize,
     h: usize,
@@ -481,16 +466,14 @@ fn cell_forward_impl<F: Float>(
         let (gg, go) = rest.split_at_mut(h);
         let cp = &c_prev[r * h..(r + 1) * h];
         let cn = &mut c_next[r * h..(r + 1) * h];
-        let tcr = &mut tc[r * h..(r + 1) * h];
         let hn = &mut h_next[r * h..(r + 1) * h];
         for j in 0..h {
-            let [i, f, gv, o, c, t, hv] = cell_elem(gi[j], gf[j], gg[j], go[j], cp[j]);
+            let [i, f, gv, o, c, _, hv] = cell_elem(gi[j], gf[j], gg[j], go[j], cp[j]);
             gi[j] = i;
             gf[j] = f;
             gg[j] = gv;
             go[j] = o;
             cn[j] = c;
-            tcr[j] = t;
             hn[j] = hv;
         }
     }
@@ -542,8 +525,7 @@ pub fn lstm_backward_input<F: Float>(
         let dhp = SyncPtr(cache.dh_next.as_mut_ptr());
         let dcp = SyncPtr(cache.dc_next.as_mut_ptr());
         let c = cache.c.as_slice().expect("standard layout");
-        let tc = cache.tc.as_slice().expect("standard layout");
-        let wh_t = &cache.packed.wh_t;
+        let wh_t = &cache.packed.wh;
         let np = parts(b);
         pool::run(np, &|part| {
             let rows = pool::split(b, np, part);
@@ -555,9 +537,9 @@ pub fn lstm_backward_input<F: Float>(
                 let r0 = t * b + rows.start;
                 let g = unsafe { gp.slice(r0 * 4 * h, nb * 4 * h) };
                 let c_prev = &c[r0 * h..(r0 + nb) * h];
-                let tcr = &tc[r0 * h..(r0 + nb) * h];
+                let c_t = &c[(r0 + b) * h..(r0 + b + nb) * h];
                 let dho = &dh_out[r0 * h..(r0 + nb) * h];
-                cell_backward(g, c_prev, tcr, dho, dh_next, dc_next, nb, h);
+                cell_backward(g, c_prev, c_t, dho, dh_next, dc_next, nb, h);
                 if t > 0 {
                     gemm(
                         nb,
@@ -667,7 +649,7 @@ pub fn lstm_backward_input<F: Float>(
         let v = t.nrows();
         let ss = cache.folded.as_slice().expect("standard layout");
         let dtp = SyncPtr(dtable.as_mut_ptr());
-        let wx_t = &cache.packed.wx_t;
+        let wx_t = &cache.packed.wx;
         let tasks = row_tasks(v);
         pool::run(tasks, &|k| {
             let rows = pool::split(v, tasks, k);
@@ -689,7 +671,7 @@ pub fn lstm_backward_input<F: Float>(
     if let Some(mut dx) = dx {
         if let Some(dxs) = dx.as_slice_mut() {
             let dxp = SyncPtr(dxs.as_mut_ptr());
-            let wx_t = &cache.packed.wx_t;
+            let wx_t = &cache.packed.wx;
             let np = row_tasks(n);
             pool::run(np, &|part| {
                 let rows = pool::split(n, np, part);
@@ -711,12 +693,13 @@ pub fn lstm_backward_input<F: Float>(
 }
 
 /// Element-wise backward of one step. On entry `g` holds the activated gates (B, 4H); on exit
-/// the gradients w.r.t. the pre-activations. `dc_next` carries dL/dc_t in and dL/dc_{t-1} out.
+/// the gradients w.r.t. the pre-activations. `c` is c_t (tanh c_t is recomputed, the same
+/// bits as in the forward pass); `dc_next` carries dL/dc_t in and dL/dc_{t-1} out.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn cell_backward<F: Float>(
     g: &mut [F],
     c_prev: &[F],
-    tc: &[F],
+    c: &[F],
     dh_out: &[F],
     dh_next: &[F],
     dc_next: &mut [F],
@@ -728,7 +711,7 @@ pub(crate) fn cell_backward<F: Float>(
         if let (Some(g), Some(cp), Some(t), Some(dho), Some(dhn), Some(dcn)) = (
             as_f32(g),
             as_f32_ref(c_prev),
-            as_f32_ref(tc),
+            as_f32_ref(c),
             as_f32_ref(dh_out),
             as_f32_ref(dh_next),
             as_f32(dc_next),
@@ -738,7 +721,7 @@ pub(crate) fn cell_backward<F: Float>(
             return;
         }
     }
-    cell_backward_impl(g, c_prev, tc, dh_out, dh_next, dc_next, b, h);
+    cell_backward_impl(g, c_prev, c, dh_out, dh_next, dc_next, b, h);
 }
 
 /// One element of the backward cell: from the activated gates, c_{t-1}, tanh c_t, the
@@ -762,22 +745,23 @@ fn cell_back_elem<F: Float>(i: F, f: F, g: F, o: F, cp: F, tc: F, dh: F, dc_in: 
 unsafe fn cell_backward_avx2(
     g: &mut [f32],
     c_prev: &[f32],
-    tc: &[f32],
+    c: &[f32],
     dh_out: &[f32],
     dh_next: &[f32],
     dc_next: &mut [f32],
     b: usize,
     h: usize,
 ) {
+    use super::fast::avx2::tanh;
     use std::arch::x86_64::*;
-    assert!(g.len() >= b * 4 * h && c_prev.len() >= b * h && tc.len() >= b * h);
+    assert!(g.len() >= b * 4 * h && c_prev.len() >= b * h && c.len() >= b * h);
     assert!(dh_out.len() >= b * h && dh_next.len() >= b * h && dc_next.len() >= b * h);
     let one = _mm256_set1_ps(1.0);
     for r in 0..b {
         let gr = g.as_mut_ptr().add(r * 4 * h);
         let (gi, gf, gg, go) = (gr, gr.add(h), gr.add(2 * h), gr.add(3 * h));
         let o_ = r * h;
-        let (cp, tcr) = (c_prev.as_ptr().add(o_), tc.as_ptr().add(o_));
+        let (cp, cr) = (c_prev.as_ptr().add(o_), c.as_ptr().add(o_));
         let (dho, dhn) = (dh_out.as_ptr().add(o_), dh_next.as_ptr().add(o_));
         let dcn = dc_next.as_mut_ptr().add(o_);
         let mut j = 0;
@@ -786,7 +770,7 @@ unsafe fn cell_backward_avx2(
             let f = _mm256_loadu_ps(gf.add(j));
             let gv = _mm256_loadu_ps(gg.add(j));
             let o = _mm256_loadu_ps(go.add(j));
-            let t = _mm256_loadu_ps(tcr.add(j));
+            let t = tanh(_mm256_loadu_ps(cr.add(j)));
             let dh = _mm256_add_ps(_mm256_loadu_ps(dho.add(j)), _mm256_loadu_ps(dhn.add(j)));
             // dc = dc_in + ((dh · o) · (1 − t·t))
             let dc = _mm256_add_ps(
@@ -823,7 +807,7 @@ unsafe fn cell_backward_avx2(
                 *gg.add(j),
                 *go.add(j),
                 *cp.add(j),
-                *tcr.add(j),
+                <f32 as Float>::tanh_(*cr.add(j)),
                 dh,
                 *dcn.add(j),
             );
@@ -842,7 +826,7 @@ unsafe fn cell_backward_avx2(
 fn cell_backward_impl<F: Float>(
     g: &mut [F],
     c_prev: &[F],
-    tc: &[F],
+    c: &[F],
     dh_out: &[F],
     dh_next: &[F],
     dc_next: &mut [F],
@@ -863,7 +847,7 @@ fn cell_backward_impl<F: Float>(
                 gg[j],
                 go[j],
                 c_prev[o_ + j],
-                tc[o_ + j],
+                F::tanh_(c[o_ + j]),
                 dh,
                 dc_next[o_ + j],
             );
@@ -1049,16 +1033,16 @@ mod tests {
         let gates = v(b * 4 * h, 6.0);
         let c_prev = v(b * h, 3.0);
         let (mut g1, mut g2) = (gates.clone(), gates.clone());
-        let mut o1 = vec![vec![0f32; b * h]; 3];
+        let mut o1 = vec![vec![0f32; b * h]; 2];
         let mut o2 = o1.clone();
-        let [c1, t1, h1] = &mut o1[..] else {
+        let [c1, h1] = &mut o1[..] else {
             unreachable!()
         };
-        cell_forward(&mut g1, &c_prev, c1, t1, h1, b, h);
-        let [c2, t2, h2] = &mut o2[..] else {
+        cell_forward(&mut g1, &c_prev, c1, h1, b, h);
+        let [c2, h2] = &mut o2[..] else {
             unreachable!()
         };
-        cell_forward_impl(&mut g2, &c_prev, c2, t2, h2, b, h);
+        cell_forward_impl(&mut g2, &c_prev, c2, h2, b, h);
         let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&g1), bits(&g2));
         assert_eq!(
@@ -1069,8 +1053,8 @@ mod tests {
         let (dho, dhn, dc) = (v(b * h, 1.0), v(b * h, 1.0), v(b * h, 1.0));
         let (mut d1, mut d2) = (dc.clone(), dc.clone());
         let (mut a1, mut a2) = (g1.clone(), g1.clone());
-        cell_backward(&mut a1, &c_prev, &o1[1], &dho, &dhn, &mut d1, b, h);
-        cell_backward_impl(&mut a2, &c_prev, &o1[1], &dho, &dhn, &mut d2, b, h);
+        cell_backward(&mut a1, &c_prev, &o1[0], &dho, &dhn, &mut d1, b, h);
+        cell_backward_impl(&mut a2, &c_prev, &o1[0], &dho, &dhn, &mut d2, b, h);
         assert_eq!(bits(&a1), bits(&a2));
         assert_eq!(bits(&d1), bits(&d2));
 
@@ -1081,7 +1065,7 @@ mod tests {
         assert_eq!(bits(&hs1), bits(&hs2));
         assert_eq!(bits(&cs1), bits(&cs2));
         // and the in-place generation step equals the caching forward
-        assert_eq!(bits(&hs1), bits(&o1[2]));
+        assert_eq!(bits(&hs1), bits(&o1[1]));
         assert_eq!(bits(&cs1), bits(&o1[0]));
     }
 

@@ -12,14 +12,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::nn::dropout::{dropout_backward, dropout_forward};
 use crate::nn::embedding::{embedding_backward, embedding_forward};
-use crate::nn::gemm::{gemm, Init, Mat, MatMut, PackedB};
+use crate::nn::gemm::{gemm, gemm_cols_ptr, Init, Mat, MatMut, PackedB, NR};
 use crate::nn::linear::{
     linear_forward_packed, linear_weight_grad, loss_backward_packed, LinearPacked,
 };
 use crate::nn::loss::softmax_xent;
 use crate::nn::lstm::{
-    cell_step, fold_embedding, lstm_backward_input, lstm_forward_input, LstmCache, LstmInput,
-    LstmPacked, LstmParams, SyncPtr,
+    cell_step, cell_step_units, fold_embedding, lstm_backward_input, lstm_forward_input, LstmCache,
+    LstmInput, LstmPacked, LstmParams, SyncPtr,
 };
 use crate::nn::{pool, Float};
 
@@ -661,7 +661,13 @@ pub struct Generator {
     gx: Array2<f32>,
     /// Logits of the last step, (B, V).
     logits: Array2<f32>,
+    /// Copy of a layer's previous h for the column-split path, (B, H).
+    h_prev: Array2<f32>,
 }
+
+/// Up to this many streams, a step splits each product by columns (hidden units) across
+/// threads instead of splitting the streams.
+const NARROW: usize = 4;
 
 impl Generator {
     /// A generator for `b` streams starting from the zero state.
@@ -673,6 +679,7 @@ impl Generator {
             x: Array2::zeros((b, cfg.embed)),
             gx: Array2::zeros((b, 4 * cfg.hidden)),
             logits: Array2::zeros((b, cfg.vocab)),
+            h_prev: Array2::zeros((b, cfg.hidden)),
             model,
         }
     }
@@ -707,6 +714,11 @@ impl Generator {
     pub fn step(&mut self, tokens: &[u32]) -> ArrayView2<'_, f32> {
         let b = self.batch();
         assert_eq!(tokens.len(), b, "one token per stream");
+        let hs = self.model.config.hidden;
+        if b <= NARROW && pool::width() > 1 && hs % NR == 0 {
+            self.step_narrow(tokens);
+            return self.logits.view();
+        }
         let p = &self.model.params;
         let cfg = &self.model.config;
         let (e, hs, v) = (cfg.embed, cfg.hidden, cfg.vocab);
@@ -792,6 +804,110 @@ impl Generator {
         self.logits.view()
     }
 
+    /// [`Generator::step`] for a few streams: every product is split by columns across
+    /// threads (each thread owns a block of hidden units and computes their four gates and
+    /// the cell update), layer after layer. Same arithmetic per element as the row-split
+    /// path.
+    fn step_narrow(&mut self, tokens: &[u32]) {
+        let b = self.batch();
+        let p = &self.model.params;
+        let cfg = &self.model.config;
+        let (e, hs, v) = (cfg.embed, cfg.hidden, cfg.vocab);
+        let h4 = 4 * hs;
+        let w = &*self.packed;
+        let blocks = hs / NR;
+        let tasks = pool::width().min(blocks).max(1);
+        if w.table0.is_none() {
+            let embed = p.embed.as_slice().expect("standard layout");
+            for (row, &tok) in self.x.rows_mut().into_iter().zip(tokens) {
+                let o = tok as usize * e;
+                row.into_slice()
+                    .expect("standard layout")
+                    .copy_from_slice(&embed[o..o + e]);
+            }
+        }
+        for l in 0..cfg.layers {
+            self.h_prev.assign(&self.state.h[l]);
+            let (below, here) = self.state.h.split_at_mut(l);
+            let input: &[f32] = match l {
+                0 => self.x.as_slice().expect("standard layout"),
+                _ => below[l - 1].as_slice().expect("standard layout"),
+            };
+            let d = if l == 0 { e } else { hs };
+            let h_prev = self.h_prev.as_slice().expect("standard layout");
+            let gp = SyncPtr(self.gx.as_mut_ptr());
+            let hp = SyncPtr(here[0].as_mut_ptr());
+            let cp = SyncPtr(self.state.c[l].as_mut_ptr());
+            let lw = &w.layers[l];
+            let bias = p.lstm[l].b.as_slice().expect("standard layout");
+            pool::run(tasks, &|t| {
+                let ur = pool::split(blocks, tasks, t);
+                let units = ur.start * NR..ur.end * NR;
+                // SAFETY: this task alone writes gate columns q·H + units of gx and units of
+                // h and c; h_prev and the input are read-only here.
+                unsafe {
+                    for q in 0..4 {
+                        let cols = q * hs + units.start..q * hs + units.end;
+                        let g = gp.ptr().add(cols.start);
+                        match (l, &w.table0) {
+                            (0, Some(tab)) => {
+                                for (r, &tok) in tokens.iter().enumerate() {
+                                    let src = tab.as_ptr().add(tok as usize * h4 + cols.start);
+                                    std::ptr::copy_nonoverlapping(src, g.add(r * h4), cols.len());
+                                }
+                            }
+                            _ => gemm_cols_ptr(
+                                b,
+                                Mat { data: input, ld: d },
+                                &lw.wx,
+                                cols.clone(),
+                                g,
+                                h4,
+                                Init::Bias(&bias[cols.clone()]),
+                            ),
+                        }
+                        gemm_cols_ptr(
+                            b,
+                            Mat {
+                                data: h_prev,
+                                ld: hs,
+                            },
+                            &lw.wh,
+                            cols,
+                            g,
+                            h4,
+                            Init::Accumulate,
+                        );
+                    }
+                    cell_step_units(gp.ptr(), hp.ptr(), cp.ptr(), b, hs, units);
+                }
+            });
+        }
+        let top = self.state.h[cfg.layers - 1]
+            .as_slice()
+            .expect("standard layout");
+        let lp = SyncPtr(self.logits.as_mut_ptr());
+        let ob = p.out_b.as_slice().expect("standard layout");
+        let panels = v.div_ceil(NR);
+        let tasks = pool::width().min(panels).max(1);
+        pool::run(tasks, &|t| {
+            let pr = pool::split(panels, tasks, t);
+            let cols = pr.start * NR..(pr.end * NR).min(v);
+            // SAFETY: this task alone writes these logit columns.
+            unsafe {
+                gemm_cols_ptr(
+                    b,
+                    Mat { data: top, ld: hs },
+                    &w.out_wt,
+                    cols.clone(),
+                    lp.ptr().add(cols.start),
+                    v,
+                    Init::Bias(&ob[cols]),
+                );
+            }
+        });
+    }
+
     /// Feeds a sequence of tokens, the same for every stream (a prime); returns the logits
     /// after the last one, or `None` if `tokens` is empty.
     pub fn feed(&mut self, tokens: &[u32]) -> Option<ArrayView2<'_, f32>> {
@@ -839,7 +955,13 @@ mod tests {
     /// token table (V ≤ E and V > E).
     #[test]
     fn generator_streams_do_not_depend_on_batch() {
-        for m in [model(7, 12, 20, 2), model(40, 9, 21, 1)] {
+        // hidden 32: a batch of 1 takes the column-split path, a batch of 7 the row split
+        for m in [
+            model(7, 12, 20, 2),
+            model(40, 9, 21, 1),
+            model(7, 12, 32, 2),
+            model(40, 9, 16, 2),
+        ] {
             let v = m.config.vocab as u32;
             let b = 7;
             let mut many = Generator::new(Arc::clone(&m), b);
@@ -864,7 +986,12 @@ mod tests {
     /// Generation step by step equals the window forward pass of training, bit for bit.
     #[test]
     fn generator_matches_window_forward() {
-        for m in [model(7, 12, 20, 2), model(40, 9, 21, 2)] {
+        for m in [
+            model(7, 12, 20, 2),
+            model(40, 9, 21, 2),
+            model(7, 12, 32, 2),
+            model(40, 9, 16, 2),
+        ] {
             let (b, t) = (3, 4);
             let v = m.config.vocab as u32;
             let tokens: Vec<u32> = (0..(t * b) as u32).map(|i| (i * 7 + 1) % v).collect();

@@ -180,8 +180,8 @@ pub enum TileInit<F> {
 
 /// Where the driver finds B.
 enum BSource<'a, F> {
-    /// Packed once by the caller.
-    Packed(&'a PackedB<F>),
+    /// Packed once by the caller: panels `p0..` covering `n` columns.
+    Packed(&'a PackedB<F>, usize, usize),
     /// Packed one KC slice at a time into a thread-local buffer.
     Strided(View<'a, F>),
 }
@@ -200,7 +200,30 @@ pub fn gemm<F: Float>(
 ) {
     assert!(a.ld >= b.k, "gemm: leading dimension of A");
     let av = View::rows(a.data, m, b.k, a.ld);
-    drive(av, BSource::Packed(b), c, init);
+    drive(av, BSource::Packed(b, 0, b.n), c, init);
+}
+
+/// [`gemm`] on the column block `cols` of B only (start a multiple of [`NR`]): C is
+/// (m, cols.len()) and its column j is column `cols.start + j` of the full product; a bias
+/// covers the block's columns only. Each element is computed exactly as by [`gemm`].
+///
+/// # Panics
+/// If `cols` is out of range or not panel-aligned, or a slice is too short.
+pub fn gemm_cols<F: Float>(
+    m: usize,
+    a: Mat<'_, F>,
+    b: &PackedB<F>,
+    cols: std::ops::Range<usize>,
+    c: MatMut<'_, F>,
+    init: Init<'_, F>,
+) {
+    assert!(a.ld >= b.k, "gemm: leading dimension of A");
+    assert!(
+        cols.start % NR == 0 && cols.start <= cols.end && cols.end <= b.n,
+        "gemm: column block"
+    );
+    let av = View::rows(a.data, m, b.k, a.ld);
+    drive(av, BSource::Packed(b, cols.start / NR, cols.len()), c, init);
 }
 
 /// `C = init + A · B` with both operands strided views (for products of activations, such
@@ -212,6 +235,32 @@ pub fn gemm<F: Float>(
 pub fn gemm_strided<F: Float>(a: View<'_, F>, b: View<'_, F>, c: MatMut<'_, F>, init: Init<'_, F>) {
     assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
     drive(a, BSource::Strided(b), c, init);
+}
+
+/// [`gemm_cols`] writing through a raw pointer, so tasks on other threads can fill disjoint
+/// column blocks of the same rows.
+///
+/// # Safety
+/// `c` must be valid for reads and writes of rows `0..m` × columns `0..cols.len()` at row
+/// stride `ldc`, and no one else may access those elements during the call.
+pub(crate) unsafe fn gemm_cols_ptr<F: Float>(
+    m: usize,
+    a: Mat<'_, F>,
+    b: &PackedB<F>,
+    cols: std::ops::Range<usize>,
+    c: *mut F,
+    ldc: usize,
+    init: Init<'_, F>,
+) {
+    let n = cols.len();
+    if m == 0 || n == 0 {
+        return;
+    }
+    let c = MatMut {
+        data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
+        ld: ldc,
+    };
+    gemm_cols(m, a, b, cols, c, init);
 }
 
 /// [`gemm_strided`] writing through a raw pointer, so tasks on other threads can fill
@@ -242,7 +291,7 @@ pub(crate) unsafe fn gemm_strided_ptr<F: Float>(
 fn drive<F: Float>(a: View<'_, F>, b: BSource<'_, F>, c: MatMut<'_, F>, init: Init<'_, F>) {
     let (m, k) = (a.rows, a.cols);
     let n = match &b {
-        BSource::Packed(p) => p.n,
+        BSource::Packed(_, _, n) => *n,
         BSource::Strided(v) => v.cols,
     };
     if m == 0 || n == 0 {
@@ -404,7 +453,7 @@ unsafe fn gemm_raw<F: Float>(
             let mut bbuf = bbuf.borrow_mut();
             let ap = scratch::<F>(&mut abuf, MC.min(m) * KC.min(k));
             let bslice = match b {
-                BSource::Packed(_) => std::ptr::null_mut(),
+                BSource::Packed(..) => std::ptr::null_mut(),
                 BSource::Strided(_) => scratch::<F>(&mut bbuf, np * NR * KC.min(k)),
             };
             let mut k0 = 0;
@@ -418,7 +467,9 @@ unsafe fn gemm_raw<F: Float>(
                 };
                 // B panels of this slice: base pointer and panel stride.
                 let (bp, pstride) = match b {
-                    BSource::Packed(p) => (p.data.as_ptr().add(k0 * NR), p.k * NR),
+                    BSource::Packed(p, p0, _) => {
+                        (p.data.as_ptr().add(p0 * p.k * NR + k0 * NR), p.k * NR)
+                    }
                     BSource::Strided(v) => {
                         pack_b_slice(v, k0, kc, bslice);
                         (bslice as *const F, kc * NR)
@@ -910,6 +961,51 @@ mod tests {
             .zip(&c3)
             .enumerate()
             .all(|(i, (x, y))| (x - y - bias[i % n]).abs() < 1e-4));
+    }
+
+    #[test]
+    fn column_blocks_give_the_same_bits() {
+        let mut rng = Pcg64::seed_from_u64(7);
+        let (m, k, n) = (3, 600, 70);
+        let a = rand2(m, k, &mut rng);
+        let pb = PackedB::from_view(rand2(k, n, &mut rng).view());
+        let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.1).collect();
+        let am = Mat {
+            data: a.as_slice().unwrap(),
+            ld: k,
+        };
+        let mut full = vec![0f32; m * n];
+        gemm(
+            m,
+            am,
+            &pb,
+            MatMut {
+                data: &mut full,
+                ld: n,
+            },
+            Init::Bias(&bias),
+        );
+        for cols in [0..16, 16..48, 48..70, 64..70, 0..70] {
+            let w = cols.len();
+            let mut part = vec![0f32; m * w];
+            gemm_cols(
+                m,
+                am,
+                &pb,
+                cols.clone(),
+                MatMut {
+                    data: &mut part,
+                    ld: w,
+                },
+                Init::Bias(&bias[cols.clone()]),
+            );
+            for i in 0..m {
+                assert_eq!(
+                    &part[i * w..(i + 1) * w],
+                    &full[i * n + cols.start..i * n + cols.end]
+                );
+            }
+        }
     }
 
     #[test]

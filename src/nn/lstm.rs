@@ -902,30 +902,52 @@ pub(crate) fn lstm_step_packed<F: Float>(
 /// Cell update in place for generation: c ← f·c + i·g, h ← o·tanh(c) from pre-activations
 /// `g` (B, 4H); the same arithmetic as [`cell_forward`].
 pub(crate) fn cell_step<F: Float>(g: &[F], h: &mut [F], c: &mut [F], b: usize, hs: usize) {
+    assert!(g.len() >= b * 4 * hs && h.len() >= b * hs && c.len() >= b * hs);
+    // SAFETY: bounds checked; exclusive access through the borrows.
+    unsafe { cell_step_units(g.as_ptr(), h.as_mut_ptr(), c.as_mut_ptr(), b, hs, 0..hs) }
+}
+
+/// [`cell_step`] on the hidden units `units` only, through raw pointers, so tasks on other
+/// threads can update disjoint units of the same rows. `g` (B, 4H), `h`, `c` (B, H).
+///
+/// # Safety
+/// The pointers cover those extents; no one else touches units `units` of `h` and `c`
+/// (or writes `g`) during the call.
+pub(crate) unsafe fn cell_step_units<F: Float>(
+    g: *const F,
+    h: *mut F,
+    c: *mut F,
+    b: usize,
+    hs: usize,
+    units: std::ops::Range<usize>,
+) {
     #[cfg(target_arch = "x86_64")]
-    if super::simd() {
-        if let (Some(g), Some(hv), Some(cv)) = (as_f32_ref(g), as_f32(h), as_f32(c)) {
-            // SAFETY: AVX2 and FMA are present.
-            unsafe { cell_step_avx2(g, hv, cv, b, hs) };
-            return;
-        }
+    if super::simd() && std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        cell_step_avx2(g as *const f32, h as *mut f32, c as *mut f32, b, hs, units);
+        return;
     }
-    cell_step_impl(g, h, c, b, hs);
+    cell_step_impl(g, h, c, b, hs, units);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn cell_step_avx2(g: &[f32], h: &mut [f32], c: &mut [f32], b: usize, hs: usize) {
+unsafe fn cell_step_avx2(
+    g: *const f32,
+    h: *mut f32,
+    c: *mut f32,
+    b: usize,
+    hs: usize,
+    units: std::ops::Range<usize>,
+) {
     use super::fast::avx2::{sigmoid, tanh};
     use std::arch::x86_64::*;
-    assert!(g.len() >= b * 4 * hs && h.len() >= b * hs && c.len() >= b * hs);
     for r in 0..b {
-        let gr = g.as_ptr().add(r * 4 * hs);
+        let gr = g.add(r * 4 * hs);
         let (gi, gf, gg, go) = (gr, gr.add(hs), gr.add(2 * hs), gr.add(3 * hs));
-        let cr = c.as_mut_ptr().add(r * hs);
-        let hr = h.as_mut_ptr().add(r * hs);
-        let mut j = 0;
-        while j + 8 <= hs {
+        let cr = c.add(r * hs);
+        let hr = h.add(r * hs);
+        let mut j = units.start;
+        while j + 8 <= units.end {
             let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
             let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
             let gv = tanh(_mm256_loadu_ps(gg.add(j)));
@@ -935,7 +957,7 @@ unsafe fn cell_step_avx2(g: &[f32], h: &mut [f32], c: &mut [f32], b: usize, hs: 
             _mm256_storeu_ps(hr.add(j), _mm256_mul_ps(o, tanh(cn)));
             j += 8;
         }
-        while j < hs {
+        while j < units.end {
             let [_, _, _, _, cn, _, hv] =
                 cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cr.add(j));
             *cr.add(j) = cn;
@@ -946,18 +968,27 @@ unsafe fn cell_step_avx2(g: &[f32], h: &mut [f32], c: &mut [f32], b: usize, hs: 
 }
 
 #[inline(always)]
-fn cell_step_impl<F: Float>(g: &[F], h: &mut [F], c: &mut [F], b: usize, hs: usize) {
+unsafe fn cell_step_impl<F: Float>(
+    g: *const F,
+    h: *mut F,
+    c: *mut F,
+    b: usize,
+    hs: usize,
+    units: std::ops::Range<usize>,
+) {
     for r in 0..b {
-        let gr = &g[r * 4 * hs..(r + 1) * 4 * hs];
-        let (gi, rest) = gr.split_at(hs);
-        let (gf, rest) = rest.split_at(hs);
-        let (gg, go) = rest.split_at(hs);
-        let cr = &mut c[r * hs..(r + 1) * hs];
-        let hr = &mut h[r * hs..(r + 1) * hs];
-        for j in 0..hs {
-            let [_, _, _, _, cn, _, hv] = cell_elem(gi[j], gf[j], gg[j], go[j], cr[j]);
-            cr[j] = cn;
-            hr[j] = hv;
+        let gr = g.add(r * 4 * hs);
+        for j in units.clone() {
+            let cp = c.add(r * hs + j);
+            let [_, _, _, _, cn, _, hv] = cell_elem(
+                *gr.add(j),
+                *gr.add(hs + j),
+                *gr.add(2 * hs + j),
+                *gr.add(3 * hs + j),
+                *cp,
+            );
+            *cp = cn;
+            *h.add(r * hs + j) = hv;
         }
     }
 }
@@ -1061,7 +1092,16 @@ mod tests {
         let (mut hs1, mut cs1) = (vec![0f32; b * h], c_prev.clone());
         let (mut hs2, mut cs2) = (vec![0f32; b * h], c_prev.clone());
         cell_step(&gates, &mut hs1, &mut cs1, b, h);
-        cell_step_impl(&gates, &mut hs2, &mut cs2, b, h);
+        unsafe {
+            cell_step_impl(
+                gates.as_ptr(),
+                hs2.as_mut_ptr(),
+                cs2.as_mut_ptr(),
+                b,
+                h,
+                0..h,
+            )
+        };
         assert_eq!(bits(&hs1), bits(&hs2));
         assert_eq!(bits(&cs1), bits(&cs2));
         // and the in-place generation step equals the caching forward

@@ -12,10 +12,16 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::nn::dropout::{dropout_backward, dropout_forward};
 use crate::nn::embedding::{embedding_backward, embedding_forward};
-use crate::nn::linear::{linear_backward, linear_forward};
+use crate::nn::gemm::{gemm, gemm_cols_ptr, Init, Mat, MatMut, PackedB, NR};
+use crate::nn::linear::{
+    linear_forward_packed, linear_weight_grad, loss_backward_packed, LinearPacked,
+};
 use crate::nn::loss::softmax_xent;
-use crate::nn::lstm::{lstm_backward, lstm_forward, lstm_step, LstmCache, LstmParams};
-use crate::nn::Float;
+use crate::nn::lstm::{
+    cell_step, cell_step_units, fold_embedding, lstm_backward_input, lstm_forward_input, LstmCache,
+    LstmInput, LstmPacked, LstmParams, SyncPtr,
+};
+use crate::nn::{pool, Float};
 
 /// Largest sizes a model may declare; guards allocations driven by untrusted checkpoints.
 const MAX_VOCAB: usize = 1 << 21;
@@ -356,20 +362,53 @@ pub struct Workspace<F> {
     dxh: Array2<F>,
     /// Gradient w.r.t. the embedded inputs, (T·B, E).
     dx0: Array2<F>,
+    /// The output weight packed for this window.
+    out: LinearPacked<F>,
+    /// Loss of each row of the window, (T·B).
+    row_loss: Vec<f64>,
+}
+
+/// `a` as a zero (r, c) array, reallocated only if its shape differs.
+fn shape<F: Float>(a: &mut Array2<F>, r: usize, c: usize) {
+    if a.dim() != (r, c) {
+        *a = Array2::zeros((r, c));
+    }
 }
 
 impl<F: Float> Workspace<F> {
-    fn ensure(&mut self, cfg: &ModelConfig, n: usize) {
+    /// Buffers of the forward pass for `n` = T·B rows. Only what the window needs is kept:
+    /// no embedded inputs when layer 0 folds the embedding, no dropout buffers without
+    /// dropout (they stay once a training window has needed them).
+    fn ensure(&mut self, cfg: &ModelConfig, n: usize, fold: bool, drop: bool) {
         if self.n != n || self.caches.len() != cfg.layers || self.logits.ncols() != cfg.vocab {
             self.n = n;
-            self.x0 = Array2::zeros((n, cfg.embed));
             self.caches = vec![LstmCache::default(); cfg.layers];
+            self.masks.clear();
+            self.dropped.clear();
+            self.logits = Array2::zeros((n, cfg.vocab));
+            self.row_loss = vec![0.0; n];
+        }
+        if fold {
+            self.x0 = Array2::zeros((0, 0));
+            self.dx0 = Array2::zeros((0, 0));
+        } else {
+            shape(&mut self.x0, n, cfg.embed);
+        }
+        if drop && self.masks.len() != cfg.layers {
             self.masks = vec![Array2::zeros((n, cfg.hidden)); cfg.layers];
             self.dropped = vec![Array2::zeros((n, cfg.hidden)); cfg.layers];
-            self.logits = Array2::zeros((n, cfg.vocab));
-            self.dh = Array2::zeros((n, cfg.hidden));
-            self.dxh = Array2::zeros((n, cfg.hidden));
-            self.dx0 = Array2::zeros((n, cfg.embed));
+        }
+    }
+
+    /// Buffers of the backward pass.
+    fn ensure_backward(&mut self, cfg: &ModelConfig, fold: bool) {
+        let n = self.n;
+        shape(&mut self.dh, n, cfg.hidden);
+        if cfg.layers > 1 {
+            shape(&mut self.dxh, n, cfg.hidden);
+        }
+        if !fold {
+            shape(&mut self.dx0, n, cfg.embed);
         }
     }
 
@@ -410,19 +449,27 @@ impl<F: Float> Model<F> {
         let b = state.batch();
         let n = tokens.len();
         let t_len = n / b;
-        ws.ensure(cfg, n);
         let drop = rng.is_some() && cfg.dropout > 0.0;
-        embedding_forward(&self.params.embed, tokens, ws.x0.view_mut());
+        let fold = fold_embedding(cfg.vocab, n);
+        ws.ensure(cfg, n, fold, drop);
+        if !fold {
+            embedding_forward(&self.params.embed, tokens, ws.x0.view_mut());
+        }
         for l in 0..cfg.layers {
             let (done, rest) = ws.caches.split_at_mut(l);
-            let (dropped_done, dropped_rest) = ws.dropped.split_at_mut(l);
+            let nd = ws.dropped.len();
+            let (dropped_done, dropped_rest) = ws.dropped.split_at_mut(l.min(nd));
             let input = match l {
-                0 => ws.x0.view(),
-                _ if drop => dropped_done[l - 1].view(),
-                _ => done[l - 1].output(),
+                0 if fold => LstmInput::Tokens {
+                    table: self.params.embed.view(),
+                    tokens,
+                },
+                0 => LstmInput::Dense(ws.x0.view()),
+                _ if drop => LstmInput::Dense(dropped_done[l - 1].view()),
+                _ => LstmInput::Dense(done[l - 1].output()),
             };
             let cache = &mut rest[0];
-            lstm_forward(
+            lstm_forward_input(
                 &self.params.lstm[l],
                 input,
                 state.h[l].view(),
@@ -441,16 +488,17 @@ impl<F: Float> Model<F> {
                 );
             }
         }
+        ws.out.wt.pack(self.params.out_weight().t());
         let top = if drop {
             ws.dropped[cfg.layers - 1].view()
         } else {
             ws.caches[cfg.layers - 1].output()
         };
-        linear_forward(
-            top,
-            self.params.out_weight(),
-            &self.params.out_b,
-            ws.logits.view_mut(),
+        linear_forward_packed(
+            top.to_slice().expect("standard layout"),
+            &ws.out.wt,
+            self.params.out_b.as_slice().expect("standard layout"),
+            ws.logits.as_slice_mut().expect("standard layout"),
         );
     }
 
@@ -478,9 +526,18 @@ impl<F: Float> Model<F> {
         let drop = rng.is_some() && cfg.dropout > 0.0;
         self.forward(ws, tokens, state, rng);
         let n = tokens.len();
-        let loss = softmax_xent(ws.logits.view_mut(), targets, true) / n as f64;
+        let fold = fold_embedding(cfg.vocab, n);
+        ws.ensure_backward(cfg, fold);
 
-        // Output layer.
+        // Output layer: loss, dlogits and dh fused per block of rows, then dW and db.
+        ws.out.w.pack(self.params.out_weight().view());
+        let loss = loss_backward_packed(
+            ws.logits.as_slice_mut().expect("standard layout"),
+            targets,
+            &ws.out.w,
+            ws.dh.as_slice_mut().expect("standard layout"),
+            &mut ws.row_loss,
+        ) / n as f64;
         let last = cfg.layers - 1;
         {
             let top = if drop {
@@ -492,13 +549,12 @@ impl<F: Float> Model<F> {
                 Some(w) => w,
                 None => &mut grads.embed,
             };
-            linear_backward(
-                top,
-                self.params.out_weight(),
-                ws.logits.view(),
-                dw,
-                &mut grads.out_b,
-                Some(ws.dh.view_mut()),
+            linear_weight_grad(
+                top.to_slice().expect("standard layout"),
+                ws.logits.as_slice().expect("standard layout"),
+                n,
+                dw.as_slice_mut().expect("standard layout"),
+                grads.out_b.as_slice_mut().expect("standard layout"),
             );
         }
         // LSTM layers, top to bottom.
@@ -508,28 +564,36 @@ impl<F: Float> Model<F> {
             }
             let (done, rest) = ws.caches.split_at_mut(l);
             let input = match l {
-                0 => ws.x0.view(),
-                _ if drop => ws.dropped[l - 1].view(),
-                _ => done[l - 1].output(),
+                0 if fold => LstmInput::Tokens {
+                    table: self.params.embed.view(),
+                    tokens,
+                },
+                0 => LstmInput::Dense(ws.x0.view()),
+                _ if drop => LstmInput::Dense(ws.dropped[l - 1].view()),
+                _ => LstmInput::Dense(done[l - 1].output()),
             };
             let dx = if l == 0 {
                 ws.dx0.view_mut()
             } else {
                 ws.dxh.view_mut()
             };
-            lstm_backward(
+            let dtable = (l == 0 && fold).then_some(&mut grads.embed);
+            lstm_backward_input(
                 &self.params.lstm[l],
                 input,
                 ws.dh.view(),
                 &mut rest[0],
                 &mut grads.lstm[l],
-                Some(dx),
+                (!(l == 0 && fold)).then_some(dx),
+                dtable,
             );
             if l > 0 {
                 std::mem::swap(&mut ws.dh, &mut ws.dxh);
             }
         }
-        embedding_backward(&mut grads.embed, tokens, ws.dx0.view());
+        if !fold {
+            embedding_backward(&mut grads.embed, tokens, ws.dx0.view());
+        }
         self.carry(ws, state);
         loss
     }
@@ -550,29 +614,85 @@ impl<F: Float> Model<F> {
     }
 }
 
+/// The weights of a model packed for generation; shared by clones of a [`Generator`].
+#[derive(Debug)]
+struct GenWeights {
+    /// Per layer: wx, wh packed.
+    layers: Vec<LstmPacked<f32>>,
+    /// For layer 0 when V ≤ E: the input projection of every token, b + embed[v] · wx,
+    /// (V, 4H) (computed by the same product as per step, so the same bits).
+    table0: Option<Array2<f32>>,
+    /// Output weight transposed, (H, V).
+    out_wt: PackedB<f32>,
+}
+
+impl GenWeights {
+    fn new(model: &Model<f32>) -> Self {
+        let p = &model.params;
+        let cfg = &model.config;
+        let layers: Vec<LstmPacked<f32>> = p.lstm.iter().map(LstmPacked::forward_only).collect();
+        let table0 = (cfg.vocab <= cfg.embed).then(|| {
+            let h4 = 4 * cfg.hidden;
+            let mut t = Array2::zeros((cfg.vocab, h4));
+            gemm(
+                cfg.vocab,
+                Mat {
+                    data: p.embed.as_slice().expect("standard layout"),
+                    ld: cfg.embed,
+                },
+                &layers[0].wx,
+                MatMut {
+                    data: t.as_slice_mut().expect("standard layout"),
+                    ld: h4,
+                },
+                Init::Bias(p.lstm[0].b.as_slice().expect("standard layout")),
+            );
+            t
+        });
+        GenWeights {
+            out_wt: PackedB::from_view(p.out_weight().t()),
+            layers,
+            table0,
+        }
+    }
+}
+
 /// Token-by-token generation for B streams at once, with the weights shared (`Arc`) so a
 /// worker thread can own it. No allocation per step.
+///
+/// The weights are packed once, at construction. Each stream's results are bit-identical
+/// whatever B is (every product row is computed on its own, in the same order), so a stream
+/// generates the same text alone or in a batch.
 #[derive(Clone, Debug)]
 pub struct Generator {
     model: Arc<Model<f32>>,
+    packed: Arc<GenWeights>,
     state: LstmState<f32>,
-    /// Input to the current layer, (B, E) for layer 0.
+    /// Input to layer 0, (B, E).
     x: Array2<f32>,
     /// Gate workspace, (B, 4H).
     gx: Array2<f32>,
     /// Logits of the last step, (B, V).
     logits: Array2<f32>,
+    /// Copy of a layer's previous h for the column-split path, (B, H).
+    h_prev: Array2<f32>,
 }
+
+/// Up to this many streams, a step splits each product by columns (hidden units) across
+/// threads instead of splitting the streams.
+const NARROW: usize = 4;
 
 impl Generator {
     /// A generator for `b` streams starting from the zero state.
     pub fn new(model: Arc<Model<f32>>, b: usize) -> Self {
         let cfg = &model.config;
         Generator {
+            packed: Arc::new(GenWeights::new(&model)),
             state: LstmState::zeros(cfg, b),
             x: Array2::zeros((b, cfg.embed)),
             gx: Array2::zeros((b, 4 * cfg.hidden)),
             logits: Array2::zeros((b, cfg.vocab)),
+            h_prev: Array2::zeros((b, cfg.hidden)),
             model,
         }
     }
@@ -605,27 +725,200 @@ impl Generator {
     /// Feeds one token per stream (`tokens` has B entries) and returns the next-token
     /// logits, (B, V).
     pub fn step(&mut self, tokens: &[u32]) -> ArrayView2<'_, f32> {
-        let p = &self.model.params;
-        embedding_forward(&p.embed, tokens, self.x.view_mut());
-        let layers = self.model.config.layers;
-        for l in 0..layers {
-            let (below, here) = self.state.h.split_at_mut(l);
-            let input = if l == 0 {
-                self.x.view()
-            } else {
-                below[l - 1].view()
-            };
-            ndarray::linalg::general_mat_mul(1.0, &input, &p.lstm[l].wx, 0.0, &mut self.gx);
-            self.gx += &p.lstm[l].b;
-            lstm_step(&p.lstm[l], &mut self.gx, &mut here[0], &mut self.state.c[l]);
+        let b = self.batch();
+        assert_eq!(tokens.len(), b, "one token per stream");
+        let hs = self.model.config.hidden;
+        if b <= NARROW && pool::width() > 1 && hs % NR == 0 {
+            self.step_narrow(tokens);
+            return self.logits.view();
         }
-        linear_forward(
-            self.state.h[layers - 1].view(),
-            p.out_weight(),
-            &p.out_b,
-            self.logits.view_mut(),
-        );
+        let p = &self.model.params;
+        let cfg = &self.model.config;
+        let (e, hs, v) = (cfg.embed, cfg.hidden, cfg.vocab);
+        let h4 = 4 * hs;
+        let w = &*self.packed;
+        let xp = SyncPtr(self.x.as_mut_ptr());
+        let gp = SyncPtr(self.gx.as_mut_ptr());
+        let lp = SyncPtr(self.logits.as_mut_ptr());
+        let hp: Vec<SyncPtr<f32>> = self
+            .state
+            .h
+            .iter_mut()
+            .map(|a| SyncPtr(a.as_mut_ptr()))
+            .collect();
+        let cp: Vec<SyncPtr<f32>> = self
+            .state
+            .c
+            .iter_mut()
+            .map(|a| SyncPtr(a.as_mut_ptr()))
+            .collect();
+        let embed = p.embed.as_slice().expect("standard layout");
+        let tasks = pool::width().min(b).max(1);
+        pool::run(tasks, &|t| {
+            let r = pool::split(b, tasks, t);
+            let nb = r.len();
+            // SAFETY: every buffer is touched only in this task's rows r.
+            unsafe {
+                let g = gp.slice(r.start * h4, nb * h4);
+                for l in 0..cfg.layers {
+                    let lw = &w.layers[l];
+                    match (l, &w.table0) {
+                        (0, Some(tab)) => {
+                            let tab = tab.as_slice().expect("standard layout");
+                            for (row, &tok) in g.chunks_exact_mut(h4).zip(&tokens[r.clone()]) {
+                                let o = tok as usize * h4;
+                                row.copy_from_slice(&tab[o..o + h4]);
+                            }
+                        }
+                        _ => {
+                            let bias = p.lstm[l].b.as_slice().expect("standard layout");
+                            let (input, d): (&[f32], usize) = if l == 0 {
+                                let x = xp.slice(r.start * e, nb * e);
+                                for (row, &tok) in x.chunks_exact_mut(e).zip(&tokens[r.clone()]) {
+                                    let o = tok as usize * e;
+                                    row.copy_from_slice(&embed[o..o + e]);
+                                }
+                                (x, e)
+                            } else {
+                                (hp[l - 1].slice(r.start * hs, nb * hs), hs)
+                            };
+                            gemm(
+                                nb,
+                                Mat { data: input, ld: d },
+                                &lw.wx,
+                                MatMut { data: g, ld: h4 },
+                                Init::Bias(bias),
+                            );
+                        }
+                    }
+                    let h = hp[l].slice(r.start * hs, nb * hs);
+                    let c = cp[l].slice(r.start * hs, nb * hs);
+                    gemm(
+                        nb,
+                        Mat { data: h, ld: hs },
+                        &lw.wh,
+                        MatMut { data: g, ld: h4 },
+                        Init::Accumulate,
+                    );
+                    cell_step(g, h, c, nb, hs);
+                }
+                let top = hp[cfg.layers - 1].slice(r.start * hs, nb * hs);
+                let out = lp.slice(r.start * v, nb * v);
+                let ob = p.out_b.as_slice().expect("standard layout");
+                gemm(
+                    nb,
+                    Mat { data: top, ld: hs },
+                    &w.out_wt,
+                    MatMut { data: out, ld: v },
+                    Init::Bias(ob),
+                );
+            }
+        });
         self.logits.view()
+    }
+
+    /// [`Generator::step`] for a few streams: every product is split by columns across
+    /// threads (each thread owns a block of hidden units and computes their four gates and
+    /// the cell update), layer after layer. Same arithmetic per element as the row-split
+    /// path.
+    fn step_narrow(&mut self, tokens: &[u32]) {
+        let b = self.batch();
+        let p = &self.model.params;
+        let cfg = &self.model.config;
+        let (e, hs, v) = (cfg.embed, cfg.hidden, cfg.vocab);
+        let h4 = 4 * hs;
+        let w = &*self.packed;
+        let blocks = hs / NR;
+        let tasks = pool::width().min(blocks).max(1);
+        if w.table0.is_none() {
+            let embed = p.embed.as_slice().expect("standard layout");
+            for (row, &tok) in self.x.rows_mut().into_iter().zip(tokens) {
+                let o = tok as usize * e;
+                row.into_slice()
+                    .expect("standard layout")
+                    .copy_from_slice(&embed[o..o + e]);
+            }
+        }
+        for l in 0..cfg.layers {
+            self.h_prev.assign(&self.state.h[l]);
+            let (below, here) = self.state.h.split_at_mut(l);
+            let input: &[f32] = match l {
+                0 => self.x.as_slice().expect("standard layout"),
+                _ => below[l - 1].as_slice().expect("standard layout"),
+            };
+            let d = if l == 0 { e } else { hs };
+            let h_prev = self.h_prev.as_slice().expect("standard layout");
+            let gp = SyncPtr(self.gx.as_mut_ptr());
+            let hp = SyncPtr(here[0].as_mut_ptr());
+            let cp = SyncPtr(self.state.c[l].as_mut_ptr());
+            let lw = &w.layers[l];
+            let bias = p.lstm[l].b.as_slice().expect("standard layout");
+            pool::run(tasks, &|t| {
+                let ur = pool::split(blocks, tasks, t);
+                let units = ur.start * NR..ur.end * NR;
+                // SAFETY: this task alone writes gate columns q·H + units of gx and units of
+                // h and c; h_prev and the input are read-only here.
+                unsafe {
+                    for q in 0..4 {
+                        let cols = q * hs + units.start..q * hs + units.end;
+                        let g = gp.ptr().add(cols.start);
+                        match (l, &w.table0) {
+                            (0, Some(tab)) => {
+                                for (r, &tok) in tokens.iter().enumerate() {
+                                    let src = tab.as_ptr().add(tok as usize * h4 + cols.start);
+                                    std::ptr::copy_nonoverlapping(src, g.add(r * h4), cols.len());
+                                }
+                            }
+                            _ => gemm_cols_ptr(
+                                b,
+                                Mat { data: input, ld: d },
+                                &lw.wx,
+                                cols.clone(),
+                                g,
+                                h4,
+                                Init::Bias(&bias[cols.clone()]),
+                            ),
+                        }
+                        gemm_cols_ptr(
+                            b,
+                            Mat {
+                                data: h_prev,
+                                ld: hs,
+                            },
+                            &lw.wh,
+                            cols,
+                            g,
+                            h4,
+                            Init::Accumulate,
+                        );
+                    }
+                    cell_step_units(gp.ptr(), hp.ptr(), cp.ptr(), b, hs, units);
+                }
+            });
+        }
+        let top = self.state.h[cfg.layers - 1]
+            .as_slice()
+            .expect("standard layout");
+        let lp = SyncPtr(self.logits.as_mut_ptr());
+        let ob = p.out_b.as_slice().expect("standard layout");
+        let panels = v.div_ceil(NR);
+        let tasks = pool::width().min(panels).max(1);
+        pool::run(tasks, &|t| {
+            let pr = pool::split(panels, tasks, t);
+            let cols = pr.start * NR..(pr.end * NR).min(v);
+            // SAFETY: this task alone writes these logit columns.
+            unsafe {
+                gemm_cols_ptr(
+                    b,
+                    Mat { data: top, ld: hs },
+                    &w.out_wt,
+                    cols.clone(),
+                    lp.ptr().add(cols.start),
+                    v,
+                    Init::Bias(&ob[cols]),
+                );
+            }
+        });
     }
 
     /// Feeds a sequence of tokens, the same for every stream (a prime); returns the logits
@@ -644,5 +937,91 @@ impl Generator {
     pub fn logits_row(&self, i: usize) -> &[f32] {
         let v = self.logits.ncols();
         &self.logits.as_slice().expect("standard layout")[i * v..(i + 1) * v]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    fn model(vocab: usize, embed: usize, hidden: usize, layers: usize) -> Arc<Model<f32>> {
+        let cfg = ModelConfig {
+            vocab,
+            embed,
+            hidden,
+            layers,
+            dropout: 0.0,
+            tie_weights: false,
+        };
+        let mut rng = rand_pcg::Pcg64::seed_from_u64(11);
+        let mut m = Model::<f32>::new(cfg, &mut rng).unwrap();
+        m.params.out_b.mapv_inplace(|_| rng.random_range(-0.5..0.5));
+        Arc::new(m)
+    }
+
+    fn bits(a: &[f32]) -> Vec<u32> {
+        a.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A stream gives the same bits alone or among others, with and without the layer-0
+    /// token table (V ≤ E and V > E).
+    #[test]
+    fn generator_streams_do_not_depend_on_batch() {
+        // hidden 32: a batch of 1 takes the column-split path, a batch of 7 the row split
+        for m in [
+            model(7, 12, 20, 2),
+            model(40, 9, 21, 1),
+            model(7, 12, 32, 2),
+            model(40, 9, 16, 2),
+        ] {
+            let v = m.config.vocab as u32;
+            let b = 7;
+            let mut many = Generator::new(Arc::clone(&m), b);
+            let mut one = Generator::new(Arc::clone(&m), 1);
+            for step in 0..6u32 {
+                let toks: Vec<u32> = (0..b as u32).map(|i| (i * 5 + step * 3) % v).collect();
+                many.step(&toks);
+                one.step(&toks[3..4]);
+                assert_eq!(
+                    bits(many.logits_row(3)),
+                    bits(one.logits_row(0)),
+                    "step {step}"
+                );
+            }
+            assert_eq!(
+                bits(many.state().h[0].row(3).as_slice().unwrap()),
+                bits(one.state().h[0].row(0).as_slice().unwrap())
+            );
+        }
+    }
+
+    /// Generation step by step equals the window forward pass of training, bit for bit.
+    #[test]
+    fn generator_matches_window_forward() {
+        for m in [
+            model(7, 12, 20, 2),
+            model(40, 9, 21, 2),
+            model(7, 12, 32, 2),
+            model(40, 9, 16, 2),
+        ] {
+            let (b, t) = (3, 4);
+            let v = m.config.vocab as u32;
+            let tokens: Vec<u32> = (0..(t * b) as u32).map(|i| (i * 7 + 1) % v).collect();
+            let mut ws = Workspace::default();
+            let state = LstmState::zeros(&m.config, b);
+            m.forward(&mut ws, &tokens, &state, None);
+            let mut g = Generator::new(Arc::clone(&m), b);
+            for step in 0..t {
+                g.step(&tokens[step * b..(step + 1) * b]);
+                let vv = m.config.vocab;
+                let want = &ws.logits().to_slice().unwrap()[step * b * vv..(step + 1) * b * vv];
+                assert_eq!(
+                    bits(g.logits.as_slice().unwrap()),
+                    bits(want),
+                    "step {step}"
+                );
+            }
+        }
     }
 }

@@ -16,10 +16,11 @@
 //! `weight_ih_l{k}` is `wxᵀ` and `weight_hh_l{k}` is `whᵀ`.
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
-use super::Float;
+use super::gemm::{gemm, gemm_strided_ptr, Init, Mat, MatMut, PackedB, View, NR};
+use super::{as_f32, as_f32_ref, pool, Float};
 
 /// Parameters of one layer (also used for their gradients and optimizer moments).
 #[derive(Clone, Debug, PartialEq)]
@@ -64,25 +65,61 @@ impl<F: Float> LstmParams<F> {
     }
 }
 
+/// The weights of one layer packed for [`gemm`]. After [`LstmPacked::pack_forward`] they
+/// hold wx (D, 4H) and wh (H, 4H); after [`LstmPacked::pack_backward`], in the same buffers,
+/// their transposes wxᵀ (4H, D) and whᵀ (4H, H) (the forward pass is over by then, so the
+/// backward pass needs no memory of its own).
+#[derive(Clone, Debug, Default)]
+pub struct LstmPacked<F> {
+    /// wx, or wxᵀ after `pack_backward`.
+    pub wx: PackedB<F>,
+    /// wh, or whᵀ after `pack_backward`.
+    pub wh: PackedB<F>,
+}
+
+impl<F: Float> LstmPacked<F> {
+    /// Packs the forward weights of `p`.
+    pub fn pack_forward(&mut self, p: &LstmParams<F>) {
+        self.wx.pack(p.wx.view());
+        self.wh.pack(p.wh.view());
+    }
+
+    /// Packs the transposed weights of `p` for the backward pass.
+    pub fn pack_backward(&mut self, p: &LstmParams<F>) {
+        self.wx.pack(p.wx.t());
+        self.wh.pack(p.wh.t());
+    }
+
+    /// Forward weights packed from `p`.
+    pub fn forward_only(p: &LstmParams<F>) -> Self {
+        let mut s = Self::default();
+        s.pack_forward(p);
+        s
+    }
+}
+
 /// What the forward pass keeps for the backward pass, plus backward workspaces. Reused across
 /// windows; reallocated only when (T, B) changes.
 #[derive(Clone, Debug, Default)]
 pub struct LstmCache<F> {
     t: usize,
     b: usize,
-    /// Activated gates i, f, g, o per step, (T·B, 4H). Before the time loop it holds the input
-    /// projection; during backward it is overwritten by the pre-activation gradients.
+    /// Activated gates i, f, g, o per step, (T·B, 4H). During backward it is overwritten by
+    /// the pre-activation gradients.
     gates: Array2<F>,
     /// Cell states: rows 0..B hold c_0 (the carried state), then c_1..c_T, ((T+1)·B, H).
     c: Array2<F>,
-    /// tanh(c_t) for t = 1..T, (T·B, H).
-    tc: Array2<F>,
     /// Hidden states: rows 0..B hold h_0, then the layer's outputs h_1..h_T, ((T+1)·B, H).
     h: Array2<F>,
     /// Backward: gradient flowing into h_{t-1} from step t, (B, H).
     dh_next: Array2<F>,
     /// Backward: gradient flowing into c_{t-1} from step t, (B, H).
     dc_next: Array2<F>,
+    /// The packed weights of the current pass (see [`LstmPacked`]).
+    packed: LstmPacked<F>,
+    /// Token inputs only: the folded table b + embed · wx in the forward pass, then the
+    /// per-token sums of the gate gradients in the backward pass, (V, 4H).
+    folded: Array2<F>,
 }
 
 impl<F: Float> LstmCache<F> {
@@ -92,7 +129,6 @@ impl<F: Float> LstmCache<F> {
             self.b = b;
             self.gates = Array2::zeros((t * b, 4 * h));
             self.c = Array2::zeros(((t + 1) * b, h));
-            self.tc = Array2::zeros((t * b, h));
             self.h = Array2::zeros(((t + 1) * b, h));
             self.dh_next = Array2::zeros((b, h));
             self.dc_next = Array2::zeros((b, h));
@@ -115,11 +151,84 @@ impl<F: Float> LstmCache<F> {
     }
 }
 
+/// A raw pointer that may cross to pool threads; each task touches only its own rows.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<F>(pub(crate) *mut F);
+// SAFETY: used only for disjoint row ranges of one buffer, from tasks joined before the
+// buffer is used again.
+unsafe impl<F> Send for SyncPtr<F> {}
+unsafe impl<F> Sync for SyncPtr<F> {}
+
+impl<F> SyncPtr<F> {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    pub(crate) fn ptr(&self) -> *mut F {
+        self.0
+    }
+
+    /// `len` elements from `off`.
+    ///
+    /// # Safety
+    /// In bounds, and no other live reference to these elements.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &mut [F] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+/// How many row groups to split B streams into: one per pool thread, never empty.
+pub(crate) fn parts(b: usize) -> usize {
+    pool::width().min(b).max(1)
+}
+
+/// The input of a layer for a window of T·B rows.
+#[derive(Clone, Copy, Debug)]
+pub enum LstmInput<'a, F> {
+    /// Dense rows, (T·B, D).
+    Dense(ArrayView2<'a, F>),
+    /// Token ids (T·B) into an embedding table (V, D) (layer 0). The embedding and the input
+    /// projection fold into a (V, 4H) table b + table · wx computed once per window, and the
+    /// backward pass works on per-token sums of the gate gradients; this pays off when V is
+    /// small next to T·B (character models).
+    Tokens {
+        /// The embedding table, (V, D).
+        table: ArrayView2<'a, F>,
+        /// Token ids, (T·B), each < V.
+        tokens: &'a [u32],
+    },
+}
+
+impl<F: Float> LstmInput<'_, F> {
+    fn rows(&self) -> usize {
+        match self {
+            LstmInput::Dense(x) => x.nrows(),
+            LstmInput::Tokens { tokens, .. } => tokens.len(),
+        }
+    }
+
+    fn width(&self) -> usize {
+        match self {
+            LstmInput::Dense(x) => x.ncols(),
+            LstmInput::Tokens { table, .. } => table.ncols(),
+        }
+    }
+}
+
+/// Whether layer 0 should fold the embedding into its input projection for a window of
+/// `n` = T·B rows and vocabulary `v` (the folded table costs V rows instead of T·B).
+pub fn fold_embedding(v: usize, n: usize) -> bool {
+    2 * v <= n
+}
+
 /// Forward pass over a window.
 ///
 /// - `x`: inputs, (T·B, D), time-major rows.
 /// - `h0`, `c0`: carried state, (B, H).
 /// - Outputs land in `cache` ([`LstmCache::output`], [`LstmCache::last_h`], [`LstmCache::last_c`]).
+///
+/// First the input projection of the whole window, gates = b + x·wx, one product with its
+/// rows split across threads. Then the B streams are split into contiguous groups, one per
+/// thread; each group runs the time loop on its own (gates_t += h_{t-1}·wh, then the fused
+/// cell update), so no thread waits for another inside the loop.
 pub fn lstm_forward<F: Float>(
     p: &LstmParams<F>,
     x: ArrayView2<'_, F>,
@@ -128,49 +237,224 @@ pub fn lstm_forward<F: Float>(
     t_len: usize,
     cache: &mut LstmCache<F>,
 ) {
+    lstm_forward_input(p, LstmInput::Dense(x), h0, c0, t_len, cache)
+}
+
+/// [`lstm_forward`] on any [`LstmInput`]; with tokens, the gates start as rows of the folded
+/// table (the same values, bit for bit, as embedding then projecting each row).
+pub fn lstm_forward_input<F: Float>(
+    p: &LstmParams<F>,
+    input: LstmInput<'_, F>,
+    h0: ArrayView2<'_, F>,
+    c0: ArrayView2<'_, F>,
+    t_len: usize,
+    cache: &mut LstmCache<F>,
+) {
     let b = h0.nrows();
     let h = p.hidden_size();
-    debug_assert_eq!(x.nrows(), t_len * b);
-    debug_assert_eq!(x.ncols(), p.input_size());
+    let d = p.input_size();
+    debug_assert_eq!(input.rows(), t_len * b);
+    debug_assert_eq!(input.width(), d);
     cache.ensure(t_len, b, h);
-
-    // Input projection for every step at once: gates = x · wx + b.
-    general_mat_mul(F::one(), &x, &p.wx, F::zero(), &mut cache.gates);
-    cache.gates += &p.b;
+    cache.packed.pack_forward(p);
     cache.h.slice_mut(s![..b, ..]).assign(&h0);
     cache.c.slice_mut(s![..b, ..]).assign(&c0);
-
-    for t in 0..t_len {
-        let rows = t * b..(t + 1) * b;
-        {
-            let h_prev = cache.h.slice(s![rows.clone(), ..]);
-            let mut g = cache.gates.slice_mut(s![rows.clone(), ..]);
-            general_mat_mul(F::one(), &h_prev, &p.wh, F::one(), &mut g);
+    let bias = p.b.as_slice().expect("standard layout");
+    let n = t_len * b;
+    let gp = SyncPtr(cache.gates.as_mut_ptr());
+    match input {
+        LstmInput::Dense(x) => {
+            let x = x.as_standard_layout();
+            let xs = x.as_slice().expect("standard layout");
+            let packed = &cache.packed;
+            let tasks = row_tasks(n);
+            pool::run(tasks, &|t| {
+                let rows = pool::split(n, tasks, t);
+                // SAFETY: disjoint row ranges of the gates.
+                let g = unsafe { gp.slice(rows.start * 4 * h, rows.len() * 4 * h) };
+                let xa = &xs[rows.start * d..rows.end * d];
+                gemm(
+                    rows.len(),
+                    Mat { data: xa, ld: d },
+                    &packed.wx,
+                    MatMut { data: g, ld: 4 * h },
+                    Init::Bias(bias),
+                );
+            });
         }
-        let gates = cache.gates.as_slice_mut().expect("standard layout");
-        let gates = &mut gates[t * b * 4 * h..(t + 1) * b * 4 * h];
-        let (c_prev, c_next) = split_rows(&mut cache.c, t, b, h);
-        let (_, h_next) = split_rows(&mut cache.h, t, b, h);
-        let tc = &mut cache.tc.as_slice_mut().expect("standard layout")[t * b * h..(t + 1) * b * h];
-        cell_forward(gates, c_prev, c_next, tc, h_next, b, h);
+        LstmInput::Tokens { table, tokens } => {
+            let v = table.nrows();
+            let table = table.as_standard_layout();
+            let ts = table.as_slice().expect("standard layout");
+            if cache.folded.dim() != (v, 4 * h) {
+                cache.folded = Array2::zeros((v, 4 * h));
+            }
+            let fp = SyncPtr(cache.folded.as_mut_ptr());
+            let packed = &cache.packed;
+            let tasks = row_tasks(v);
+            pool::run(tasks, &|t| {
+                let rows = pool::split(v, tasks, t);
+                // SAFETY: disjoint row ranges of the folded table.
+                let f = unsafe { fp.slice(rows.start * 4 * h, rows.len() * 4 * h) };
+                gemm(
+                    rows.len(),
+                    Mat {
+                        data: &ts[rows.start * d..rows.end * d],
+                        ld: d,
+                    },
+                    &packed.wx,
+                    MatMut { data: f, ld: 4 * h },
+                    Init::Bias(bias),
+                );
+            });
+            let folded = cache.folded.as_slice().expect("standard layout");
+            let tasks = row_tasks(n);
+            pool::run(tasks, &|t| {
+                let rows = pool::split(n, tasks, t);
+                // SAFETY: disjoint row ranges of the gates.
+                let g = unsafe { gp.slice(rows.start * 4 * h, rows.len() * 4 * h) };
+                for (row, &tok) in g.chunks_exact_mut(4 * h).zip(&tokens[rows]) {
+                    let o = tok as usize * 4 * h;
+                    row.copy_from_slice(&folded[o..o + 4 * h]);
+                }
+            });
+        }
     }
+    let cp = SyncPtr(cache.c.as_mut_ptr());
+    let hp = SyncPtr(cache.h.as_mut_ptr());
+    let packed = &cache.packed;
+    let np = parts(b);
+    pool::run(np, &|part| {
+        let rows = pool::split(b, np, part);
+        let nb = rows.len();
+        for t in 0..t_len {
+            let r0 = t * b + rows.start;
+            // SAFETY: rows r0..r0+nb of step t belong to this task alone; h and c rows of
+            // step t (read) were written by this task at step t-1 (or are the initial state).
+            unsafe {
+                let g = gp.slice(r0 * 4 * h, nb * 4 * h);
+                let h_prev = hp.slice(r0 * h, nb * h);
+                gemm(
+                    nb,
+                    Mat {
+                        data: h_prev,
+                        ld: h,
+                    },
+                    &packed.wh,
+                    MatMut { data: g, ld: 4 * h },
+                    Init::Accumulate,
+                );
+                let c_prev = cp.slice(r0 * h, nb * h);
+                let c_next = cp.slice((r0 + b) * h, nb * h);
+                let h_next = hp.slice((r0 + b) * h, nb * h);
+                cell_forward(g, c_prev, c_next, h_next, nb, h);
+            }
+        }
+    });
 }
 
-/// Rows t·B..(t+1)·B (read) and (t+1)·B..(t+2)·B (write) of a ((T+1)·B, H) state matrix.
-fn split_rows<F: Float>(a: &mut Array2<F>, t: usize, b: usize, h: usize) -> (&[F], &mut [F]) {
-    let s = a.as_slice_mut().expect("standard layout");
-    let (lo, hi) = s.split_at_mut((t + 1) * b * h);
-    (&lo[t * b * h..], &mut hi[..b * h])
+/// Number of row tasks for a product with `n` rows: a multiple of the thread count, with
+/// blocks of at most about 192 rows, so threads finish together even when one is slower.
+pub(crate) fn row_tasks(n: usize) -> usize {
+    const BLOCK: usize = 192;
+    let w = pool::width();
+    (w * n.div_ceil(w * BLOCK)).clamp(1, n.max(1))
 }
 
-/// The element-wise part of one step, fused: activates the gates in place and writes c_t,
-/// tanh(c_t) and h_t. `gates` is (B, 4H), the state slices are (B, H).
-#[inline]
-fn cell_forward<F: Float>(
+/// The element-wise part of one step, fused: activates the gates in place and writes c_t
+/// and h_t. `gates` is (B, 4H), the state slices are (B, H). For f32 on AVX2 CPUs
+/// the same code is compiled for AVX2 (vectorised polynomial nonlinearities).
+pub(crate) fn cell_forward<F: Float>(
     gates: &mut [F],
     c_prev: &[F],
     c_next: &mut [F],
-    tc: &mut [F],
+    h_next: &mut [F],
+    b: usize,
+    h: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd() {
+        if let (Some(g), Some(cp), Some(cn), Some(hn)) = (
+            as_f32(gates),
+            as_f32_ref(c_prev),
+            as_f32(c_next),
+            as_f32(h_next),
+        ) {
+            // SAFETY: AVX2 and FMA are present.
+            unsafe { cell_forward_avx2(g, cp, cn, hn, b, h) };
+            return;
+        }
+    }
+    cell_forward_impl(gates, c_prev, c_next, h_next, b, h);
+}
+
+/// One element of the forward cell: returns (i, f, g, o, c, tanh c, h).
+#[inline(always)]
+fn cell_elem<F: Float>(ai: F, af: F, ag: F, ao: F, cp: F) -> [F; 7] {
+    let i = F::sigmoid(ai);
+    let f = F::sigmoid(af);
+    let g = F::tanh_(ag);
+    let o = F::sigmoid(ao);
+    let c = F::fma(f, cp, i * g);
+    let tc = F::tanh_(c);
+    [i, f, g, o, c, tc, o * tc]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cell_forward_avx2(
+    gates: &mut [f32],
+    c_prev: &[f32],
+    c_next: &mut [f32],
+    h_next: &mut [f32],
+    b: usize,
+    h: usize,
+) {
+    use super::fast::avx2::{sigmoid, tanh};
+    use std::arch::x86_64::*;
+    assert!(gates.len() >= b * 4 * h && c_prev.len() >= b * h && c_next.len() >= b * h);
+    assert!(h_next.len() >= b * h);
+    for r in 0..b {
+        let g = gates.as_mut_ptr().add(r * 4 * h);
+        let (gi, gf, gg, go) = (g, g.add(h), g.add(2 * h), g.add(3 * h));
+        let cp = c_prev.as_ptr().add(r * h);
+        let cn = c_next.as_mut_ptr().add(r * h);
+        let hn = h_next.as_mut_ptr().add(r * h);
+        let mut j = 0;
+        while j + 8 <= h {
+            let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
+            let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
+            let gv = tanh(_mm256_loadu_ps(gg.add(j)));
+            let o = sigmoid(_mm256_loadu_ps(go.add(j)));
+            _mm256_storeu_ps(gi.add(j), i);
+            _mm256_storeu_ps(gf.add(j), f);
+            _mm256_storeu_ps(gg.add(j), gv);
+            _mm256_storeu_ps(go.add(j), o);
+            let c = _mm256_fmadd_ps(f, _mm256_loadu_ps(cp.add(j)), _mm256_mul_ps(i, gv));
+            let t = tanh(c);
+            _mm256_storeu_ps(cn.add(j), c);
+            _mm256_storeu_ps(hn.add(j), _mm256_mul_ps(o, t));
+            j += 8;
+        }
+        while j < h {
+            let [i, f, gv, o, c, _, hv] =
+                cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cp.add(j));
+            *gi.add(j) = i;
+            *gf.add(j) = f;
+            *gg.add(j) = gv;
+            *go.add(j) = o;
+            *cn.add(j) = c;
+            *hn.add(j) = hv;
+            j += 1;
+        }
+    }
+}
+
+#[inline(always)]
+fn cell_forward_impl<F: Float>(
+    gates: &mut [F],
+    c_prev: &[F],
+    c_next: &mut [F],
     h_next: &mut [F],
     b: usize,
     h: usize,
@@ -182,22 +466,15 @@ fn cell_forward<F: Float>(
         let (gg, go) = rest.split_at_mut(h);
         let cp = &c_prev[r * h..(r + 1) * h];
         let cn = &mut c_next[r * h..(r + 1) * h];
-        let tcr = &mut tc[r * h..(r + 1) * h];
         let hn = &mut h_next[r * h..(r + 1) * h];
         for j in 0..h {
-            let i = F::sigmoid(gi[j]);
-            let f = F::sigmoid(gf[j]);
-            let gv = F::tanh_(gg[j]);
-            let o = F::sigmoid(go[j]);
+            let [i, f, gv, o, c, _, hv] = cell_elem(gi[j], gf[j], gg[j], go[j], cp[j]);
             gi[j] = i;
             gf[j] = f;
             gg[j] = gv;
             go[j] = o;
-            let c = f * cp[j] + i * gv;
-            let tcv = F::tanh_(c);
             cn[j] = c;
-            tcr[j] = tcv;
-            hn[j] = o * tcv;
+            hn[j] = hv;
         }
     }
 }
@@ -210,7 +487,9 @@ fn cell_forward<F: Float>(
 /// - `dx`: if given, receives the gradient w.r.t. `x`, (T·B, D) (overwritten).
 ///
 /// Truncated BPTT: the gradient w.r.t. the carried state (h_0, c_0) is not computed; the
-/// gradient entering from beyond the window's end is zero.
+/// gradient entering from beyond the window's end is zero. The sequential part (the cell
+/// backward and dh_{t-1} = dG_t · whᵀ) runs per group of streams as in the forward pass; the
+/// weight gradients and dx are whole-window products afterwards.
 pub fn lstm_backward<F: Float>(
     p: &LstmParams<F>,
     x: ArrayView2<'_, F>,
@@ -219,56 +498,341 @@ pub fn lstm_backward<F: Float>(
     dp: &mut LstmParams<F>,
     dx: Option<ArrayViewMut2<'_, F>>,
 ) {
+    lstm_backward_input(p, LstmInput::Dense(x), dh_out, cache, dp, dx, None)
+}
+
+/// [`lstm_backward`] on any [`LstmInput`]. With tokens, `dx` is ignored and the gradient
+/// w.r.t. the embedding table is *accumulated* into `dtable` (V, D): with S the (V, 4H)
+/// per-token sums of the gate gradients, dwx += tableᵀ · S and dtable += S · wxᵀ.
+pub fn lstm_backward_input<F: Float>(
+    p: &LstmParams<F>,
+    input: LstmInput<'_, F>,
+    dh_out: ArrayView2<'_, F>,
+    cache: &mut LstmCache<F>,
+    dp: &mut LstmParams<F>,
+    dx: Option<ArrayViewMut2<'_, F>>,
+    dtable: Option<&mut Array2<F>>,
+) {
     let (t_len, b) = (cache.t, cache.b);
     let h = p.hidden_size();
+    cache.packed.pack_backward(p);
     cache.dh_next.fill(F::zero());
     cache.dc_next.fill(F::zero());
+    let dh_out = dh_out.as_standard_layout();
     let dh_out = dh_out.as_slice().expect("standard layout");
-
-    for t in (0..t_len).rev() {
-        {
-            let gates = cache.gates.as_slice_mut().expect("standard layout");
-            let g = &mut gates[t * b * 4 * h..(t + 1) * b * 4 * h];
-            let c = cache.c.as_slice().expect("standard layout");
-            let c_prev = &c[t * b * h..(t + 1) * b * h];
-            let tc = &cache.tc.as_slice().expect("standard layout")[t * b * h..(t + 1) * b * h];
-            let dho = &dh_out[t * b * h..(t + 1) * b * h];
-            let dh_next = cache.dh_next.as_slice().expect("standard layout");
-            let dc_next = cache.dc_next.as_slice_mut().expect("standard layout");
-            cell_backward(g, c_prev, tc, dho, dh_next, dc_next, b, h);
-        }
-        if t > 0 {
-            let dg = cache.gates.slice(s![t * b..(t + 1) * b, ..]);
-            general_mat_mul(F::one(), &dg, &p.wh.t(), F::zero(), &mut cache.dh_next);
-        }
+    {
+        let gp = SyncPtr(cache.gates.as_mut_ptr());
+        let dhp = SyncPtr(cache.dh_next.as_mut_ptr());
+        let dcp = SyncPtr(cache.dc_next.as_mut_ptr());
+        let c = cache.c.as_slice().expect("standard layout");
+        let wh_t = &cache.packed.wh;
+        let np = parts(b);
+        pool::run(np, &|part| {
+            let rows = pool::split(b, np, part);
+            let nb = rows.len();
+            // SAFETY: this task owns rows `rows` of dh_next/dc_next and of every step's gates.
+            let dh_next = unsafe { dhp.slice(rows.start * h, nb * h) };
+            let dc_next = unsafe { dcp.slice(rows.start * h, nb * h) };
+            for t in (0..t_len).rev() {
+                let r0 = t * b + rows.start;
+                let g = unsafe { gp.slice(r0 * 4 * h, nb * 4 * h) };
+                let c_prev = &c[r0 * h..(r0 + nb) * h];
+                let c_t = &c[(r0 + b) * h..(r0 + b + nb) * h];
+                let dho = &dh_out[r0 * h..(r0 + nb) * h];
+                cell_backward(g, c_prev, c_t, dho, dh_next, dc_next, nb, h);
+                if t > 0 {
+                    gemm(
+                        nb,
+                        Mat { data: g, ld: 4 * h },
+                        wh_t,
+                        MatMut {
+                            data: dh_next,
+                            ld: h,
+                        },
+                        Init::Zero,
+                    );
+                }
+            }
+        });
     }
 
-    // Weight gradients over the whole window, one GEMM each.
-    let dg = &cache.gates;
-    general_mat_mul(F::one(), &x.t(), dg, F::one(), &mut dp.wx);
-    let h_prev = cache.h.slice(s![..t_len * b, ..]);
-    general_mat_mul(F::one(), &h_prev.t(), dg, F::one(), &mut dp.wh);
-    dp.b += &dg.sum_axis(Axis(0));
+    // Weight gradients over the whole window: dwx += xᵀ·dG, dwh += h_prevᵀ·dG, db += Σ dG,
+    // each thread taking a block of columns (so every element is summed in row order by one
+    // thread, whatever the thread count). Token inputs first sum dG per token (S), then
+    // dwx += tableᵀ·S.
+    let n = t_len * b;
+    let d = p.input_size();
+    let dense = match &input {
+        LstmInput::Dense(x) => Some(x.as_standard_layout()),
+        LstmInput::Tokens { .. } => None,
+    };
+    let table = match &input {
+        LstmInput::Tokens { table, .. } => Some(table.as_standard_layout()),
+        LstmInput::Dense(_) => None,
+    };
+    let tokens: &[u32] = match input {
+        LstmInput::Tokens { tokens, .. } => tokens,
+        LstmInput::Dense(_) => &[],
+    };
+    if let Some(t) = &table {
+        if cache.folded.dim() != (t.nrows(), 4 * h) {
+            cache.folded = Array2::zeros((t.nrows(), 4 * h));
+        }
+    }
+    let dgs = cache.gates.as_slice().expect("standard layout");
+    let hs = &cache.h.as_slice().expect("standard layout")[..n * h];
+    {
+        let (wxp, whp) = (SyncPtr(dp.wx.as_mut_ptr()), SyncPtr(dp.wh.as_mut_ptr()));
+        let bp = SyncPtr(dp.b.as_mut_ptr());
+        let sp = SyncPtr(cache.folded.as_mut_ptr());
+        let panels = (4 * h).div_ceil(NR);
+        let np = pool::width().min(panels);
+        let (dense, table) = (&dense, &table);
+        pool::run(np, &|part| {
+            let pr = pool::split(panels, np, part);
+            let cols = pr.start * NR..(pr.end * NR).min(4 * h);
+            let dgv = View {
+                data: &dgs[cols.start..],
+                rows: n,
+                cols: cols.len(),
+                rs: 4 * h,
+                cs: 1,
+            };
+            // SAFETY: this task alone writes columns `cols` of dwx, dwh, db and S.
+            unsafe {
+                if let Some(x) = dense {
+                    let xt = View::transposed(x.as_slice().expect("standard layout"), d, n, d);
+                    gemm_strided_ptr(xt, dgv, wxp.ptr().add(cols.start), 4 * h, Init::Accumulate);
+                }
+                if let Some(t) = table {
+                    let v = t.nrows();
+                    let srows = sp.ptr();
+                    for tok in 0..v {
+                        sp.slice(tok * 4 * h + cols.start, cols.len())
+                            .fill(F::zero());
+                    }
+                    for (r, &tok) in tokens.iter().enumerate() {
+                        let src = &dgs[r * 4 * h + cols.start..r * 4 * h + cols.end];
+                        let dst = std::slice::from_raw_parts_mut(
+                            srows.add(tok as usize * 4 * h + cols.start),
+                            cols.len(),
+                        );
+                        for (acc, &g) in dst.iter_mut().zip(src) {
+                            *acc += g;
+                        }
+                    }
+                    let s_all = std::slice::from_raw_parts(srows as *const F, v * 4 * h);
+                    let sv = View {
+                        data: &s_all[cols.start..],
+                        rows: v,
+                        cols: cols.len(),
+                        rs: 4 * h,
+                        cs: 1,
+                    };
+                    let tt = View::transposed(t.as_slice().expect("standard layout"), d, v, d);
+                    gemm_strided_ptr(tt, sv, wxp.ptr().add(cols.start), 4 * h, Init::Accumulate);
+                }
+                let ht = View::transposed(hs, h, n, h);
+                gemm_strided_ptr(ht, dgv, whp.ptr().add(cols.start), 4 * h, Init::Accumulate);
+                let db = bp.slice(cols.start, cols.len());
+                for r in 0..n {
+                    let row = &dgs[r * 4 * h + cols.start..r * 4 * h + cols.end];
+                    for (acc, &v) in db.iter_mut().zip(row) {
+                        *acc += v;
+                    }
+                }
+            }
+        });
+    }
+    if let (Some(t), Some(dtable)) = (&table, dtable) {
+        // dtable += S · wxᵀ, rows split across threads.
+        let v = t.nrows();
+        let ss = cache.folded.as_slice().expect("standard layout");
+        let dtp = SyncPtr(dtable.as_mut_ptr());
+        let wx_t = &cache.packed.wx;
+        let tasks = row_tasks(v);
+        pool::run(tasks, &|k| {
+            let rows = pool::split(v, tasks, k);
+            // SAFETY: disjoint row ranges of dtable.
+            let out = unsafe { dtp.slice(rows.start * d, rows.len() * d) };
+            gemm(
+                rows.len(),
+                Mat {
+                    data: &ss[rows.start * 4 * h..],
+                    ld: 4 * h,
+                },
+                wx_t,
+                MatMut { data: out, ld: d },
+                Init::Accumulate,
+            );
+        });
+        return;
+    }
     if let Some(mut dx) = dx {
-        general_mat_mul(F::one(), dg, &p.wx.t(), F::zero(), &mut dx);
+        if let Some(dxs) = dx.as_slice_mut() {
+            let dxp = SyncPtr(dxs.as_mut_ptr());
+            let wx_t = &cache.packed.wx;
+            let np = row_tasks(n);
+            pool::run(np, &|part| {
+                let rows = pool::split(n, np, part);
+                // SAFETY: disjoint row ranges of dx.
+                let out = unsafe { dxp.slice(rows.start * d, rows.len() * d) };
+                let a = &dgs[rows.start * 4 * h..];
+                gemm(
+                    rows.len(),
+                    Mat { data: a, ld: 4 * h },
+                    wx_t,
+                    MatMut { data: out, ld: d },
+                    Init::Zero,
+                );
+            });
+        } else {
+            general_mat_mul(F::one(), &cache.gates, &p.wx.t(), F::zero(), &mut dx);
+        }
     }
 }
 
 /// Element-wise backward of one step. On entry `g` holds the activated gates (B, 4H); on exit
-/// the gradients w.r.t. the pre-activations. `dc_next` carries dL/dc_t in and dL/dc_{t-1} out.
+/// the gradients w.r.t. the pre-activations. `c` is c_t (tanh c_t is recomputed, the same
+/// bits as in the forward pass); `dc_next` carries dL/dc_t in and dL/dc_{t-1} out.
 #[allow(clippy::too_many_arguments)]
-#[inline]
-fn cell_backward<F: Float>(
+pub(crate) fn cell_backward<F: Float>(
     g: &mut [F],
     c_prev: &[F],
-    tc: &[F],
+    c: &[F],
     dh_out: &[F],
     dh_next: &[F],
     dc_next: &mut [F],
     b: usize,
     h: usize,
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd() {
+        if let (Some(g), Some(cp), Some(t), Some(dho), Some(dhn), Some(dcn)) = (
+            as_f32(g),
+            as_f32_ref(c_prev),
+            as_f32_ref(c),
+            as_f32_ref(dh_out),
+            as_f32_ref(dh_next),
+            as_f32(dc_next),
+        ) {
+            // SAFETY: AVX2 and FMA are present.
+            unsafe { cell_backward_avx2(g, cp, t, dho, dhn, dcn, b, h) };
+            return;
+        }
+    }
+    cell_backward_impl(g, c_prev, c, dh_out, dh_next, dc_next, b, h);
+}
+
+/// One element of the backward cell: from the activated gates, c_{t-1}, tanh c_t, the
+/// incoming dh and dc, returns (dai, daf, dag, dao, dc_{t-1}).
+#[inline(always)]
+fn cell_back_elem<F: Float>(i: F, f: F, g: F, o: F, cp: F, tc: F, dh: F, dc_in: F) -> [F; 5] {
     let one = F::one();
+    let dc = dc_in + dh * o * (one - tc * tc);
+    [
+        dc * g * i * (one - i),
+        dc * cp * f * (one - f),
+        dc * i * (one - g * g),
+        dh * tc * o * (one - o),
+        dc * f,
+    ]
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cell_backward_avx2(
+    g: &mut [f32],
+    c_prev: &[f32],
+    c: &[f32],
+    dh_out: &[f32],
+    dh_next: &[f32],
+    dc_next: &mut [f32],
+    b: usize,
+    h: usize,
+) {
+    use super::fast::avx2::tanh;
+    use std::arch::x86_64::*;
+    assert!(g.len() >= b * 4 * h && c_prev.len() >= b * h && c.len() >= b * h);
+    assert!(dh_out.len() >= b * h && dh_next.len() >= b * h && dc_next.len() >= b * h);
+    let one = _mm256_set1_ps(1.0);
+    for r in 0..b {
+        let gr = g.as_mut_ptr().add(r * 4 * h);
+        let (gi, gf, gg, go) = (gr, gr.add(h), gr.add(2 * h), gr.add(3 * h));
+        let o_ = r * h;
+        let (cp, cr) = (c_prev.as_ptr().add(o_), c.as_ptr().add(o_));
+        let (dho, dhn) = (dh_out.as_ptr().add(o_), dh_next.as_ptr().add(o_));
+        let dcn = dc_next.as_mut_ptr().add(o_);
+        let mut j = 0;
+        while j + 8 <= h {
+            let i = _mm256_loadu_ps(gi.add(j));
+            let f = _mm256_loadu_ps(gf.add(j));
+            let gv = _mm256_loadu_ps(gg.add(j));
+            let o = _mm256_loadu_ps(go.add(j));
+            let t = tanh(_mm256_loadu_ps(cr.add(j)));
+            let dh = _mm256_add_ps(_mm256_loadu_ps(dho.add(j)), _mm256_loadu_ps(dhn.add(j)));
+            // dc = dc_in + ((dh · o) · (1 − t·t))
+            let dc = _mm256_add_ps(
+                _mm256_loadu_ps(dcn.add(j)),
+                _mm256_mul_ps(
+                    _mm256_mul_ps(dh, o),
+                    _mm256_sub_ps(one, _mm256_mul_ps(t, t)),
+                ),
+            );
+            let mul3 = |a: __m256, b: __m256, c: __m256, d: __m256| {
+                _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(a, b), c), d)
+            };
+            _mm256_storeu_ps(gi.add(j), mul3(dc, gv, i, _mm256_sub_ps(one, i)));
+            _mm256_storeu_ps(
+                gf.add(j),
+                mul3(dc, _mm256_loadu_ps(cp.add(j)), f, _mm256_sub_ps(one, f)),
+            );
+            _mm256_storeu_ps(
+                gg.add(j),
+                _mm256_mul_ps(
+                    _mm256_mul_ps(dc, i),
+                    _mm256_sub_ps(one, _mm256_mul_ps(gv, gv)),
+                ),
+            );
+            _mm256_storeu_ps(go.add(j), mul3(dh, t, o, _mm256_sub_ps(one, o)));
+            _mm256_storeu_ps(dcn.add(j), _mm256_mul_ps(dc, f));
+            j += 8;
+        }
+        while j < h {
+            let dh = *dho.add(j) + *dhn.add(j);
+            let [di, df, dg, d_o, dcp] = cell_back_elem(
+                *gi.add(j),
+                *gf.add(j),
+                *gg.add(j),
+                *go.add(j),
+                *cp.add(j),
+                <f32 as Float>::tanh_(*cr.add(j)),
+                dh,
+                *dcn.add(j),
+            );
+            *gi.add(j) = di;
+            *gf.add(j) = df;
+            *gg.add(j) = dg;
+            *go.add(j) = d_o;
+            *dcn.add(j) = dcp;
+            j += 1;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn cell_backward_impl<F: Float>(
+    g: &mut [F],
+    c_prev: &[F],
+    c: &[F],
+    dh_out: &[F],
+    dh_next: &[F],
+    dc_next: &mut [F],
+    b: usize,
+    h: usize,
+) {
     for r in 0..b {
         let gr = &mut g[r * 4 * h..(r + 1) * 4 * h];
         let (gi, rest) = gr.split_at_mut(h);
@@ -276,42 +840,155 @@ fn cell_backward<F: Float>(
         let (gg, go) = rest.split_at_mut(h);
         let o_ = r * h;
         for j in 0..h {
-            let (i, f, gv, o) = (gi[j], gf[j], gg[j], go[j]);
-            let tcv = tc[o_ + j];
             let dh = dh_out[o_ + j] + dh_next[o_ + j];
-            let dc = dc_next[o_ + j] + dh * o * (one - tcv * tcv);
-            dc_next[o_ + j] = dc * f;
-            gi[j] = dc * gv * i * (one - i);
-            gf[j] = dc * c_prev[o_ + j] * f * (one - f);
-            gg[j] = dc * i * (one - gv * gv);
-            go[j] = dh * tcv * o * (one - o);
+            let [di, df, dg, d_o, dcp] = cell_back_elem(
+                gi[j],
+                gf[j],
+                gg[j],
+                go[j],
+                c_prev[o_ + j],
+                F::tanh_(c[o_ + j]),
+                dh,
+                dc_next[o_ + j],
+            );
+            gi[j] = di;
+            gf[j] = df;
+            gg[j] = dg;
+            go[j] = d_o;
+            dc_next[o_ + j] = dcp;
         }
     }
 }
 
 /// One step for generation (no caching): updates `h` and `c` (B, H) in place given the input
-/// projection `gx = x · wx + b` (B, 4H), which is overwritten as workspace.
+/// projection `gx = b + x · wx` (B, 4H), which is overwritten as workspace.
 pub fn lstm_step<F: Float>(
     p: &LstmParams<F>,
     gx: &mut Array2<F>,
     h: &mut Array2<F>,
     c: &mut Array2<F>,
 ) {
+    let packed = LstmPacked::forward_only(p);
     let (b, hs) = (h.nrows(), h.ncols());
-    general_mat_mul(F::one(), &*h, &p.wh, F::one(), gx);
     let g = gx.as_slice_mut().expect("standard layout");
-    let c = c.as_slice_mut().expect("standard layout");
     let hv = h.as_slice_mut().expect("standard layout");
+    let cv = c.as_slice_mut().expect("standard layout");
+    lstm_step_packed(&packed.wh, g, hv, cv, b, hs);
+}
+
+/// [`lstm_step`] on packed weights and raw rows: `g` (B, 4H) holds b + x·wx on entry;
+/// `h`, `c` (B, H) are updated in place.
+pub(crate) fn lstm_step_packed<F: Float>(
+    wh: &PackedB<F>,
+    g: &mut [F],
+    h: &mut [F],
+    c: &mut [F],
+    b: usize,
+    hs: usize,
+) {
+    gemm(
+        b,
+        Mat { data: h, ld: hs },
+        wh,
+        MatMut {
+            data: g,
+            ld: 4 * hs,
+        },
+        Init::Accumulate,
+    );
+    cell_step(g, h, c, b, hs);
+}
+
+/// Cell update in place for generation: c ← f·c + i·g, h ← o·tanh(c) from pre-activations
+/// `g` (B, 4H); the same arithmetic as [`cell_forward`].
+pub(crate) fn cell_step<F: Float>(g: &[F], h: &mut [F], c: &mut [F], b: usize, hs: usize) {
+    assert!(g.len() >= b * 4 * hs && h.len() >= b * hs && c.len() >= b * hs);
+    // SAFETY: bounds checked; exclusive access through the borrows.
+    unsafe { cell_step_units(g.as_ptr(), h.as_mut_ptr(), c.as_mut_ptr(), b, hs, 0..hs) }
+}
+
+/// [`cell_step`] on the hidden units `units` only, through raw pointers, so tasks on other
+/// threads can update disjoint units of the same rows. `g` (B, 4H), `h`, `c` (B, H).
+///
+/// # Safety
+/// The pointers cover those extents; no one else touches units `units` of `h` and `c`
+/// (or writes `g`) during the call.
+pub(crate) unsafe fn cell_step_units<F: Float>(
+    g: *const F,
+    h: *mut F,
+    c: *mut F,
+    b: usize,
+    hs: usize,
+    units: std::ops::Range<usize>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd() && std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+        cell_step_avx2(g as *const f32, h as *mut f32, c as *mut f32, b, hs, units);
+        return;
+    }
+    cell_step_impl(g, h, c, b, hs, units);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn cell_step_avx2(
+    g: *const f32,
+    h: *mut f32,
+    c: *mut f32,
+    b: usize,
+    hs: usize,
+    units: std::ops::Range<usize>,
+) {
+    use super::fast::avx2::{sigmoid, tanh};
+    use std::arch::x86_64::*;
     for r in 0..b {
-        let gr = &g[r * 4 * hs..(r + 1) * 4 * hs];
-        for j in 0..hs {
-            let i = F::sigmoid(gr[j]);
-            let f = F::sigmoid(gr[hs + j]);
-            let gv = F::tanh_(gr[2 * hs + j]);
-            let o = F::sigmoid(gr[3 * hs + j]);
-            let cn = f * c[r * hs + j] + i * gv;
-            c[r * hs + j] = cn;
-            hv[r * hs + j] = o * F::tanh_(cn);
+        let gr = g.add(r * 4 * hs);
+        let (gi, gf, gg, go) = (gr, gr.add(hs), gr.add(2 * hs), gr.add(3 * hs));
+        let cr = c.add(r * hs);
+        let hr = h.add(r * hs);
+        let mut j = units.start;
+        while j + 8 <= units.end {
+            let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
+            let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
+            let gv = tanh(_mm256_loadu_ps(gg.add(j)));
+            let o = sigmoid(_mm256_loadu_ps(go.add(j)));
+            let cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(cr.add(j)), _mm256_mul_ps(i, gv));
+            _mm256_storeu_ps(cr.add(j), cn);
+            _mm256_storeu_ps(hr.add(j), _mm256_mul_ps(o, tanh(cn)));
+            j += 8;
+        }
+        while j < units.end {
+            let [_, _, _, _, cn, _, hv] =
+                cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cr.add(j));
+            *cr.add(j) = cn;
+            *hr.add(j) = hv;
+            j += 1;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn cell_step_impl<F: Float>(
+    g: *const F,
+    h: *mut F,
+    c: *mut F,
+    b: usize,
+    hs: usize,
+    units: std::ops::Range<usize>,
+) {
+    for r in 0..b {
+        let gr = g.add(r * 4 * hs);
+        for j in units.clone() {
+            let cp = c.add(r * hs + j);
+            let [_, _, _, _, cn, _, hv] = cell_elem(
+                *gr.add(j),
+                *gr.add(hs + j),
+                *gr.add(2 * hs + j),
+                *gr.add(3 * hs + j),
+                *cp,
+            );
+            *cp = cn;
+            *h.add(r * hs + j) = hv;
         }
     }
 }
@@ -319,6 +996,7 @@ pub fn lstm_step<F: Float>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ndarray::Axis;
     use rand::SeedableRng;
     use rand_pcg::Pcg64;
 
@@ -374,6 +1052,121 @@ mod tests {
         assert!((&cache.last_c().to_owned() - &cp)
             .iter()
             .all(|v| v.abs() < 1e-12));
+    }
+
+    /// The AVX2 element-wise kernels against the portable code: the same bits, tails included.
+    #[test]
+    fn simd_cells_match_portable_cells_bit_for_bit() {
+        let (b, h) = (3, 21);
+        let mut rng = Pcg64::seed_from_u64(9);
+        let mut v =
+            |n: usize, s: f32| -> Vec<f32> { (0..n).map(|_| rng.random_range(-s..s)).collect() };
+        let gates = v(b * 4 * h, 6.0);
+        let c_prev = v(b * h, 3.0);
+        let (mut g1, mut g2) = (gates.clone(), gates.clone());
+        let mut o1 = vec![vec![0f32; b * h]; 2];
+        let mut o2 = o1.clone();
+        let [c1, h1] = &mut o1[..] else {
+            unreachable!()
+        };
+        cell_forward(&mut g1, &c_prev, c1, h1, b, h);
+        let [c2, h2] = &mut o2[..] else {
+            unreachable!()
+        };
+        cell_forward_impl(&mut g2, &c_prev, c2, h2, b, h);
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&g1), bits(&g2));
+        assert_eq!(
+            o1.iter().map(|x| bits(x)).collect::<Vec<_>>(),
+            o2.iter().map(|x| bits(x)).collect::<Vec<_>>()
+        );
+
+        let (dho, dhn, dc) = (v(b * h, 1.0), v(b * h, 1.0), v(b * h, 1.0));
+        let (mut d1, mut d2) = (dc.clone(), dc.clone());
+        let (mut a1, mut a2) = (g1.clone(), g1.clone());
+        cell_backward(&mut a1, &c_prev, &o1[0], &dho, &dhn, &mut d1, b, h);
+        cell_backward_impl(&mut a2, &c_prev, &o1[0], &dho, &dhn, &mut d2, b, h);
+        assert_eq!(bits(&a1), bits(&a2));
+        assert_eq!(bits(&d1), bits(&d2));
+
+        let (mut hs1, mut cs1) = (vec![0f32; b * h], c_prev.clone());
+        let (mut hs2, mut cs2) = (vec![0f32; b * h], c_prev.clone());
+        cell_step(&gates, &mut hs1, &mut cs1, b, h);
+        unsafe {
+            cell_step_impl(
+                gates.as_ptr(),
+                hs2.as_mut_ptr(),
+                cs2.as_mut_ptr(),
+                b,
+                h,
+                0..h,
+            )
+        };
+        assert_eq!(bits(&hs1), bits(&hs2));
+        assert_eq!(bits(&cs1), bits(&cs2));
+        // and the in-place generation step equals the caching forward
+        assert_eq!(bits(&hs1), bits(&o1[1]));
+        assert_eq!(bits(&cs1), bits(&o1[0]));
+    }
+
+    /// Token inputs (embedding folded into the input projection, per-token gradient sums)
+    /// against embedding the tokens and running the dense path.
+    #[test]
+    fn token_input_matches_dense_input() {
+        let (v, d, h, b, t) = (4, 3, 5, 3, 4);
+        let mut rng = Pcg64::seed_from_u64(21);
+        let mut p = LstmParams::<f64>::init(d, h, &mut rng);
+        p.b.mapv_inplace(|x| x + 0.2);
+        let table = rand_arr(v, d, &mut rng);
+        let tokens: Vec<u32> = (0..t * b).map(|_| rng.random_range(0..v as u32)).collect();
+        let x = Array2::from_shape_fn((t * b, d), |(r, j)| table[[tokens[r] as usize, j]]);
+        let (h0, c0) = (rand_arr(b, h, &mut rng), rand_arr(b, h, &mut rng));
+        let dh_out = rand_arr(t * b, h, &mut rng);
+
+        let mut dense = LstmCache::default();
+        lstm_forward(&p, x.view(), h0.view(), c0.view(), t, &mut dense);
+        let mut folded = LstmCache::default();
+        let input = LstmInput::Tokens {
+            table: table.view(),
+            tokens: &tokens,
+        };
+        lstm_forward_input(&p, input, h0.view(), c0.view(), t, &mut folded);
+        assert!((&dense.output() - &folded.output())
+            .iter()
+            .all(|e| e.abs() < 1e-14));
+
+        let mut dp1 = LstmParams::zeros(d, h);
+        let mut dx = Array2::zeros((t * b, d));
+        lstm_backward(
+            &p,
+            x.view(),
+            dh_out.view(),
+            &mut dense,
+            &mut dp1,
+            Some(dx.view_mut()),
+        );
+        let mut dtable1 = Array2::<f64>::zeros((v, d));
+        for (r, &tok) in tokens.iter().enumerate() {
+            let mut row = dtable1.row_mut(tok as usize);
+            row += &dx.row(r);
+        }
+        let mut dp2 = LstmParams::zeros(d, h);
+        let mut dtable2 = Array2::<f64>::ones((v, d));
+        lstm_backward_input(
+            &p,
+            input,
+            dh_out.view(),
+            &mut folded,
+            &mut dp2,
+            None,
+            Some(&mut dtable2),
+        );
+        let close = |a: &Array2<f64>, b: &Array2<f64>| (a - b).iter().all(|e| e.abs() < 1e-12);
+        assert!(close(&dp1.wx, &dp2.wx));
+        assert!(close(&dp1.wh, &dp2.wh));
+        assert!((&dp1.b - &dp2.b).iter().all(|e| e.abs() < 1e-12));
+        assert!(close(&(dtable1 + 1.0), &dtable2), "dtable accumulates");
+        assert!(dp2.wx.iter().any(|e| e.abs() > 1e-3));
     }
 
     #[test]

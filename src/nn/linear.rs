@@ -26,11 +26,7 @@ pub struct LinearPacked<F> {
 /// depend on N.
 pub fn linear_forward_packed<F: Float>(x: &[F], wt: &PackedB<F>, b: &[F], out: &mut [F]) {
     let (h, v) = (wt.k(), wt.n());
-    let n = if h == 0 {
-        out.len() / v.max(1)
-    } else {
-        x.len() / h
-    };
+    let n = x.len().checked_div(h).unwrap_or(out.len() / v.max(1));
     assert!(out.len() >= n * v && b.len() == v);
     let op = SyncPtr(out.as_mut_ptr());
     let tasks = row_tasks(n);
@@ -75,7 +71,7 @@ pub fn linear_forward<F: Float>(
 /// threads, so each element is summed over N in order by one thread.
 pub fn linear_weight_grad<F: Float>(x: &[F], dout: &[F], n: usize, dw: &mut [F], db: &mut [F]) {
     let v = db.len();
-    let h = if v == 0 { 0 } else { dw.len() / v };
+    let h = dw.len().checked_div(v).unwrap_or(0);
     assert!(x.len() >= n * h && dout.len() >= n * v && dw.len() == v * h);
     let (wp, bp) = (SyncPtr(dw.as_mut_ptr()), SyncPtr(db.as_mut_ptr()));
     // Split V into blocks of whole panels when V is large, else into halves.
@@ -140,7 +136,7 @@ pub fn linear_backward<F: Float>(
 /// `dx = dout · w` on packed w (V, H), rows split across threads.
 fn dx_rows<F: Float>(dout: &[F], w: &PackedB<F>, dx: &mut [F]) {
     let (v, h) = (w.k(), w.n());
-    let n = if h == 0 { 0 } else { dx.len() / h };
+    let n = dx.len().checked_div(h).unwrap_or(0);
     let xp = SyncPtr(dx.as_mut_ptr());
     let tasks = row_tasks(n);
     pool::run(tasks, &|t| {

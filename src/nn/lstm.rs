@@ -727,6 +727,7 @@ pub(crate) fn cell_backward<F: Float>(
 /// One element of the backward cell: from the activated gates, c_{t-1}, tanh c_t, the
 /// incoming dh and dc, returns (dai, daf, dag, dao, dc_{t-1}).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn cell_back_elem<F: Float>(i: F, f: F, g: F, o: F, cp: F, tc: F, dh: F, dc_in: F) -> [F; 5] {
     let one = F::one();
     let dc = dc_in + dh * o * (one - tc * tc);

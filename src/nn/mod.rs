@@ -167,20 +167,15 @@ pub mod fast {
     /// Numerator coefficients of tanh, x¹³ first (Eigen's `ptanh_float`).
     const TANH_P: [f32; 7] = [
         -2.760_768_5e-16,
-        2.000_187_9e-13,
-        -8.604_671_5e-11,
+        2.000_188e-13,
+        -8.604_672e-11,
         5.122_297e-8,
         1.485_722_4e-5,
         6.372_619_3e-4,
         4.893_524_6e-3,
     ];
     /// Denominator coefficients of tanh, x⁶ first.
-    const TANH_Q: [f32; 4] = [
-        1.198_258_4e-6,
-        1.185_347_1e-4,
-        2.268_434_6e-3,
-        4.893_525_2e-3,
-    ];
+    const TANH_Q: [f32; 4] = [1.198_258_4e-6, 1.185_347_1e-4, 2.268_434_6e-3, 4.893_525e-3];
     const EXP_LO: f32 = -87.0;
     const EXP_HI: f32 = 88.0;
     /// 1.5 · 2^23: adding it rounds to an integer.

@@ -691,6 +691,9 @@ impl Trainer {
         let start = Instant::now();
         let start_elapsed = self.progress.elapsed_secs;
         let start_step = self.progress.step;
+        // Seconds spent inside the step hook (a dashboard's pause blocks there): not training
+        // time, so neither --max-minutes, the schedule nor tokens/s count it.
+        let mut hook_secs = 0.0;
         let mut bad_in_a_row = 0;
         let mut reason = String::from("limit reached");
         let mut last_val = None;
@@ -703,7 +706,7 @@ impl Trainer {
                 break;
             }
             let (loss, norm, lr) = self.train_step();
-            self.progress.elapsed_secs = start_elapsed + start.elapsed().as_secs_f64();
+            self.progress.elapsed_secs = start_elapsed + start.elapsed().as_secs_f64() - hook_secs;
             let step = self.progress.step;
             if !(loss.is_finite() && norm.is_finite()) {
                 bad_in_a_row += 1;
@@ -726,7 +729,7 @@ impl Trainer {
             bad_in_a_row = 0;
             self.progress.loss_acc.0 += loss;
             self.progress.loss_acc.1 += 1;
-            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            let secs = (start.elapsed().as_secs_f64() - hook_secs).max(1e-9);
             let info = StepInfo {
                 step,
                 epoch: self.progress.epoch as f64
@@ -747,7 +750,9 @@ impl Trainer {
                     on_event(&Event::Warning(format!("metrics log: {e}")));
                 }
             }
+            let hook_start = Instant::now();
             let mut control = on_event(&Event::Step(info));
+            hook_secs += hook_start.elapsed().as_secs_f64();
             if self.config.eval_every > 0 && step % self.config.eval_every == 0 {
                 last_val = self.eval_and_record(on_event)?;
             }
@@ -782,7 +787,7 @@ impl Trainer {
             }
         }
         let latest = self.save_latest(on_event)?;
-        let secs = start.elapsed().as_secs_f64().max(1e-9);
+        let secs = (start.elapsed().as_secs_f64() - hook_secs).max(1e-9);
         Ok(Summary {
             steps: self.progress.step,
             steps_this_run: self.progress.step - start_step,

@@ -247,3 +247,44 @@ fn failed_saves_warn_and_training_continues() {
     std::fs::create_dir_all(&tr.config.out).unwrap();
     tr.save(&tr.config.checkpoint_path("latest")).unwrap();
 }
+
+#[test]
+fn time_spent_in_the_step_hook_is_not_training_time() {
+    // A dashboard's pause blocks inside the step hook. With a 0.6 s limit, a 1 s pause at
+    // step 1 must not end the run: training goes on after it, and the reported elapsed time
+    // leaves the pause out.
+    let c = corpus(TEXT200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        batch: 2,
+        seq: 8,
+        val_fraction: 0.0,
+        eval_every: 0,
+        save_every: 0,
+        max_minutes: Some(0.01),
+        out: dir.path().to_path_buf(),
+        ..TrainConfig::default()
+    };
+    let mut tr = Trainer::new(&c, char_tok(TEXT200), model_cfg(8, 0.0), cfg).unwrap();
+    let mut last_elapsed = 0.0;
+    let summary = tr
+        .run(None, &mut |e| {
+            if let Event::Step(s) = e {
+                if s.step == 1 {
+                    std::thread::sleep(std::time::Duration::from_millis(1000));
+                }
+                last_elapsed = s.elapsed_secs;
+            }
+            Control::Continue
+        })
+        .unwrap();
+    assert!(
+        summary.steps > 1,
+        "the pause ended the run after {} step(s)",
+        summary.steps
+    );
+    assert!(
+        last_elapsed < 0.95,
+        "elapsed {last_elapsed} s counts the pause"
+    );
+}

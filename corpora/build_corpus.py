@@ -110,6 +110,19 @@ def normalise(text: str) -> str:
     return "\n".join(out).strip("\n")
 
 
+# A speaker line: a name in capitals ending with a period ("FIRST CITIZEN.").
+SPEAKER = re.compile(r"^([A-Z][A-Z' -]*[A-Z])\.$", re.MULTILINE)
+# Capitalised lines of the same shape that are headings, not speakers.
+HEADINGS = re.compile(r"^(ACT|SCENE) [IVX]+$|^PERSONS REPRESENTED$|^INDUCTION$")
+
+
+def colon_speakers(text: str) -> str:
+    """`NAME.` speaker lines become `NAME:` (the tiny-shakespeare layout); headings stay."""
+    return SPEAKER.sub(
+        lambda m: m.group(0) if HEADINGS.match(m.group(1)) else m.group(1) + ":", text
+    )
+
+
 def sha256_of(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -142,7 +155,7 @@ def main(argv):
             member = tar.getmember(TEXT_DIR + name)
             raw = tar.extractfile(member).read()
             text = raw.decode("utf-8")  # the sources are plain ASCII
-            plays.append(normalise(strip_boilerplate(text)))
+            plays.append(colon_speakers(normalise(strip_boilerplate(text))))
 
     # Plays are separated by exactly two blank lines; file ends with one LF.
     corpus = "\n\n\n".join(plays) + "\n"

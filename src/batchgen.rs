@@ -168,17 +168,17 @@ pub fn sample_seed(seed: u64, id: u64) -> u64 {
     mix64(seed ^ mix64(id ^ 0x5155_494C_4C00_0000))
 }
 
-/// The tokens to condition on: the prime, or for an empty prime a start token (end-of-text
-/// for word/BPE models, a newline for char models, else token 0).
+/// The tokens to condition on: the prime, or for an empty prime the start of a line (the
+/// encoding of `"\n"`: `<eol>` for word models, the newline byte for BPE), which every
+/// model has seen in training. End-of-text is only a fallback (training text never contains
+/// it, so a model has not learnt what follows it), then token 0.
 pub fn start_tokens(prime: &[u32], tok: &Tokenizer) -> Vec<u32> {
     if !prime.is_empty() {
         return prime.to_vec();
     }
-    if let Some(eos) = tok.eos_id() {
-        return vec![eos];
-    }
-    match tok.encode("\n") {
-        Ok(v) if !v.is_empty() => v,
+    match (tok.encode("\n"), tok.eos_id()) {
+        (Ok(v), _) if !v.is_empty() => v,
+        (_, Some(eos)) => vec![eos],
         _ => vec![0],
     }
 }
@@ -1191,6 +1191,23 @@ mod tests {
         };
         let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
         Arc::new(Model::new(cfg, &mut rng).unwrap())
+    }
+
+    #[test]
+    fn an_empty_prime_starts_at_a_line_start_the_model_has_seen() {
+        for kind in [TokenizerKind::Char, TokenizerKind::Word, TokenizerKind::Bpe] {
+            let t = tok(kind);
+            let start = start_tokens(&[], &t);
+            assert!(!start.is_empty(), "{kind:?}");
+            assert_ne!(
+                Some(start[0]),
+                t.eos_id(),
+                "{kind:?} starts from end-of-text"
+            );
+            // The start is what a line end in training text encodes to.
+            assert_eq!(start, t.encode("\n").unwrap(), "{kind:?}");
+            assert_eq!(start_tokens(&[5, 6], &t), vec![5, 6]);
+        }
     }
 
     /// Runs `generate` and returns the outputs in sink order.

@@ -780,18 +780,6 @@ fn fmt_duration(secs: f64) -> String {
     }
 }
 
-/// Tokens to start a sample from: end-of-text for word/BPE models, a newline for char models
-/// (token 0 if neither exists).
-fn start_tokens(tok: &Tokenizer) -> Vec<u32> {
-    if let Some(eos) = tok.eos_id() {
-        return vec![eos];
-    }
-    match tok.encode("\n") {
-        Ok(v) if !v.is_empty() => v,
-        _ => vec![0],
-    }
-}
-
 /// One sample of up to `len` tokens per temperature, all streams generated together (B =
 /// `temperatures.len()`). Stream i uses seed `seed + i`; a stream ends early at end-of-text.
 pub fn generate_samples(
@@ -806,7 +794,7 @@ pub fn generate_samples(
         return Vec::new();
     }
     let mut gen = Generator::new(model, b);
-    gen.feed(&start_tokens(tok));
+    gen.feed(&crate::batchgen::start_tokens(&[], tok));
     let mut samplers: Vec<Sampler> = temperatures
         .iter()
         .enumerate()

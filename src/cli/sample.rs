@@ -350,8 +350,8 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// The tokens to condition on: the prime, or with an empty prime a start token (end-of-text
-/// for word/BPE models, a newline for char models, else token 0).
+/// The tokens to condition on: the prime, or with an empty prime the start of a line
+/// ([`batchgen::start_tokens`]).
 pub fn prime_or_start(prime: &[u32], tok: &quill::tokenizer::Tokenizer) -> Vec<u32> {
     batchgen::start_tokens(prime, tok)
 }

@@ -182,9 +182,18 @@ impl<F: Float> Params<F> {
 
     /// Sets every element to zero.
     pub fn zero(&mut self) {
-        for s in self.slices_mut() {
-            s.fill(F::zero());
-        }
+        // Blocks of 64K elements on the pool's threads (a large vocabulary's gradients are
+        // tens of MB).
+        let blocks: Vec<std::sync::Mutex<&mut [F]>> = self
+            .slices_mut()
+            .into_iter()
+            .flat_map(|s| s.chunks_mut(1 << 16).map(std::sync::Mutex::new))
+            .collect();
+        pool::run(blocks.len(), &|i| {
+            if let Ok(mut b) = blocks[i].lock() {
+                b.fill(F::zero());
+            }
+        });
     }
 
     /// Converts element type (f32 ↔ f64 for checks).

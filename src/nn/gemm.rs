@@ -48,6 +48,8 @@ impl<F: Float> PackedB<F> {
     }
 
     /// Packs `b` (K, N), any strides (pass `w.t()` to pack a transpose). Reuses the buffer.
+    /// Large matrices are packed by the pool's threads, a block of panels each (a copy:
+    /// the result is the same however it is split).
     pub fn pack(&mut self, b: ArrayView2<'_, F>) {
         let (k, n) = b.dim();
         self.k = k;
@@ -55,31 +57,28 @@ impl<F: Float> PackedB<F> {
         let np = n.div_ceil(NR);
         self.data.clear();
         self.data.resize(np * k * NR, F::zero());
-        let (rs, cs) = (b.strides()[0], b.strides()[1]);
-        if cs == 1 {
-            // Row-major source: copy row pieces.
-            for (kk, row) in b.rows().into_iter().enumerate() {
-                let row = row.to_slice().expect("unit column stride");
-                for (p, piece) in row.chunks(NR).enumerate() {
-                    let o = p * k * NR + kk * NR;
-                    self.data[o..o + piece.len()].copy_from_slice(piece);
-                }
-            }
-        } else if rs == 1 {
-            // Column-major source (a transpose): column j is contiguous.
-            for (j, col) in b.columns().into_iter().enumerate() {
-                let col = col.to_slice().expect("unit row stride");
-                let (p, jj) = (j / NR, j % NR);
-                let base = p * k * NR + jj;
-                for (kk, &v) in col.iter().enumerate() {
-                    self.data[base + kk * NR] = v;
-                }
-            }
-        } else {
-            for ((kk, j), &v) in b.indexed_iter() {
-                self.data[(j / NR) * k * NR + kk * NR + j % NR] = v;
-            }
+        if np == 0 || k == 0 {
+            return;
         }
+        let tasks = if k * n >= PAR_PACK {
+            super::pool::width().min(np)
+        } else {
+            1
+        };
+        // Panel p is data[p·k·NR .. (p+1)·k·NR]: each task owns a block of whole panels.
+        let per = np.div_ceil(tasks);
+        let blocks: Vec<std::sync::Mutex<(usize, &mut [F])>> = self
+            .data
+            .chunks_mut(per * k * NR)
+            .enumerate()
+            .map(|(i, d)| std::sync::Mutex::new((i * per, d)))
+            .collect();
+        super::pool::run(blocks.len(), &|t| {
+            if let Ok(mut blk) = blocks[t].lock() {
+                let (p0, ref mut d) = *blk;
+                pack_panels(&b, p0, d);
+            }
+        });
     }
 
     /// A packed copy of `b`.
@@ -87,6 +86,45 @@ impl<F: Float> PackedB<F> {
         let mut p = PackedB::default();
         p.pack(b);
         p
+    }
+}
+
+/// Matrices of at least this many elements are packed on several threads.
+const PAR_PACK: usize = 1 << 16;
+
+/// Packs the panels p0, p0 + 1, ... of `b` (K, N) that fit in `d` (whole panels of K × NR,
+/// already zeroed, so the padding of the last panel stays zero).
+fn pack_panels<F: Float>(b: &ArrayView2<'_, F>, p0: usize, d: &mut [F]) {
+    let (k, n) = b.dim();
+    let cnt = d.len() / (k * NR);
+    let (c0, c1) = (p0 * NR, ((p0 + cnt) * NR).min(n));
+    let (rs, cs) = (b.strides()[0], b.strides()[1]);
+    if cs == 1 {
+        // Row-major source: copy row pieces.
+        for (kk, row) in b.rows().into_iter().enumerate() {
+            let row = &row.to_slice().expect("unit column stride")[c0..c1];
+            for (q, piece) in row.chunks(NR).enumerate() {
+                let o = q * k * NR + kk * NR;
+                d[o..o + piece.len()].copy_from_slice(piece);
+            }
+        }
+    } else if rs == 1 {
+        // Column-major source (a transpose): column j is contiguous.
+        for j in c0..c1 {
+            let col = b.column(j);
+            let col = col.to_slice().expect("unit row stride");
+            let (q, jj) = ((j - c0) / NR, j % NR);
+            let base = q * k * NR + jj;
+            for (kk, &v) in col.iter().enumerate() {
+                d[base + kk * NR] = v;
+            }
+        }
+    } else {
+        for kk in 0..k {
+            for j in c0..c1 {
+                d[((j - c0) / NR) * k * NR + kk * NR + j % NR] = b[(kk, j)];
+            }
+        }
     }
 }
 
@@ -741,6 +779,26 @@ mod tests {
         let a = a.mapv(|v| v as f64);
         let b = b.mapv(|v| v as f64);
         a.dot(&b)
+    }
+
+    #[test]
+    fn parallel_packing_puts_every_element_in_its_panel() {
+        let mut rng = Pcg64::seed_from_u64(5);
+        // Large enough for several threads; N not a multiple of NR.
+        let b = rand2(301, 517, &mut rng);
+        assert!(b.len() >= PAR_PACK);
+        for view in [b.view(), b.t()] {
+            let (k, n) = view.dim();
+            let p = PackedB::from_view(view);
+            assert_eq!(p.data.len(), n.div_ceil(NR) * k * NR);
+            for kk in 0..k {
+                for j in 0..n.div_ceil(NR) * NR {
+                    let got = p.data[(j / NR) * k * NR + kk * NR + j % NR];
+                    let want = if j < n { view[(kk, j)] } else { 0.0 };
+                    assert_eq!(got, want, "({kk}, {j}) of {k}x{n}");
+                }
+            }
+        }
     }
 
     #[test]

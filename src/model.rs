@@ -184,16 +184,12 @@ impl<F: Float> Params<F> {
     pub fn zero(&mut self) {
         // Blocks of 64K elements on the pool's threads (a large vocabulary's gradients are
         // tens of MB).
-        let blocks: Vec<std::sync::Mutex<&mut [F]>> = self
+        let mut blocks: Vec<&mut [F]> = self
             .slices_mut()
             .into_iter()
-            .flat_map(|s| s.chunks_mut(1 << 16).map(std::sync::Mutex::new))
+            .flat_map(|s| s.chunks_mut(1 << 16))
             .collect();
-        pool::run(blocks.len(), &|i| {
-            if let Ok(mut b) = blocks[i].lock() {
-                b.fill(F::zero());
-            }
-        });
+        pool::for_each_mut(&mut blocks, &|b| b.fill(F::zero()));
     }
 
     /// Converts element type (f32 ↔ f64 for checks).

@@ -1,7 +1,5 @@
 //! Adam(W) with bias correction, global-norm gradient clipping and the learning-rate schedule.
 
-use std::sync::Mutex;
-
 use serde::{Deserialize, Serialize};
 
 use crate::model::{ModelConfig, Params};
@@ -71,7 +69,7 @@ impl Adam {
         let step_size = (lr as f64 / bc1) as f32;
         let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
         let decay = lr * weight_decay;
-        let chunks: Vec<Mutex<AdamChunk<'_>>> = params
+        let mut chunks: Vec<AdamChunk<'_>> = params
             .slices_mut()
             .into_iter()
             .zip(grads.slices())
@@ -82,15 +80,11 @@ impl Adam {
                     .zip(g.chunks(CHUNK))
                     .zip(m.chunks_mut(CHUNK))
                     .zip(v.chunks_mut(CHUNK))
-                    .map(|(((p, g), m), v)| Mutex::new((p, g, m, v)))
+                    .map(|(((p, g), m), v)| (p, g, m, v))
             })
             .collect();
         // Element-wise, so the result does not depend on how chunks meet threads.
-        pool::run(chunks.len(), &|i| {
-            let Ok(mut chunk) = chunks[i].lock() else {
-                return;
-            };
-            let (p, g, m, v) = &mut *chunk;
+        pool::for_each_mut(&mut chunks, &|(p, g, m, v)| {
             for (((p, &g), m), v) in p
                 .iter_mut()
                 .zip(g.iter())
@@ -135,29 +129,19 @@ fn sum_squares(g: &[f32]) -> f64 {
 /// `clip_grad_norm_`). Returns the norm before clipping; a non-finite norm leaves the
 /// gradients untouched (the caller treats it as a failed step).
 pub fn clip_grad_norm(grads: &mut Params<f32>, max_norm: f32) -> f64 {
-    let chunks: Vec<Mutex<&mut [f32]>> = grads
+    // (chunk, its Σ g²)
+    let mut chunks: Vec<(&mut [f32], f64)> = grads
         .slices_mut()
         .into_iter()
-        .flat_map(|s| s.chunks_mut(CHUNK).map(Mutex::new))
+        .flat_map(|s| s.chunks_mut(CHUNK).map(|c| (c, 0.0)))
         .collect();
-    let sums: Vec<Mutex<f64>> = chunks.iter().map(|_| Mutex::new(0.0)).collect();
-    pool::run(chunks.len(), &|i| {
-        if let (Ok(c), Ok(mut s)) = (chunks[i].lock(), sums[i].lock()) {
-            *s = sum_squares(&c);
-        }
-    });
+    pool::for_each_mut(&mut chunks, &|(c, sum)| *sum = sum_squares(c));
     // Chunk sums are added in order: the norm is the same on any number of threads.
-    let norm = sums
-        .iter()
-        .map(|s| s.lock().map(|v| *v).unwrap_or(f64::NAN))
-        .sum::<f64>()
-        .sqrt();
+    let norm = chunks.iter().map(|(_, sum)| sum).sum::<f64>().sqrt();
     if norm.is_finite() && max_norm > 0.0 && norm > max_norm as f64 {
         let scale = (max_norm as f64 / (norm + 1e-6)) as f32;
-        pool::run(chunks.len(), &|i| {
-            if let Ok(mut c) = chunks[i].lock() {
-                c.iter_mut().for_each(|g| *g *= scale);
-            }
+        pool::for_each_mut(&mut chunks, &|(c, _)| {
+            c.iter_mut().for_each(|g| *g *= scale)
         });
     }
     norm

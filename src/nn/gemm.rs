@@ -67,18 +67,13 @@ impl<F: Float> PackedB<F> {
         };
         // Panel p is data[p·k·NR .. (p+1)·k·NR]: each task owns a block of whole panels.
         let per = np.div_ceil(tasks);
-        let blocks: Vec<std::sync::Mutex<(usize, &mut [F])>> = self
+        let mut blocks: Vec<(usize, &mut [F])> = self
             .data
             .chunks_mut(per * k * NR)
             .enumerate()
-            .map(|(i, d)| std::sync::Mutex::new((i * per, d)))
+            .map(|(i, d)| (i * per, d))
             .collect();
-        super::pool::run(blocks.len(), &|t| {
-            if let Ok(mut blk) = blocks[t].lock() {
-                let (p0, ref mut d) = *blk;
-                pack_panels(&b, p0, d);
-            }
-        });
+        super::pool::for_each_mut(&mut blocks, &|(p0, d)| pack_panels(&b, *p0, d));
     }
 
     /// A packed copy of `b`.
@@ -775,6 +770,18 @@ mod tests {
         Array2::from_shape_fn((r, c), |_| rng.random_range(-1.0..1.0))
     }
 
+    /// `gemm` with A and C packed tight (row strides K and N of `pb`).
+    fn mul<F: Float>(m: usize, a: &[F], pb: &PackedB<F>, c: &mut [F], init: Init<'_, F>) {
+        let (k, n) = (pb.k(), pb.n());
+        gemm(
+            m,
+            Mat { data: a, ld: k },
+            pb,
+            MatMut { data: c, ld: n },
+            init,
+        );
+    }
+
     fn naive(a: &Array2<f32>, b: &Array2<f32>) -> Array2<f64> {
         let a = a.mapv(|v| v as f64);
         let b = b.mapv(|v| v as f64);
@@ -816,17 +823,11 @@ mod tests {
             let b = rand2(k, n, &mut rng);
             let pb = PackedB::from_view(b.view());
             let mut c = Array2::<f32>::zeros((m, n));
-            gemm(
+            mul(
                 m,
-                Mat {
-                    data: a.as_slice().unwrap(),
-                    ld: k,
-                },
+                a.as_slice().unwrap(),
                 &pb,
-                MatMut {
-                    data: c.as_slice_mut().unwrap(),
-                    ld: n,
-                },
+                c.as_slice_mut().unwrap(),
                 Init::Zero,
             );
             let want = naive(&a, &b);
@@ -838,17 +839,11 @@ mod tests {
             }
             // accumulate adds
             let before = c.clone();
-            gemm(
+            mul(
                 m,
-                Mat {
-                    data: a.as_slice().unwrap(),
-                    ld: k,
-                },
+                a.as_slice().unwrap(),
                 &pb,
-                MatMut {
-                    data: c.as_slice_mut().unwrap(),
-                    ld: n,
-                },
+                c.as_slice_mut().unwrap(),
                 Init::Accumulate,
             );
             for (g, w) in c.iter().zip(before.iter()) {
@@ -878,35 +873,14 @@ mod tests {
         let b = PackedB::from_view(rand2(k, n, &mut rng).view());
         let full = {
             let mut c = vec![0f32; 200 * n];
-            gemm(
-                200,
-                Mat {
-                    data: a.as_slice().unwrap(),
-                    ld: k,
-                },
-                &b,
-                MatMut {
-                    data: &mut c,
-                    ld: n,
-                },
-                Init::Zero,
-            );
+            mul(200, a.as_slice().unwrap(), &b, &mut c, Init::Zero);
             c
         };
         for m in 1..=8 {
             for start in [0, 5, 101, 200 - m] {
                 let mut c = vec![0f32; m * n];
                 let rows = &a.as_slice().unwrap()[start * k..];
-                gemm(
-                    m,
-                    Mat { data: rows, ld: k },
-                    &b,
-                    MatMut {
-                        data: &mut c,
-                        ld: n,
-                    },
-                    Init::Zero,
-                );
+                mul(m, rows, &b, &mut c, Init::Zero);
                 assert_eq!(
                     &c[..],
                     &full[start * n..(start + m) * n],
@@ -927,19 +901,7 @@ mod tests {
             let a_rows = x.t().as_standard_layout().into_owned();
             let pb = PackedB::from_view(b.view());
             let mut want = vec![0f32; m * n];
-            gemm(
-                m,
-                Mat {
-                    data: a_rows.as_slice().unwrap(),
-                    ld: k,
-                },
-                &pb,
-                MatMut {
-                    data: &mut want,
-                    ld: n,
-                },
-                Init::Zero,
-            );
+            mul(m, a_rows.as_slice().unwrap(), &pb, &mut want, Init::Zero);
             let av = View::transposed(x.as_slice().unwrap(), m, k, m);
             for bv in [
                 View::rows(b.as_slice().unwrap(), k, n, n),
@@ -972,48 +934,12 @@ mod tests {
         let pb = PackedB::from_view(rand2(k, n, &mut rng).view());
         let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.37 - 3.0).collect();
         let mut c1 = vec![0f32; m * n];
-        gemm(
-            m,
-            Mat {
-                data: a.as_slice().unwrap(),
-                ld: k,
-            },
-            &pb,
-            MatMut {
-                data: &mut c1,
-                ld: n,
-            },
-            Init::Bias(&bias),
-        );
+        mul(m, a.as_slice().unwrap(), &pb, &mut c1, Init::Bias(&bias));
         let mut c2: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
-        gemm(
-            m,
-            Mat {
-                data: a.as_slice().unwrap(),
-                ld: k,
-            },
-            &pb,
-            MatMut {
-                data: &mut c2,
-                ld: n,
-            },
-            Init::Accumulate,
-        );
+        mul(m, a.as_slice().unwrap(), &pb, &mut c2, Init::Accumulate);
         assert_eq!(c1, c2);
         let mut c3 = vec![0f32; m * n];
-        gemm(
-            m,
-            Mat {
-                data: a.as_slice().unwrap(),
-                ld: k,
-            },
-            &pb,
-            MatMut {
-                data: &mut c3,
-                ld: n,
-            },
-            Init::Zero,
-        );
+        mul(m, a.as_slice().unwrap(), &pb, &mut c3, Init::Zero);
         assert!(c1
             .iter()
             .zip(&c3)
@@ -1073,17 +999,11 @@ mod tests {
         let b = Array2::from_shape_fn((300, 20), |_| rng.random_range(-1.0..1.0f64));
         let pb = PackedB::from_view(b.view());
         let mut c = Array2::<f64>::zeros((9, 20));
-        gemm(
+        mul(
             9,
-            Mat {
-                data: a.as_slice().unwrap(),
-                ld: 300,
-            },
+            a.as_slice().unwrap(),
             &pb,
-            MatMut {
-                data: c.as_slice_mut().unwrap(),
-                ld: 20,
-            },
+            c.as_slice_mut().unwrap(),
             Init::Zero,
         );
         let want = a.dot(&b);

@@ -189,6 +189,18 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
     }
 }
 
+/// Runs `f` on every item, one task per item, in parallel where possible (for disjoint
+/// pieces of buffers, such as chunks of `&mut [f32]`); returns when all have finished.
+pub fn for_each_mut<T: Send>(items: &mut [T], f: &(dyn Fn(&mut T) + Sync)) {
+    // One uncontended lock per item hands each task its `&mut` safely.
+    let cells: Vec<Mutex<&mut T>> = items.iter_mut().map(Mutex::new).collect();
+    run(cells.len(), &|i| {
+        if let Ok(mut item) = cells[i].lock() {
+            f(&mut item);
+        }
+    });
+}
+
 /// Splits `0..len` into `parts` contiguous ranges whose sizes differ by at most one.
 pub fn split(len: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     let parts = parts.max(1);

@@ -122,7 +122,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     warn_unknown(&unknown, a.unknown);
     let mut gen = Generator::new(Arc::new(lm.model), 1);
     let mut sampler = Sampler::new(params, a.seed[0]);
-    let start = prime_or_start(&prime, tok);
+    let start = batchgen::start_tokens(&prime, tok);
     gen.feed(&start);
 
     let stdout = std::io::stdout();
@@ -348,10 +348,4 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-/// The tokens to condition on: the prime, or with an empty prime the start of a line
-/// ([`batchgen::start_tokens`]).
-pub fn prime_or_start(prime: &[u32], tok: &quill::tokenizer::Tokenizer) -> Vec<u32> {
-    batchgen::start_tokens(prime, tok)
 }

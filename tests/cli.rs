@@ -248,3 +248,40 @@ fn resume_refuses_other_architecture_or_tokenizer() {
     );
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
+
+#[test]
+fn a_closed_stdout_ends_info_and_eval_quietly() {
+    // `quill info X | head -1`: the reader is gone before quill writes. Printing must end
+    // the command with success, not a panic and a backtrace.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let ckpt = root.join("checkpoints/shakespeare-small.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("short.txt");
+    std::fs::write(
+        &corpus,
+        "GLOUCESTER:\nNow is the winter of our discontent.\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["info", ckpt.to_str().unwrap()],
+        vec![
+            "eval",
+            "-c",
+            ckpt.to_str().unwrap(),
+            "--file",
+            corpus.to_str().unwrap(),
+        ],
+    ] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))
+            .args(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run quill");
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = text(&o.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(o.status.success(), "{args:?}: {:?} {err}", o.status);
+    }
+}

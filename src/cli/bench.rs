@@ -1,5 +1,6 @@
 //! `quill bench`: training and generation throughput on named configurations.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Args;
@@ -38,6 +39,8 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
+    // Written with `?`, so a closed pipe (`| head`) ends quietly instead of panicking.
+    let mut out = std::io::stdout().lock();
     let names: Vec<&str> = if a.config == "all" {
         CONFIG_NAMES.to_vec()
     } else {
@@ -58,7 +61,8 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     };
     opts.validate()?;
     if !a.json {
-        println!(
+        writeln!(
+            out,
             "{:<4} {:<22} {:>12} {:>9} {:>8} {:>10} {:>13} {:>9}",
             "name",
             "model",
@@ -68,30 +72,32 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             "gen tok/s",
             "batch tok/s",
             "peak RSS"
-        );
+        )?;
     }
     for cfg in &configs {
         let r = run_config(cfg, &opts)?;
         if a.json {
-            println!("{}", serde_json::to_string(&r)?);
+            writeln!(out, "{}", serde_json::to_string(&r)?)?;
         } else {
-            print_row(cfg, &r);
+            print_row(&mut out, cfg, &r)?;
         }
     }
     if !a.json {
-        println!(
+        writeln!(
+            out,
             "threads {}; GFLOP/s counts 6·(Σ_l 4H·(D_l+H) + H·V) FLOPs per training token; \
              batch = {} streams; medians of {} runs",
             quill::nn::threads(),
             opts.batch_streams,
             opts.runs
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_row(cfg: &BenchConfig, r: &BenchResult) {
-    println!(
+fn print_row(out: &mut impl Write, cfg: &BenchConfig, r: &BenchResult) -> std::io::Result<()> {
+    writeln!(
+        out,
         "{:<4} {:<22} {:>12.0} {:>9.1} {:>8.1} {:>10.0} {:>13.0} {:>6.0} MB",
         r.name,
         cfg.description,
@@ -101,5 +107,5 @@ fn print_row(cfg: &BenchConfig, r: &BenchResult) {
         r.gen_tokens_per_s,
         r.batch_gen_tokens_per_s,
         r.peak_rss_bytes as f64 / 1e6
-    );
+    )
 }

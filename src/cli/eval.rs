@@ -1,5 +1,6 @@
 //! `quill eval`: loss of a model on any text file.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -34,6 +35,8 @@ pub struct EvalArgs {
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
+    // Written with `?`, so a closed pipe (`| head`) ends quietly instead of panicking.
+    let mut out = std::io::stdout().lock();
     if a.batch == 0 || a.seq == 0 {
         anyhow::bail!("invalid batch/seq: must be at least 1");
     }
@@ -57,20 +60,26 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     let chars = corpus.text.chars().count() as f64 * n as f64 / tokens.len() as f64;
     let bpc = nats / std::f64::consts::LN_2 / chars;
     if a.json {
-        println!(
+        writeln!(
+            out,
             "{}",
             serde_json::json!({
                 "checkpoint": lm.path, "file": a.file, "tokens": n, "loss_per_token": loss,
                 "perplexity": loss.exp(), "bits_per_char": bpc,
                 "tokenizer": lm.tokenizer.kind(),
             })
-        );
+        )?;
     } else {
-        println!("checkpoint      {}", lm.path.display());
-        println!("file            {} ({} tokens scored)", a.file.display(), n);
-        println!("loss            {loss:.4} nats/token");
-        println!("perplexity      {:.3}", loss.exp());
-        println!("bits per char   {bpc:.4}");
+        writeln!(out, "checkpoint      {}", lm.path.display())?;
+        writeln!(
+            out,
+            "file            {} ({} tokens scored)",
+            a.file.display(),
+            n
+        )?;
+        writeln!(out, "loss            {loss:.4} nats/token")?;
+        writeln!(out, "perplexity      {:.3}", loss.exp())?;
+        writeln!(out, "bits per char   {bpc:.4}")?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,6 @@
 //! `quill info` and `quill export`.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,6 +19,8 @@ pub struct InfoArgs {
 }
 
 pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
+    // Written with `?`, so a closed pipe (`| head`) ends quietly instead of panicking.
+    let mut out = std::io::stdout().lock();
     let lm = snapshot::load_model(&a.path)?;
     let m = &lm.meta;
     if a.json {
@@ -31,31 +34,35 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
             o.insert("vocab_size".into(), lm.tokenizer.vocab_size().into());
             o.insert("params".into(), m.model.num_params().into());
         }
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let c = &m.model;
     let p = &m.progress;
-    println!("checkpoint   {} ({:?})", a.path.display(), m.kind);
-    println!(
+    writeln!(out, "checkpoint   {} ({:?})", a.path.display(), m.kind)?;
+    writeln!(
+        out,
         "model        {} layers x {} hidden, embed {}, dropout {}{}",
         c.layers,
         c.hidden,
         c.embed,
         c.dropout,
         if c.tie_weights { ", tied weights" } else { "" }
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "parameters   {} ({})",
         c.num_params(),
         human_count(c.num_params())
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "tokenizer    {:?}, vocabulary {}",
         lm.tokenizer.kind(),
         lm.tokenizer.vocab_size()
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "training     step {}, epoch {}, {:.1} min, {} tokens seen; batch {} x seq {}, lr {}",
         p.step,
         p.epoch,
@@ -64,23 +71,25 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
         m.train.batch,
         m.train.seq,
         m.train.lr
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "corpus       {} ({} train / {} val tokens, sha256 {}…)",
         m.corpus.path.display(),
         m.corpus.train_tokens,
         m.corpus.val_tokens,
         &m.corpus.fingerprint[..m.corpus.fingerprint.len().min(16)]
-    );
+    )?;
     if let Some(h) = p.history.last() {
-        println!(
+        writeln!(
+            out,
             "losses       train {:.4}, val {}, best val {}",
             h.train_loss,
             h.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
             p.best_val.map_or("-".into(), |v| format!("{v:.4}"))
-        );
+        )?;
     }
-    println!("written by   quill {}", m.quill_version);
+    writeln!(out, "written by   quill {}", m.quill_version)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -23,9 +23,9 @@ use rand_pcg::Pcg64;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::model::{Generator, LstmState, Model, ModelConfig, Params, Workspace};
-use crate::optim::{clip_grad_norm, Adam, AdamConfig};
-use crate::sample::{Sampler, SamplingParams};
+use crate::generate::sampler::{Sampler, SamplingParams};
+use crate::nn::model::{Generator, LstmState, Model, ModelConfig, Params, Workspace};
+use crate::train::optim::{clip_grad_norm, Adam, AdamConfig};
 
 /// A named benchmark configuration: a model and the training window shape.
 #[derive(Clone, Debug, PartialEq, Serialize)]

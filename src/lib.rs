@@ -4,19 +4,12 @@
 //! B batch (parallel streams), T time steps in a window, D input size of a layer,
 //! E embedding size, H hidden size, V vocabulary size, L number of layers.
 
-pub mod batch;
-pub mod batchgen;
 pub mod bench;
 pub mod checkpoint;
-pub mod corpus;
-pub mod dashboard;
 pub mod error;
-pub mod model;
+pub mod generate;
 pub mod nn;
-pub mod optim;
 pub mod plot;
-pub mod sample;
-pub mod snapshot;
 pub mod tokenizer;
 pub mod train;
 pub mod tui;

@@ -9,12 +9,12 @@ use std::sync::Arc;
 
 use sha2::Digest;
 
-use quill::batchgen::ManifestRecord;
-use quill::corpus::Corpus;
-use quill::model::{Generator, ModelConfig};
-use quill::sample::log_prob;
-use quill::snapshot;
+use quill::checkpoint;
+use quill::generate::batch::ManifestRecord;
+use quill::generate::sampler::log_prob;
+use quill::nn::model::{Generator, ModelConfig};
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::corpus::Corpus;
 use quill::train::{Control, TrainConfig, Trainer};
 
 const TEXT: &str = "ROMEO:\nBut soft, what light through yonder window breaks?\n\
@@ -26,7 +26,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
     let corpus = Corpus {
         path: PathBuf::from("inline.txt"),
         text: text.clone(),
-        fingerprint: quill::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
+        fingerprint: quill::train::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
     };
     let opts = TokenizerOptions {
         vocab_size: 10_000,
@@ -100,10 +100,10 @@ fn files(dir: &Path) -> BTreeMap<String, String> {
 
 /// Mean log-probability per token of `generated` after `prime` under the checkpoint's model.
 fn mean_logprob(ck: &Path, prime: &str, generated: &str) -> f64 {
-    let lm = snapshot::load_model(ck).unwrap();
+    let lm = checkpoint::load_model(ck).unwrap();
     let tok = lm.tokenizer.clone();
     let mut gen = Generator::new(Arc::new(lm.model), 1);
-    let start = quill::batchgen::start_tokens(&tok.encode(prime).unwrap(), &tok);
+    let start = quill::generate::batch::start_tokens(&tok.encode(prime).unwrap(), &tok);
     gen.feed(&start);
     let ids = tok.encode(generated).unwrap();
     let mut sum = 0.0f64;
@@ -155,7 +155,7 @@ fn manifest_describes_every_sample() {
     let on_disk = files(&out);
     // 16 samples and the manifest, nothing else (no temporary files)
     assert_eq!(on_disk.len(), 17, "{:?}", on_disk.keys());
-    let sha = quill::corpus::hex(&sha2::Sha256::digest(fs::read(&ck).unwrap()));
+    let sha = quill::train::corpus::hex(&sha2::Sha256::digest(fs::read(&ck).unwrap()));
     let canon = fs::canonicalize(&ck).unwrap();
     let mut i = 0;
     for prime in ["ROMEO:", "JULIET:"] {

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 
 use ndarray::Array2;
-use quill::model::{LstmState, Model, ModelConfig, Params, Workspace};
+use quill::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
 
 const T: usize = 4;
 const B: usize = 3;

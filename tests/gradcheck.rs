@@ -8,7 +8,7 @@
 //! truncation error (~ε⁴) and rounding error (~1e-16/ε) are both far below the 1e-6 bar.
 
 use ndarray::Array2;
-use quill::model::{LstmState, Model, ModelConfig, Params, Workspace};
+use quill::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 

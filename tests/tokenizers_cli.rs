@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use quill::checkpoint::CheckpointFile;
+use quill::checkpoint::format::CheckpointFile;
 
 fn quill(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quill"))

@@ -4,17 +4,17 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use quill::corpus::Corpus;
-use quill::model::ModelConfig;
-use quill::snapshot;
+use quill::checkpoint;
+use quill::nn::model::ModelConfig;
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::corpus::Corpus;
 use quill::train::{Control, Event, TrainConfig, Trainer};
 
 fn corpus(text: &str) -> Corpus {
     Corpus {
         path: PathBuf::from("inline.txt"),
         text: text.to_string(),
-        fingerprint: quill::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
+        fingerprint: quill::train::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
     }
 }
 
@@ -92,7 +92,7 @@ fn run_steps(dir: &Path, max_steps: u64, this_run: Option<u64>, resume: Option<&
         ..TrainConfig::default()
     };
     let mut tr = match resume {
-        Some(p) => Trainer::resume(&c, snapshot::load_resumable(p).unwrap(), cfg).unwrap(),
+        Some(p) => Trainer::resume(&c, checkpoint::load_resumable(p).unwrap(), cfg).unwrap(),
         None => Trainer::new(&c, char_tok(&text), model_cfg(12, 0.2), cfg).unwrap(),
     };
     tr.run(this_run, &mut quiet).unwrap().latest
@@ -107,8 +107,8 @@ fn resume_is_bit_for_bit_identical() {
     // ... and N steps, a resume from the checkpoint, N more steps (dropout on, epochs cross).
     let half = run_steps(b.path(), 30, Some(15), None);
     let resumed = run_steps(b.path(), 30, None, Some(&half));
-    let x = snapshot::load_resumable(&straight).unwrap();
-    let y = snapshot::load_resumable(&resumed).unwrap();
+    let x = checkpoint::load_resumable(&straight).unwrap();
+    let y = checkpoint::load_resumable(&resumed).unwrap();
     assert_eq!(x.loaded.meta.progress.step, 30);
     assert_eq!(y.loaded.meta.progress.step, 30);
     assert_eq!(
@@ -144,7 +144,7 @@ fn checkpoint_round_trip_keeps_everything() {
     tr.run(None, &mut quiet).unwrap();
     let path = dir.path().join("copy.safetensors");
     tr.save(&path).unwrap();
-    let r = snapshot::load_resumable(&path).unwrap();
+    let r = checkpoint::load_resumable(&path).unwrap();
     assert_eq!(r.loaded.model, tr.model);
     assert_eq!(r.adam, tr.adam);
     assert_eq!(r.state, tr.state);
@@ -164,7 +164,7 @@ fn resume_refuses_a_different_corpus() {
         out: dir.path().to_path_buf(),
         ..TrainConfig::default()
     };
-    let err = Trainer::resume(&other, snapshot::load_resumable(&first).unwrap(), cfg)
+    let err = Trainer::resume(&other, checkpoint::load_resumable(&first).unwrap(), cfg)
         .err()
         .expect("must refuse")
         .to_string();

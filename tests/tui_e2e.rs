@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use sha2::Digest;
 
-use quill::corpus::Corpus;
-use quill::model::ModelConfig;
+use quill::nn::model::ModelConfig;
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::corpus::Corpus;
 use quill::train::{Control, TrainConfig, Trainer};
 
 const TEXT: &str = "ROMEO:\nBut soft, what light through yonder window breaks?\n\
@@ -24,7 +24,7 @@ fn tiny_checkpoint(dir: &Path) -> PathBuf {
     let corpus = Corpus {
         path: PathBuf::from("inline.txt"),
         text: text.clone(),
-        fingerprint: quill::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
+        fingerprint: quill::train::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
     };
     let tok = Tokenizer::train(
         TokenizerKind::Char,

@@ -11,7 +11,7 @@ use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyModifiers};
 use ratatui::style::Modifier;
 use ratatui::Terminal;
 
-use quill::model::{Model, ModelConfig};
+use quill::nn::model::{Model, ModelConfig};
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
 use quill::tui::app::Activity;
 use quill::tui::ui::{self, prob_colour, HELP};

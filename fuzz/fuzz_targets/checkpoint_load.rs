@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
-use quill::checkpoint::CheckpointFile;
+use quill::checkpoint::format::CheckpointFile;
 
 fuzz_target!(|data: &[u8]| {
     let path = Path::new("fuzz-input.qck");

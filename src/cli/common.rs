@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use quill::snapshot::{self, LoadedModel};
+use quill::checkpoint::{self, LoadedModel};
 
 /// Default directory of checkpoints.
 pub const CHECKPOINT_DIR: &str = "checkpoints";
@@ -12,10 +12,10 @@ pub const CHECKPOINT_DIR: &str = "checkpoints";
 pub fn load_model(path: Option<&Path>) -> anyhow::Result<LoadedModel> {
     let path: PathBuf = match path {
         Some(p) => p.to_path_buf(),
-        None => snapshot::find_default(Path::new(CHECKPOINT_DIR))
+        None => checkpoint::find_default(Path::new(CHECKPOINT_DIR))
             .context("no --checkpoint given and none found in checkpoints/")?,
     };
-    Ok(snapshot::load_model(&path)?)
+    Ok(checkpoint::load_model(&path)?)
 }
 
 /// Human-readable parameter count: 3.2M, 850K.

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use quill::corpus::Corpus;
-use quill::model::Workspace;
+use quill::nn::model::Workspace;
+use quill::train::corpus::Corpus;
 use quill::train::evaluate_tokens;
 
 use super::common::load_model;

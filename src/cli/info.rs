@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use quill::snapshot::{self, CheckpointKind};
+use quill::checkpoint::{self, CheckpointKind};
 
 use super::common::human_count;
 
@@ -21,7 +21,7 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
     // Written with `?`, so a closed pipe (`| head`) ends quietly instead of panicking.
     let mut out = std::io::stdout().lock();
-    let lm = snapshot::load_model(&a.path)?;
+    let lm = checkpoint::load_model(&a.path)?;
     let m = &lm.meta;
     if a.json {
         let mut v = serde_json::to_value(m)?;
@@ -102,10 +102,10 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
-    let lm = snapshot::load_model(&a.input)?;
+    let lm = checkpoint::load_model(&a.input)?;
     let mut meta = lm.meta.clone();
     meta.kind = CheckpointKind::Weights;
-    snapshot::save(&a.output, &lm.model, &meta, None)?;
+    checkpoint::save(&a.output, &lm.model, &meta, None)?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "wrote {} ({:.1} MB, weights only)",

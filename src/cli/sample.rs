@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use quill::batchgen::{
+use quill::generate::batch::{
     self, CheckpointInfo, Control, GenConfig, OutputFormat, SampleWriter, StopStrings, Sweep,
 };
-use quill::model::Generator;
-use quill::sample::{Sampler, SamplingParams};
+use quill::generate::sampler::{Sampler, SamplingParams};
+use quill::nn::model::Generator;
 use quill::tokenizer::UnknownPolicy;
 
 use super::common::load_model;
@@ -122,7 +122,7 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     warn_unknown(&unknown, a.unknown);
     let mut gen = Generator::new(Arc::new(lm.model), 1);
     let mut sampler = Sampler::new(params, a.seed[0]);
-    let start = batchgen::start_tokens(&prime, tok);
+    let start = batch::start_tokens(&prime, tok);
     gen.feed(&start);
 
     let stdout = std::io::stdout();
@@ -219,11 +219,11 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed.clone(),
         count: a.count.unwrap_or(1),
     };
-    let samples = batchgen::plan(primes.len(), &sweep)?;
+    let samples = batch::plan(primes.len(), &sweep)?;
     let cfg = GenConfig {
         length: a.length,
         stop: a.stop.clone(),
-        max_batch: a.max_batch.unwrap_or(batchgen::DEFAULT_MAX_BATCH),
+        max_batch: a.max_batch.unwrap_or(batch::DEFAULT_MAX_BATCH),
         threads: a.threads.unwrap_or(0),
     };
     StopStrings::new(&cfg.stop)?;
@@ -234,7 +234,7 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
     // matrix library's own threads would only compete with them. Set before the first matrix
     // product (the library reads it once) and before this process starts any thread.
     let shards = match cfg.threads {
-        0 => batchgen::default_threads(),
+        0 => batch::default_threads(),
         t => t,
     }
     .min(cfg.max_batch)
@@ -292,7 +292,7 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
     bar.enable_steady_tick(Duration::from_millis(200));
     let started = Instant::now();
     let model = Arc::new(lm.model);
-    let result = batchgen::generate(
+    let result = batch::generate(
         &model,
         &tok,
         &encoded,

@@ -10,17 +10,17 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use quill::corpus::Corpus;
-use quill::dashboard::{
+use quill::checkpoint;
+use quill::nn::model::ModelConfig;
+use quill::plot::{write_plot, PlotOptions, RunMetrics};
+use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::corpus::Corpus;
+use quill::train::optim::Schedule;
+use quill::train::{Control, Event, Summary, TrainConfig, Trainer};
+use quill::tui::dashboard::{
     run_ui, Controls, DashboardState, Input, SampleText, TrainHook, UiExit, UiOptions,
     MAX_TEMPERATURE,
 };
-use quill::model::ModelConfig;
-use quill::optim::Schedule;
-use quill::plot::{write_plot, PlotOptions, RunMetrics};
-use quill::snapshot;
-use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
-use quill::train::{Control, Event, Summary, TrainConfig, Trainer};
 
 use super::common::human_count;
 
@@ -306,7 +306,7 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCo
 
     let mut trainer = match &args.resume {
         Some(path) => {
-            let r = snapshot::load_resumable(path)?;
+            let r = checkpoint::load_resumable(path)?;
             args.check_resume(path, &r.loaded.model.config, r.loaded.tokenizer.kind())?;
             let config = resumed_config(&args, matches, &r.loaded.meta.train);
             eprintln!(

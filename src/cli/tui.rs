@@ -9,8 +9,8 @@ use std::sync::mpsc;
 
 use anyhow::Context;
 use clap::Args;
-use quill::sample::SamplingParams;
-use quill::snapshot;
+use quill::checkpoint;
+use quill::generate::sampler::SamplingParams;
 use quill::tui::{self, App, AppEvent, InputThread, ModelInfo, Options, Settings, WorkerHandle};
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::{cursor, event, execute, terminal};
@@ -104,7 +104,7 @@ pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
     sampling.validate()?;
     let path = match &a.path {
         Some(p) => p.clone(),
-        None => snapshot::find_default(&a.checkpoints).with_context(|| {
+        None => checkpoint::find_default(&a.checkpoints).with_context(|| {
             format!(
                 "no checkpoint given and none found in {}/",
                 a.checkpoints.display()
@@ -116,7 +116,7 @@ pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
             "quill tui needs a terminal (stdout is not one); use `quill sample` in pipes"
         );
     }
-    let lm = snapshot::load_model(&path)?;
+    let lm = checkpoint::load_model(&path)?;
     let info = ModelInfo::new(&lm.path, &lm.model.config, &lm.tokenizer);
     let opts = Options {
         settings: Settings {

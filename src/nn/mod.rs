@@ -17,6 +17,7 @@ pub mod gemm;
 pub mod linear;
 pub mod loss;
 pub mod lstm;
+pub mod model;
 pub mod pool;
 
 use std::fmt::{Debug, Display};

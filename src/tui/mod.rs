@@ -13,6 +13,7 @@
 //! (`src/cli/tui.rs`); [`run`] works on any ratatui backend, tests use `TestBackend`.
 
 pub mod app;
+pub mod dashboard;
 pub mod editor;
 pub mod event;
 pub mod files;

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::model::{Generator, Model, ModelConfig};
-use crate::sample::{top_n, Sampler, SamplingParams};
-use crate::snapshot;
+use crate::checkpoint;
+use crate::generate::sampler::{top_n, Sampler, SamplingParams};
+use crate::nn::model::{Generator, Model, ModelConfig};
 use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind, UnknownPolicy};
 
 use super::event::AppEvent;
@@ -427,7 +427,7 @@ impl Worker {
         if self.active {
             self.finish(StopReason::Stopped);
         }
-        match snapshot::load_model(path) {
+        match checkpoint::load_model(path) {
             Ok(lm) => {
                 let info = ModelInfo::new(&lm.path, &lm.model.config, &lm.tokenizer);
                 self.gen = Generator::new(Arc::new(lm.model), 1);
@@ -532,7 +532,7 @@ impl Worker {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::Model;
+    use crate::nn::model::Model;
     use crate::tokenizer::TokenizerOptions;
     use rand::SeedableRng;
 

@@ -34,11 +34,11 @@ use ratatui::widgets::{
 };
 use ratatui::{Frame, Terminal};
 
+use crate::checkpoint;
 use crate::error::{Error, Result};
-use crate::model::{Generator, Model};
+use crate::generate::sampler::{Sampler, SamplingParams};
+use crate::nn::model::{Generator, Model};
 use crate::plot::RunMetrics;
-use crate::sample::{Sampler, SamplingParams};
-use crate::snapshot;
 use crate::tokenizer::Tokenizer;
 use crate::train::{Control, Event, StepInfo};
 
@@ -794,7 +794,7 @@ pub fn generate_samples(
         return Vec::new();
     }
     let mut gen = Generator::new(model, b);
-    gen.feed(&crate::batchgen::start_tokens(&[], tok));
+    gen.feed(&crate::generate::batch::start_tokens(&[], tok));
     let mut samplers: Vec<Sampler> = temperatures
         .iter()
         .enumerate()
@@ -1140,7 +1140,7 @@ pub fn run_ui<B: Backend>(
             }
         }
         if let Some((step, path)) = checkpoint {
-            match snapshot::load_model(&path) {
+            match checkpoint::load_model(&path) {
                 Ok(lm) => {
                     weights = Some((step, Arc::new(lm.model)));
                     want_samples = true;
@@ -1233,7 +1233,7 @@ pub fn run_ui<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
+    use crate::nn::model::ModelConfig;
     use crate::tokenizer::{TokenizerKind, TokenizerOptions};
     use rand::SeedableRng;
     use ratatui::backend::TestBackend;

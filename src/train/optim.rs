@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ModelConfig, Params};
+use crate::nn::model::{ModelConfig, Params};
 use crate::nn::pool;
 
 /// Adam hyper-parameters. `weight_decay > 0` gives AdamW (decoupled decay, applied to every

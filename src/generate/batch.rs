@@ -31,8 +31,8 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
 use crate::error::{Error, Result};
-use crate::model::{Generator, LstmState, Model};
-use crate::sample::{Sampler, SamplingParams};
+use crate::generate::sampler::{Sampler, SamplingParams};
+use crate::nn::model::{Generator, LstmState, Model};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// Most samples one plan may hold.
@@ -833,7 +833,7 @@ impl CheckpointInfo {
         let shown = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         Ok(CheckpointInfo {
             path: shown.to_string_lossy().into_owned(),
-            sha256: crate::corpus::hex(&hasher.finalize()),
+            sha256: crate::train::corpus::hex(&hasher.finalize()),
         })
     }
 }
@@ -1166,7 +1166,7 @@ impl Drop for SampleWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ModelConfig;
+    use crate::nn::model::ModelConfig;
     use crate::tokenizer::{TokenizerKind, TokenizerOptions};
     use rand::SeedableRng;
 

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::CheckpointFile;
+use crate::checkpoint::format::CheckpointFile;
 use crate::error::{Error, Result};
-use crate::model::{LstmState, Model, ModelConfig, Params};
-use crate::optim::{Adam, AdamConfig};
+use crate::nn::model::{LstmState, Model, ModelConfig, Params};
 use crate::tokenizer::Tokenizer;
+use crate::train::optim::{Adam, AdamConfig};
 use crate::train::{Progress, TrainConfig};
 
 /// What a checkpoint holds.

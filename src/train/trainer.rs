@@ -14,13 +14,13 @@ use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use serde::{Deserialize, Serialize};
 
-use crate::batch::Batcher;
-use crate::corpus::Corpus;
+use crate::checkpoint::{self, CheckpointKind, CorpusInfo, Meta, Resumable};
 use crate::error::{Error, Result};
-use crate::model::{LstmState, Model, ModelConfig, Params, Workspace};
-use crate::optim::{clip_grad_norm, Adam, AdamConfig, LrSchedule, Schedule};
-use crate::snapshot::{self, CheckpointKind, CorpusInfo, Meta, Resumable};
+use crate::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
 use crate::tokenizer::Tokenizer;
+use crate::train::batcher::Batcher;
+use crate::train::corpus::Corpus;
+use crate::train::optim::{clip_grad_norm, Adam, AdamConfig, LrSchedule, Schedule};
 
 /// Training hyper-parameters and run control. Saved in every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -610,7 +610,7 @@ impl Trainer {
                 path.display()
             )));
         }
-        snapshot::save(
+        checkpoint::save(
             path,
             &self.model,
             &self.meta(CheckpointKind::Full),

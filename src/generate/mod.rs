@@ -1,0 +1,4 @@
+//! Generation: the sampler and batched generation.
+
+pub mod batch;
+pub mod sampler;

@@ -1,0 +1,8 @@
+//! Training: corpus, data batcher, optimizer, the BPTT loop.
+
+pub mod batcher;
+pub mod corpus;
+pub mod optim;
+pub mod trainer;
+
+pub use trainer::*;

@@ -66,7 +66,7 @@ fn kill_dash_nine_never_corrupts_the_latest_checkpoint() {
         child.kill().unwrap(); // SIGKILL on Unix
         child.wait().unwrap();
         if latest.exists() {
-            match quill::checkpoint::load_resumable(&latest) {
+            match quill::train::checkpoint::load_resumable(&latest) {
                 Ok(r) => {
                     assert!(r
                         .loaded
@@ -128,6 +128,7 @@ fn sigint_finishes_the_step_saves_and_exits() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("stopped by request"), "{err}");
-    let r = quill::checkpoint::load_resumable(&d.join("checkpoints/c-latest.safetensors")).unwrap();
-    assert!(r.loaded.meta.progress.step > 0);
+    let r = quill::train::checkpoint::load_resumable(&d.join("checkpoints/c-latest.safetensors"))
+        .unwrap();
+    assert!(r.meta.progress.step > 0);
 }

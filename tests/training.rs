@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use sha2::Digest;
 
-use quill::checkpoint;
 use quill::nn::model::ModelConfig;
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::checkpoint;
 use quill::train::corpus::Corpus;
 use quill::train::{Control, Event, TrainConfig, Trainer};
 
@@ -109,8 +109,8 @@ fn resume_is_bit_for_bit_identical() {
     let resumed = run_steps(b.path(), 30, None, Some(&half));
     let x = checkpoint::load_resumable(&straight).unwrap();
     let y = checkpoint::load_resumable(&resumed).unwrap();
-    assert_eq!(x.loaded.meta.progress.step, 30);
-    assert_eq!(y.loaded.meta.progress.step, 30);
+    assert_eq!(x.meta.progress.step, 30);
+    assert_eq!(y.meta.progress.step, 30);
     assert_eq!(
         x.loaded.model.params, y.loaded.model.params,
         "weights differ"
@@ -118,11 +118,8 @@ fn resume_is_bit_for_bit_identical() {
     assert_eq!(x.adam.m, y.adam.m);
     assert_eq!(x.adam.v, y.adam.v);
     assert_eq!(x.state, y.state);
-    assert_eq!(x.loaded.meta.progress.rng, y.loaded.meta.progress.rng);
-    assert_eq!(
-        x.loaded.meta.progress.best_val,
-        y.loaded.meta.progress.best_val
-    );
+    assert_eq!(x.meta.progress.rng, y.meta.progress.rng);
+    assert_eq!(x.meta.progress.best_val, y.meta.progress.best_val);
 }
 
 #[test]
@@ -148,7 +145,7 @@ fn checkpoint_round_trip_keeps_everything() {
     assert_eq!(r.loaded.model, tr.model);
     assert_eq!(r.adam, tr.adam);
     assert_eq!(r.state, tr.state);
-    assert_eq!(r.loaded.meta.progress, tr.progress);
+    assert_eq!(r.meta.progress, tr.progress);
     assert_eq!(r.loaded.tokenizer.to_json(), tr.tokenizer.to_json());
     assert_eq!(r.loaded.meta.model.vocab, tr.tokenizer.vocab_size());
 }

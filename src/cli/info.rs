@@ -5,7 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Args;
-use quill::checkpoint::{self, CheckpointKind};
+use quill::checkpoint::CheckpointKind;
+use quill::train::checkpoint as train_checkpoint;
 
 use super::common::human_count;
 
@@ -21,8 +22,8 @@ pub struct InfoArgs {
 pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
     // Written with `?`, so a closed pipe (`| head`) ends quietly instead of panicking.
     let mut out = std::io::stdout().lock();
-    let lm = checkpoint::load_model(&a.path)?;
-    let m = &lm.meta;
+    let (lm, m) = train_checkpoint::load_with_meta(&a.path)?;
+    let m = &m;
     if a.json {
         let mut v = serde_json::to_value(m)?;
         if let Some(o) = v.as_object_mut() {
@@ -32,14 +33,14 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
                 serde_json::to_value(lm.tokenizer.kind())?,
             );
             o.insert("vocab_size".into(), lm.tokenizer.vocab_size().into());
-            o.insert("params".into(), m.model.num_params().into());
+            o.insert("params".into(), m.base.model.num_params().into());
         }
         writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    let c = &m.model;
+    let c = &m.base.model;
     let p = &m.progress;
-    writeln!(out, "checkpoint   {} ({:?})", a.path.display(), m.kind)?;
+    writeln!(out, "checkpoint   {} ({:?})", a.path.display(), m.base.kind)?;
     writeln!(
         out,
         "model        {} layers x {} hidden, embed {}, dropout {}{}",
@@ -75,10 +76,10 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
     writeln!(
         out,
         "corpus       {} ({} train / {} val tokens, sha256 {}…)",
-        m.corpus.path.display(),
-        m.corpus.train_tokens,
-        m.corpus.val_tokens,
-        &m.corpus.fingerprint[..m.corpus.fingerprint.len().min(16)]
+        m.base.corpus.path.display(),
+        m.base.corpus.train_tokens,
+        m.base.corpus.val_tokens,
+        &m.base.corpus.fingerprint[..m.base.corpus.fingerprint.len().min(16)]
     )?;
     if let Some(h) = p.history.last() {
         writeln!(
@@ -89,7 +90,7 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
             p.best_val.map_or("-".into(), |v| format!("{v:.4}"))
         )?;
     }
-    writeln!(out, "written by   quill {}", m.quill_version)?;
+    writeln!(out, "written by   quill {}", m.base.quill_version)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -102,10 +103,9 @@ pub struct ExportArgs {
 }
 
 pub fn export(a: ExportArgs) -> anyhow::Result<ExitCode> {
-    let lm = checkpoint::load_model(&a.input)?;
-    let mut meta = lm.meta.clone();
-    meta.kind = CheckpointKind::Weights;
-    checkpoint::save(&a.output, &lm.model, &meta, None)?;
+    let (lm, mut meta) = train_checkpoint::load_with_meta(&a.input)?;
+    meta.base.kind = CheckpointKind::Weights;
+    train_checkpoint::save(&a.output, &lm.model, &meta, None)?;
     let size = std::fs::metadata(&a.output).map(|m| m.len()).unwrap_or(0);
     eprintln!(
         "wrote {} ({:.1} MB, weights only)",

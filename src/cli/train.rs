@@ -10,10 +10,10 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use quill::checkpoint;
 use quill::nn::model::ModelConfig;
 use quill::plot::{write_plot, PlotOptions, RunMetrics};
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::checkpoint;
 use quill::train::corpus::Corpus;
 use quill::train::optim::Schedule;
 use quill::train::{Control, Event, Summary, TrainConfig, Trainer};
@@ -308,12 +308,12 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCo
         Some(path) => {
             let r = checkpoint::load_resumable(path)?;
             args.check_resume(path, &r.loaded.model.config, r.loaded.tokenizer.kind())?;
-            let config = resumed_config(&args, matches, &r.loaded.meta.train);
+            let config = resumed_config(&args, matches, &r.meta.train);
             eprintln!(
                 "resuming {} at step {} (epoch {})",
                 path.display(),
-                r.loaded.meta.progress.step,
-                r.loaded.meta.progress.epoch
+                r.meta.progress.step,
+                r.meta.progress.epoch
             );
             Trainer::resume(&corpus, r, config)?
         }

@@ -1,6 +1,7 @@
 //! Training: corpus, data batcher, optimizer, the BPTT loop.
 
 pub mod batcher;
+pub mod checkpoint;
 pub mod corpus;
 pub mod optim;
 pub mod trainer;

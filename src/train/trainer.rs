@@ -14,7 +14,8 @@ use rand::SeedableRng;
 use rand_pcg::Pcg32;
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, CheckpointKind, CorpusInfo, Meta, Resumable};
+use super::checkpoint::{self, Resumable, TrainMeta};
+use crate::checkpoint::{CheckpointKind, CorpusInfo, ModelMeta};
 use crate::error::{Error, Result};
 use crate::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
 use crate::tokenizer::Tokenizer;
@@ -412,8 +413,9 @@ impl Trainer {
     /// of the data (batch, seq, val-fraction) or the seed.
     pub fn resume(corpus: &Corpus, r: Resumable, config: TrainConfig) -> Result<Self> {
         config.validate()?;
-        let meta = &r.loaded.meta;
-        if corpus.fingerprint != meta.corpus.fingerprint {
+        let meta = &r.meta;
+        let recorded = &meta.base.corpus;
+        if corpus.fingerprint != recorded.fingerprint {
             return Err(Error::Checkpoint {
                 path: r.loaded.path.clone(),
                 msg: format!(
@@ -421,8 +423,8 @@ impl Trainer {
                      resume with the original corpus",
                     corpus.path.display(),
                     &corpus.fingerprint[..12],
-                    &meta.corpus.fingerprint[..12.min(meta.corpus.fingerprint.len())],
-                    meta.corpus.path.display()
+                    &recorded.fingerprint[..12.min(recorded.fingerprint.len())],
+                    recorded.path.display()
                 ),
             });
         }
@@ -582,17 +584,19 @@ impl Trainer {
     }
 
     /// The checkpoint metadata for the current state.
-    pub fn meta(&self, kind: CheckpointKind) -> Meta {
-        Meta {
-            kind,
-            model: self.model.config.clone(),
-            tokenizer: self.tokenizer.to_json(),
+    pub fn meta(&self, kind: CheckpointKind) -> TrainMeta {
+        TrainMeta {
+            base: ModelMeta {
+                kind,
+                model: self.model.config.clone(),
+                tokenizer: self.tokenizer.to_json(),
+                corpus: self.corpus.clone(),
+                quill_version: env!("CARGO_PKG_VERSION").to_string(),
+            },
             train: self.config.clone(),
             progress: self.progress.clone(),
             adam: self.adam.config,
             adam_t: self.adam.t,
-            corpus: self.corpus.clone(),
-            quill_version: env!("CARGO_PKG_VERSION").to_string(),
         }
     }
 

@@ -6,8 +6,9 @@
 //! - training: full optimizer steps (zero gradients, forward, loss, backward, global-norm
 //!   clipping at 5, Adam), `warmup` untimed steps, then `runs` timed runs of `steps` steps
 //!   each; the median run gives ms/step and tokens/s (B·T tokens per step);
-//! - generation, one stream: [`Generator::step`] then one temperature-0.8 [`Sampler`] draw per
-//!   token, the sampled token fed back; the median of `runs` runs of `gen_tokens` tokens;
+//! - generation, one stream: the [`Engine`] stepping one stream with the default sampling
+//!   parameters (temperature 0.8), decoding its tokens; the median of `runs` runs of
+//!   `gen_tokens` tokens;
 //! - generation, [`BenchOptions::batch_streams`] streams at once: the same, tokens/s counted
 //!   over all streams;
 //! - peak resident set size of the process (`VmHWM`), reset before each configuration where
@@ -23,8 +24,9 @@ use rand_pcg::Pcg64;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::generate::sampler::{Sampler, SamplingParams};
-use crate::nn::model::{Generator, LstmState, Model, ModelConfig, Params, Workspace};
+use crate::generate::{Engine, Stream, StreamSpec};
+use crate::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
+use crate::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
 use crate::train::optim::{clip_grad_norm, Adam, AdamConfig};
 
 /// A named benchmark configuration: a model and the training window shape.
@@ -267,34 +269,60 @@ fn time_training(cfg: &BenchConfig, opts: &BenchOptions, rng: &mut Pcg64) -> Res
     Ok(median(per_step))
 }
 
-/// Times generation of `steps` tokens per stream with `b` streams, `runs` times after a
-/// warm-up; returns the median tokens/s over all streams.
-fn time_generation(model: &Arc<Model<f32>>, b: usize, steps: usize, opts: &BenchOptions) -> f64 {
-    let mut gen = Generator::new(Arc::clone(model), b);
-    let mut samplers: Vec<Sampler> = (0..b)
-        .map(|i| Sampler::new(SamplingParams::default(), opts.seed ^ i as u64))
+/// A char tokenizer with exactly `v` tokens (distinct characters), so the generation
+/// benchmark decodes as a real model does.
+fn synthetic_tokenizer(v: usize) -> Result<Tokenizer> {
+    let text: String = (0..v as u32)
+        .map(|i| char::from_u32(0x4E00 + i).unwrap_or('?'))
         .collect();
-    let mut tokens = vec![0u32; b];
-    let mut run = |gen: &mut Generator, tokens: &mut Vec<u32>, steps: usize| {
+    let tok = Tokenizer::train(
+        TokenizerKind::Char,
+        &text,
+        &TokenizerOptions::for_kind(TokenizerKind::Char),
+    )?;
+    if tok.vocab_size() != v {
+        return Err(Error::config(
+            "vocab",
+            format!("{v} is too large for the generation benchmark"),
+        ));
+    }
+    Ok(tok)
+}
+
+/// Times generation through the [`Engine`] (one shard, as a single generator): `b` streams
+/// with the default sampling parameters, `steps` tokens per stream, `runs` times after a
+/// warm-up; returns the median tokens/s over all streams.
+fn time_generation(
+    model: &Arc<Model<f32>>,
+    tok: &Tokenizer,
+    b: usize,
+    steps: usize,
+    opts: &BenchOptions,
+) -> Result<f64> {
+    let mut engine = Engine::new(Arc::clone(model), 1);
+    for i in 0..b as u64 {
+        let spec = StreamSpec {
+            seed: opts.seed,
+            id: i + 1,
+            ..StreamSpec::new(vec![0])
+        };
+        engine.join(i, Stream::new(&spec, tok)?, None)?;
+    }
+    let mut updates = Vec::with_capacity(b);
+    let mut run = |steps: usize| {
         for _ in 0..steps {
-            gen.step(tokens);
-            for (i, (tok, s)) in tokens.iter_mut().zip(samplers.iter_mut()).enumerate() {
-                *tok = s.sample(gen.logits_row(i)).id;
-            }
+            updates.clear();
+            engine.step(&mut updates);
         }
     };
-    run(
-        &mut gen,
-        &mut tokens,
-        (steps / 10).max(1) * opts.warmup.max(1),
-    );
+    run((steps / 10).max(1) * opts.warmup.max(1));
     let mut rates = Vec::with_capacity(opts.runs);
     for _ in 0..opts.runs {
         let t0 = Instant::now();
-        run(&mut gen, &mut tokens, steps);
+        run(steps);
         rates.push((steps * b) as f64 / t0.elapsed().as_secs_f64());
     }
-    median(rates)
+    Ok(median(rates))
 }
 
 /// Runs the whole benchmark of one configuration.
@@ -305,8 +333,9 @@ pub fn run_config(cfg: &BenchConfig, opts: &BenchOptions) -> Result<BenchResult>
     let mut rng = Pcg64::seed_from_u64(opts.seed);
     let sec_per_step = time_training(cfg, opts, &mut rng)?;
     let model = Arc::new(Model::<f32>::new(cfg.model.clone(), &mut rng)?);
-    let gen = time_generation(&model, 1, opts.gen_tokens, opts);
-    let batch_gen = time_generation(&model, opts.batch_streams, opts.batch_gen_steps, opts);
+    let tok = synthetic_tokenizer(cfg.model.vocab)?;
+    let gen = time_generation(&model, &tok, 1, opts.gen_tokens, opts)?;
+    let batch_gen = time_generation(&model, &tok, opts.batch_streams, opts.batch_gen_steps, opts)?;
     let tps = cfg.tokens_per_step() as f64 / sec_per_step;
     let fpt = train_flops_per_token(&cfg.model);
     Ok(BenchResult {

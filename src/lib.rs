@@ -4,6 +4,7 @@
 //! B batch (parallel streams), T time steps in a window, D input size of a layer,
 //! E embedding size, H hidden size, V vocabulary size, L number of layers.
 
+pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
 pub mod error;

@@ -10,7 +10,7 @@
 //! Text is rendered with a bundled ASCII subset of DejaVu Sans (no system fonts needed).
 
 use std::ops::Range;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::OnceLock;
 
 use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
@@ -547,16 +547,7 @@ pub fn write_plot(path: &Path, runs: &[RunMetrics], opts: &PlotOptions) -> Resul
         PlotFormat::Png => render_png(runs, opts)?,
         PlotFormat::Svg => render_svg(runs, opts)?.into_bytes(),
     };
-    let tmp: PathBuf = {
-        let mut name = path.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".tmp-{}", std::process::id()));
-        path.with_file_name(name)
-    };
-    std::fs::write(&tmp, &bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    crate::atomic::write(path, &bytes).map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]

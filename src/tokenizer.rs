@@ -1140,7 +1140,8 @@ impl StreamDecoder {
         out
     }
 
-    fn push_into(&mut self, id: u32, out: &mut String) {
+    /// [`StreamDecoder::push`], appending to `out`.
+    pub fn push_into(&mut self, id: u32, out: &mut String) {
         match &mut self.state {
             StreamState::Char { chars } => {
                 out.push(chars.get(id as usize).copied().unwrap_or('\u{FFFD}'));
@@ -1168,7 +1169,8 @@ impl StreamDecoder {
         }
     }
 
-    fn finish_into(&mut self, out: &mut String) {
+    /// [`StreamDecoder::finish`], appending to `out`.
+    pub fn finish_into(&mut self, out: &mut String) {
         if let StreamState::Bpe { pending, .. } = &mut self.state {
             drain_utf8(pending, out);
             if !pending.is_empty() {

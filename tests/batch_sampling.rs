@@ -10,9 +10,10 @@ use std::sync::Arc;
 use sha2::Digest;
 
 use quill::checkpoint;
-use quill::generate::batch::ManifestRecord;
+use quill::generate::output::ManifestRecord;
 use quill::generate::sampler::log_prob;
-use quill::nn::model::{Generator, ModelConfig};
+use quill::nn::generator::Generator;
+use quill::nn::model::ModelConfig;
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
 use quill::train::corpus::Corpus;
 use quill::train::{Control, TrainConfig, Trainer};
@@ -103,7 +104,7 @@ fn mean_logprob(ck: &Path, prime: &str, generated: &str) -> f64 {
     let lm = checkpoint::load_model(ck).unwrap();
     let tok = lm.tokenizer.clone();
     let mut gen = Generator::new(Arc::new(lm.model), 1);
-    let start = quill::generate::batch::start_tokens(&tok.encode(prime).unwrap(), &tok);
+    let start = quill::generate::start_tokens(&tok.encode(prime).unwrap(), &tok);
     gen.feed(&start);
     let ids = tok.encode(generated).unwrap();
     let mut sum = 0.0f64;

@@ -156,11 +156,21 @@ fn tui_runs_in_a_real_terminal() {
     tmux.keys(&["Escape"]);
     tmux.wait_for("the end of editing", |s| s.contains("Prompt · Tab to edit"));
     tmux.keys(&["Enter"]);
+    // The text area (left pane) starts with the prompt and holds at least 5 generated
+    // characters, on however many lines the model's newlines make.
     let s = tmux.wait_for("generated text", |s| {
-        s.lines().nth(1).is_some_and(|l| {
-            let text = l.trim_start_matches('│').split('│').next().unwrap_or("");
-            text.starts_with("ROMEO") && text.trim_end().chars().count() >= "ROMEO".len() + 5
-        }) && s.contains("● generating")
+        let text: String = s
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with('│'))
+            .map(|l| {
+                let t = l.trim_start_matches('│').split('│').next().unwrap_or("");
+                t.trim_end().to_string()
+            })
+            .collect();
+        text.starts_with("ROMEO")
+            && text.chars().count() >= "ROMEO".len() + 5
+            && s.contains("● generating")
     });
     assert!(s.contains("tok/s"), "{s}");
 

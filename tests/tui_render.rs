@@ -239,7 +239,7 @@ fn event_loop_with_a_real_worker() {
         &tok,
     );
     let (tx, rx) = mpsc::channel();
-    let worker = tui::WorkerHandle::spawn(model, tok, tx.clone());
+    let worker = tui::WorkerHandle::spawn(model, tok, tui::worker_sink(tx.clone()));
     let opts = Options {
         settings: Settings {
             length: Some(30),

@@ -31,18 +31,17 @@
 //! through [`safetensors::SafeTensors::read_metadata`] after an own bounds pre-check.
 
 use std::collections::BTreeMap;
-use std::ffi::OsString;
 use std::fmt;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::io::Read;
+use std::path::Path;
 
 use safetensors::tensor::TensorInfo;
 use safetensors::{Dtype, SafeTensors};
 use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
 
+use crate::atomic::{self, FailPoint};
 use crate::error::{Error, Result};
 
 /// Version of the quill checkpoint layout this build writes and reads.
@@ -602,33 +601,21 @@ impl CheckpointFile {
     }
 }
 
-/// Where [`write_atomic`] simulates an I/O failure (tests only; production passes `Never`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[cfg_attr(not(test), allow(dead_code))]
-enum FailPoint {
-    Never,
-    /// As if `write_all` had failed part-way (e.g. disk full).
-    Write,
-    /// As if the rename had failed.
-    Rename,
-}
-
-static TEMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
+/// Writes a checkpoint's bytes to `path` through [`atomic`] (creating missing parent
+/// directories), with a simulated failure at `fail` in tests.
 fn write_atomic(path: &Path, bytes: &[u8], fail: FailPoint) -> Result<()> {
     let io_err = |action: String, cause| Error::CheckpointIo {
         path: path.to_path_buf(),
         action,
         cause,
     };
-    let file_name = path.file_name().ok_or_else(|| Error::Checkpoint {
-        path: path.to_path_buf(),
-        msg: "path does not name a file".to_string(),
-    })?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    if path.file_name().is_none() {
+        return Err(Error::Checkpoint {
+            path: path.to_path_buf(),
+            msg: "path does not name a file".to_string(),
+        });
+    }
+    let dir = atomic::parent_dir(path);
     fs::create_dir_all(&dir)
         .map_err(|e| io_err(format!("cannot create directory {}", dir.display()), e))?;
     if fs::metadata(path).is_ok_and(|m| m.is_dir()) {
@@ -637,87 +624,7 @@ fn write_atomic(path: &Path, bytes: &[u8], fail: FailPoint) -> Result<()> {
             msg: "is a directory; give a file path to save the checkpoint to".to_string(),
         });
     }
-
-    // Create the temporary file; `create_new` never follows or clobbers an existing entry.
-    let mut created = None;
-    for _ in 0..16 {
-        let mut name = OsString::from(".");
-        name.push(file_name);
-        name.push(format!(
-            ".tmp-{}-{}",
-            std::process::id(),
-            TEMP_SEQ.fetch_add(1, Ordering::Relaxed)
-        ));
-        let tmp = dir.join(name);
-        match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-        {
-            Ok(f) => {
-                created = Some((tmp, f));
-                break;
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(io_err(
-                    format!("cannot create temporary file {}", tmp.display()),
-                    e,
-                ))
-            }
-        }
-    }
-    let Some((tmp, mut file)) = created else {
-        return Err(io_err(
-            format!("cannot create a temporary file in {}", dir.display()),
-            io::Error::from(io::ErrorKind::AlreadyExists),
-        ));
-    };
-
-    let mut steps = || -> Result<()> {
-        let write_err = |e| io_err(format!("cannot write temporary file {}", tmp.display()), e);
-        if fail == FailPoint::Write {
-            file.write_all(&bytes[..bytes.len() / 2])
-                .map_err(write_err)?;
-            return Err(write_err(io::Error::other(
-                "simulated: no space left on device",
-            )));
-        }
-        file.write_all(bytes).map_err(write_err)?;
-        file.sync_all().map_err(write_err)?;
-        let rename_err = |e| {
-            io_err(
-                format!("cannot rename temporary file {} over it", tmp.display()),
-                e,
-            )
-        };
-        if fail == FailPoint::Rename {
-            return Err(rename_err(io::Error::other("simulated rename failure")));
-        }
-        fs::rename(&tmp, path).map_err(rename_err)
-    };
-    if let Err(e) = steps() {
-        drop(file);
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    drop(file);
-    sync_dir(&dir).map_err(|e| {
-        io_err(
-            format!("saved, but cannot fsync directory {}", dir.display()),
-            e,
-        )
-    })
-}
-
-#[cfg(unix)]
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    fs::File::open(dir)?.sync_all()
-}
-
-#[cfg(not(unix))]
-fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
+    atomic::write_with(path, bytes, fail).map_err(|e| io_err("cannot save".to_string(), e))
 }
 
 #[cfg(test)]
@@ -1328,7 +1235,7 @@ mod tests {
         );
     }
 
-    fn seeds_dir() -> PathBuf {
+    fn seeds_dir() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/checkpoint_load")
     }
 

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use quill::generate::batch::{
-    self, CheckpointInfo, Control, GenConfig, OutputFormat, SampleWriter, StopStrings, Sweep,
-};
-use quill::generate::sampler::{Sampler, SamplingParams};
-use quill::nn::model::Generator;
+use quill::generate::batch::{self, Control, GenConfig, Sweep};
+use quill::generate::output::{CheckpointInfo, OutputFormat, SampleWriter};
+use quill::generate::stream::StopStrings;
+use quill::generate::{SamplingParams, Session, StreamSpec};
 use quill::tokenizer::UnknownPolicy;
 
 use super::common::load_model;
@@ -115,51 +114,36 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
         top_p: a.top_p[0],
     };
     params.validate()?;
-    let stops = StopStrings::new(&a.stop)?;
+    StopStrings::new(&a.stop)?;
     let lm = load_model(a.checkpoint.as_deref())?;
-    let tok = &lm.tokenizer;
-    let (prime, unknown) = tok.encode_prime(&a.prime, a.unknown)?;
+    let (prime, unknown) = lm.tokenizer.encode_prime(&a.prime, a.unknown)?;
     warn_unknown(&unknown, a.unknown);
-    let mut gen = Generator::new(Arc::new(lm.model), 1);
-    let mut sampler = Sampler::new(params, a.seed[0]);
-    let start = batch::start_tokens(&prime, tok);
-    gen.feed(&start);
+    // Sample id 1 under the seed: the same text as the first file of a batch run.
+    let spec = StreamSpec {
+        params,
+        seed: a.seed[0],
+        id: 1,
+        max_tokens: Some(a.length),
+        stop: a.stop.clone(),
+        ..StreamSpec::new(prime)
+    };
+    let mut session = Session::new(Arc::new(lm.model), lm.tokenizer)?;
+    session.start(&spec)?;
 
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     out.write_all(a.prime.as_bytes())?;
-    let mut dec = tok.stream_decoder_after(&prime);
-    // Generated text; `shown` bytes of it are printed. With stop strings the last few bytes
-    // are held back until it is clear they do not start a stop string.
-    let mut text = String::new();
-    let mut shown = 0;
-    let mut cut = None;
-    for _ in 0..a.length {
-        let s = sampler.sample(gen.logits_row(0));
-        if Some(s.id) == tok.eos_id() {
-            break;
+    out.flush()?;
+    // Text is printed as it becomes final (with stop strings, a few bytes are held back
+    // until it is clear they do not start one).
+    while session.is_running() {
+        if let Some(u) = session.step() {
+            if !u.text.is_empty() {
+                out.write_all(u.text.as_bytes())?;
+                out.flush()?;
+            }
         }
-        let old = text.len();
-        text.push_str(&dec.push(s.id));
-        if let Some((pos, _)) = stops.find(&text, old) {
-            cut = Some(pos);
-            break;
-        }
-        let safe = stops.safe_len(&text);
-        if safe > shown {
-            out.write_all(&text.as_bytes()[shown..safe])?;
-            out.flush()?;
-            shown = safe;
-        }
-        gen.step(&[s.id]);
     }
-    if cut.is_none() {
-        let old = text.len();
-        text.push_str(&dec.finish());
-        cut = stops.find(&text, old).map(|(pos, _)| pos);
-    }
-    let end = cut.unwrap_or(text.len()).max(shown);
-    out.write_all(&text.as_bytes()[shown..end])?;
     out.write_all(b"\n")?;
     out.flush()?;
     Ok(ExitCode::SUCCESS)

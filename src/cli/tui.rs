@@ -130,7 +130,7 @@ pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
         samples: a.samples,
     };
     let (tx, rx) = mpsc::channel();
-    let worker = WorkerHandle::spawn(lm.model, lm.tokenizer, tx.clone());
+    let worker = WorkerHandle::spawn(lm.model, lm.tokenizer, tui::worker_sink(tx.clone()));
     let mut app = App::new(info, opts);
     // The worker needs the same initial settings as the panel shows.
     worker.send(tui::Command::Set(app.settings));

@@ -9,7 +9,7 @@ use ndarray::{Array1, Array2, ArrayView2, ArrayViewMut2};
 
 use super::gemm::{gemm, gemm_strided_ptr, Init, Mat, MatMut, PackedB, View, NR};
 use super::loss::xent_row;
-use super::lstm::{row_tasks, SyncPtr};
+use super::pool::{row_tasks, SyncPtr};
 use super::{pool, Float};
 
 /// The output weight packed for the forward pass (Wᵀ, (H, V)) and for dx (W, (V, H)).

@@ -20,7 +20,8 @@ use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewMut2};
 use rand::Rng;
 
 use super::gemm::{gemm, gemm_strided_ptr, Init, Mat, MatMut, PackedB, View, NR};
-use super::{as_f32, as_f32_ref, pool, Float};
+use super::pool::{self, parts, row_tasks, SyncPtr};
+use super::{as_f32, as_f32_ref, Float};
 
 /// Parameters of one layer (also used for their gradients and optimizer moments).
 #[derive(Clone, Debug, PartialEq)]
@@ -149,35 +150,6 @@ impl<F: Float> LstmCache<F> {
     pub fn last_c(&self) -> ArrayView2<'_, F> {
         self.c.slice(s![self.t * self.b.., ..])
     }
-}
-
-/// A raw pointer that may cross to pool threads; each task touches only its own rows.
-#[derive(Clone, Copy)]
-pub(crate) struct SyncPtr<F>(pub(crate) *mut F);
-// SAFETY: used only for disjoint row ranges of one buffer, from tasks joined before the
-// buffer is used again.
-unsafe impl<F> Send for SyncPtr<F> {}
-unsafe impl<F> Sync for SyncPtr<F> {}
-
-impl<F> SyncPtr<F> {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    pub(crate) fn ptr(&self) -> *mut F {
-        self.0
-    }
-
-    /// `len` elements from `off`.
-    ///
-    /// # Safety
-    /// In bounds, and no other live reference to these elements.
-    #[allow(clippy::mut_from_ref)]
-    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &mut [F] {
-        std::slice::from_raw_parts_mut(self.0.add(off), len)
-    }
-}
-
-/// How many row groups to split B streams into: one per pool thread, never empty.
-pub(crate) fn parts(b: usize) -> usize {
-    pool::width().min(b).max(1)
 }
 
 /// The input of a layer for a window of T·B rows.
@@ -351,14 +323,6 @@ pub fn lstm_forward_input<F: Float>(
             }
         }
     });
-}
-
-/// Number of row tasks for a product with `n` rows: a multiple of the thread count, with
-/// blocks of at most about 192 rows, so threads finish together even when one is slower.
-pub(crate) fn row_tasks(n: usize) -> usize {
-    const BLOCK: usize = 192;
-    let w = pool::width();
-    (w * n.div_ceil(w * BLOCK)).clamp(1, n.max(1))
 }
 
 /// The element-wise part of one step, fused: activates the gates in place and writes c_t

@@ -14,6 +14,7 @@
 pub mod dropout;
 pub mod embedding;
 pub mod gemm;
+pub mod generator;
 pub mod linear;
 pub mod loss;
 pub mod lstm;

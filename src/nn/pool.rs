@@ -209,6 +209,43 @@ pub fn split(len: usize, parts: usize, i: usize) -> std::ops::Range<usize> {
     start..start + q + usize::from(i < r)
 }
 
+/// A raw pointer that may cross to pool threads; each task touches only its own rows.
+#[derive(Clone, Copy)]
+pub(crate) struct SyncPtr<F>(pub(crate) *mut F);
+// SAFETY: used only for disjoint row ranges of one buffer, from tasks joined before the
+// buffer is used again.
+unsafe impl<F> Send for SyncPtr<F> {}
+unsafe impl<F> Sync for SyncPtr<F> {}
+
+impl<F> SyncPtr<F> {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    pub(crate) fn ptr(&self) -> *mut F {
+        self.0
+    }
+
+    /// `len` elements from `off`.
+    ///
+    /// # Safety
+    /// In bounds, and no other live reference to these elements.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &mut [F] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+/// How many row groups to split B streams into: one per pool thread, never empty.
+pub(crate) fn parts(b: usize) -> usize {
+    width().min(b).max(1)
+}
+
+/// Number of row tasks for a product with `n` rows: a multiple of the thread count, with
+/// blocks of at most about 192 rows, so threads finish together even when one is slower.
+pub(crate) fn row_tasks(n: usize) -> usize {
+    const BLOCK: usize = 192;
+    let w = width();
+    (w * n.div_ceil(w * BLOCK)).clamp(1, n.max(1))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,8 +36,9 @@ use ratatui::{Frame, Terminal};
 
 use crate::checkpoint;
 use crate::error::{Error, Result};
-use crate::generate::sampler::{Sampler, SamplingParams};
-use crate::nn::model::{Generator, Model};
+use crate::generate::batch::{self, GenConfig, SampleSpec};
+use crate::generate::SamplingParams;
+use crate::nn::model::Model;
 use crate::plot::RunMetrics;
 use crate::tokenizer::Tokenizer;
 use crate::train::{Control, Event, StepInfo};
@@ -780,61 +781,46 @@ fn fmt_duration(secs: f64) -> String {
     }
 }
 
-/// One sample of up to `len` tokens per temperature, all streams generated together (B =
-/// `temperatures.len()`). Stream i uses seed `seed + i`; a stream ends early at end-of-text.
+/// One sample of up to `len` tokens per temperature, generated together by the engine
+/// (sample i+1 under `seed`, from a line start); a sample ends early at end-of-text.
 pub fn generate_samples(
     model: Arc<Model<f32>>,
     tok: &Tokenizer,
     temperatures: &[f32],
     len: usize,
     seed: u64,
-) -> Vec<String> {
-    let b = temperatures.len();
-    if b == 0 {
-        return Vec::new();
-    }
-    let mut gen = Generator::new(model, b);
-    gen.feed(&crate::generate::batch::start_tokens(&[], tok));
-    let mut samplers: Vec<Sampler> = temperatures
+) -> Result<Vec<String>> {
+    let specs: Vec<SampleSpec> = temperatures
         .iter()
         .enumerate()
-        .map(|(i, &t)| {
-            Sampler::new(
-                SamplingParams {
-                    temperature: t,
-                    ..SamplingParams::default()
-                },
-                seed.wrapping_add(i as u64),
-            )
+        .map(|(i, &temperature)| SampleSpec {
+            id: i as u64 + 1,
+            prime: 0,
+            params: SamplingParams {
+                temperature,
+                ..SamplingParams::default()
+            },
+            seed,
         })
         .collect();
-    let mut decoders: Vec<_> = (0..b).map(|_| tok.stream_decoder()).collect();
-    let mut out = vec![String::new(); b];
-    let mut done = vec![false; b];
-    let eos = tok.eos_id();
-    let mut next = vec![0u32; b];
-    for _ in 0..len {
-        for i in 0..b {
-            let id = samplers[i].sample(gen.logits_row(i)).id;
-            next[i] = id;
-            if done[i] {
-                continue;
-            }
-            if Some(id) == eos {
-                done[i] = true;
-            } else {
-                out[i].push_str(&decoders[i].push(id));
-            }
-        }
-        if done.iter().all(|&d| d) {
-            break;
-        }
-        gen.step(&next);
-    }
-    for (o, d) in out.iter_mut().zip(decoders.iter_mut()) {
-        o.push_str(&d.finish());
-    }
-    out
+    let cfg = GenConfig {
+        length: len.max(1),
+        ..GenConfig::default()
+    };
+    let mut out = Vec::with_capacity(specs.len());
+    batch::generate(
+        &model,
+        tok,
+        &[Vec::new()],
+        &specs,
+        &cfg,
+        &mut |o| {
+            out.push(o.output.text);
+            Ok(())
+        },
+        &mut |_| batch::Control::Continue,
+    )?;
+    Ok(out)
 }
 
 /// Requests shared between the UI thread and the training callback.
@@ -1157,14 +1143,16 @@ pub fn run_ui<B: Backend>(
         }
         if want_samples {
             if let Some((step, model)) = &weights {
-                let texts = generate_samples(
+                match generate_samples(
                     Arc::clone(model),
                     tokenizer,
                     &state.temperatures,
                     opts.sample_len,
                     opts.seed.wrapping_add(*step).wrapping_add(draws << 32),
-                );
-                state.set_samples(*step, texts);
+                ) {
+                    Ok(texts) => state.set_samples(*step, texts),
+                    Err(e) => state.set_status(format!("cannot sample: {e}"), true),
+                }
             }
             want_samples = false;
             urgent = true;
@@ -1520,8 +1508,8 @@ mod tests {
     #[test]
     fn samples_are_generated_per_temperature_and_reproducible() {
         let (model, tok) = tiny_model();
-        let a = generate_samples(model.clone(), &tok, &[0.0, 1.0], 40, 7);
-        let b = generate_samples(model.clone(), &tok, &[0.0, 1.0], 40, 7);
+        let a = generate_samples(model.clone(), &tok, &[0.0, 1.0], 40, 7).unwrap();
+        let b = generate_samples(model.clone(), &tok, &[0.0, 1.0], 40, 7).unwrap();
         assert_eq!(a, b);
         assert_eq!(a.len(), 2);
         for s in &a {
@@ -1529,7 +1517,7 @@ mod tests {
             assert!(s.chars().all(|c| "helo wrdt\n".contains(c)), "{s:?}");
         }
         // Greedy does not depend on the seed; sampling at T=1 does (with 40 draws).
-        let c = generate_samples(model, &tok, &[0.0, 1.0], 40, 8);
+        let c = generate_samples(model, &tok, &[0.0, 1.0], 40, 8).unwrap();
         assert_eq!(a[0], c[0]);
         assert_ne!(a[1], c[1]);
     }
@@ -1710,7 +1698,7 @@ mod tests {
             sample_len: 30,
             seed: 9,
         };
-        let first = generate_samples(model, &tok, &[1.0], 30, 9 + 3);
+        let first = generate_samples(model, &tok, &[1.0], 30, 9 + 3).unwrap();
         let mut st = DashboardState::new("ui", &[1.0], 0);
         let mut term = Terminal::new(TestBackend::new(80, 24)).unwrap();
         let mut keys = vec![Input::Key(key('p')), Input::Key(key('n'))].into_iter();

@@ -23,6 +23,12 @@ pub enum AppEvent {
     Quit,
 }
 
+/// The worker's event sink for the loop's channel: each event becomes an
+/// [`AppEvent::Worker`]; false once the loop has gone.
+pub fn worker_sink(tx: Sender<AppEvent>) -> impl FnMut(WorkerEvent) -> bool + Send + 'static {
+    move |e| tx.send(AppEvent::Worker(e)).is_ok()
+}
+
 /// The thread reading terminal input; stops when asked or when the channel closes.
 #[derive(Debug)]
 pub struct InputThread {

@@ -30,7 +30,7 @@ use ratatui::Terminal;
 use crate::error::{Error, Result};
 
 pub use app::{App, Options};
-pub use event::{AppEvent, InputThread};
+pub use event::{worker_sink, AppEvent, InputThread};
 pub use worker::{Command, ModelInfo, Settings, WorkerEvent, WorkerHandle};
 
 /// Shortest time between two frames.

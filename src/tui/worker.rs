@@ -1,10 +1,10 @@
-//! The generation worker: a thread that owns the model, the generator state and the sampler,
-//! takes [`Command`]s over a channel and streams [`WorkerEvent`]s back (each token with the
+//! The generation worker: a thread that owns a generation [`Session`] (model, stream state,
+//! sampler), takes [`Command`]s over a channel and streams [`WorkerEvent`]s back (each token with the
 //! probability it was sampled with, and now and then the top-10 next-token distribution).
 //!
 //! Between two tokens it handles every pending command, so new sampling settings take effect
-//! at the next token, and a stop or pause is immediate. A prompt is fed in chunks for the same
-//! reason. Tokens can be paced to a maximum rate ([`Settings::speed`]) so people can watch
+//! at the next token, and a stop or pause is immediate; a prompt is fed one token per step
+//! for the same reason. Tokens can be paced to a maximum rate ([`Settings::speed`]) so people can watch
 //! (and steer) the text as it is written.
 
 use std::path::{Path, PathBuf};
@@ -14,16 +14,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint;
-use crate::generate::sampler::{top_n, Sampler, SamplingParams};
-use crate::nn::model::{Generator, Model, ModelConfig};
-use crate::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind, UnknownPolicy};
-
-use super::event::AppEvent;
+use crate::generate::{SamplingParams, Session, StreamSpec};
+use crate::nn::model::{Model, ModelConfig};
+use crate::tokenizer::{Tokenizer, TokenizerKind, UnknownPolicy};
 
 /// Entries of the next-token distribution sent to the UI.
 pub const DIST_TOP: usize = 10;
-/// Prompt tokens fed between two looks at the command channel.
-const FEED_CHUNK: usize = 64;
 /// Minimum time between two distributions attached to tokens (the last token of a run always
 /// carries one).
 const DIST_EVERY: Duration = Duration::from_millis(30);
@@ -190,13 +186,26 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    /// Starts the worker on a model; its events go to `events`.
-    pub fn spawn(model: Model<f32>, tokenizer: Tokenizer, events: Sender<AppEvent>) -> Self {
+    /// Starts the worker on a model; its events go to `sink`, which returns false once nobody
+    /// listens any more (the worker then ends).
+    pub fn spawn(
+        model: Model<f32>,
+        tokenizer: Tokenizer,
+        sink: impl FnMut(WorkerEvent) -> bool + Send + 'static,
+    ) -> Self {
         let (tx, rx) = mpsc::channel();
-        let w = Worker::new(model, tokenizer, events);
         let handle = std::thread::Builder::new()
             .name("quill-tui-worker".into())
-            .spawn(move || w.run(rx))
+            .spawn(move || match Session::new(Arc::new(model), tokenizer) {
+                Ok(session) => Worker::new(session, Box::new(sink)).run(rx),
+                Err(e) => {
+                    let mut sink = sink;
+                    sink(WorkerEvent::Failed {
+                        run: None,
+                        msg: format!("cannot open: {e}"),
+                    });
+                }
+            })
             .ok();
         WorkerHandle { tx, handle }
     }
@@ -215,64 +224,35 @@ impl WorkerHandle {
     }
 }
 
-/// The tokens to condition on: the prompt, or with an empty prompt a start token
-/// (end-of-text for word/BPE models, a newline for char models, else token 0).
-pub fn start_tokens(prompt: &[u32], tok: &Tokenizer) -> Vec<u32> {
-    if !prompt.is_empty() {
-        return prompt.to_vec();
-    }
-    if let Some(eos) = tok.eos_id() {
-        return vec![eos];
-    }
-    match tok.encode("\n") {
-        Ok(v) if !v.is_empty() => v,
-        _ => vec![0],
-    }
-}
+type Sink = Box<dyn FnMut(WorkerEvent) -> bool + Send>;
 
 struct Worker {
-    gen: Generator,
-    tok: Tokenizer,
-    sampler: Sampler,
-    dec: StreamDecoder,
+    session: Session,
     settings: Settings,
-    tx: Sender<AppEvent>,
+    sink: Sink,
     closed: bool,
     run: u64,
+    /// A run is under way (stepping), unless paused.
     active: bool,
     paused: bool,
-    /// Prompt tokens still to feed, and how many are done.
-    feed: Vec<u32>,
-    fed: usize,
+    /// Tokens generated in the current run.
     produced: usize,
-    /// The logits hold a distribution a continue can sample from.
-    has_state: bool,
-    /// End-of-text was sampled last; a continue feeds it first.
-    pending_eos: Option<u32>,
     started: Instant,
     next_due: Instant,
     last_dist: Option<Instant>,
 }
 
 impl Worker {
-    fn new(model: Model<f32>, tok: Tokenizer, tx: Sender<AppEvent>) -> Self {
-        let settings = Settings::default();
+    fn new(session: Session, sink: Sink) -> Self {
         Worker {
-            gen: Generator::new(Arc::new(model), 1),
-            dec: tok.stream_decoder(),
-            tok,
-            sampler: Sampler::new(settings.sampling, 0),
-            settings,
-            tx,
+            session,
+            settings: Settings::default(),
+            sink,
             closed: false,
             run: 0,
             active: false,
             paused: false,
-            feed: Vec::new(),
-            fed: 0,
             produced: 0,
-            has_state: false,
-            pending_eos: None,
             started: Instant::now(),
             next_due: Instant::now(),
             last_dist: None,
@@ -280,7 +260,7 @@ impl Worker {
     }
 
     fn send(&mut self, ev: WorkerEvent) {
-        if self.tx.send(AppEvent::Worker(ev)).is_err() {
+        if !(self.sink)(ev) {
             self.closed = true;
         }
     }
@@ -288,8 +268,7 @@ impl Worker {
     fn run(mut self, rx: Receiver<Command>) {
         while !self.closed {
             let cmd = if self.active && !self.paused {
-                let feeding = self.fed < self.feed.len();
-                let wait = if feeding {
+                let wait = if self.session.is_feeding() {
                     Duration::ZERO
                 } else {
                     self.next_due.saturating_duration_since(Instant::now())
@@ -323,7 +302,8 @@ impl Worker {
 
     fn apply(&mut self, s: Settings) {
         self.settings = s;
-        self.sampler.set_params(s.sampling);
+        // The UI only offers valid values; an invalid one keeps the previous parameters.
+        let _ = self.session.set_params(s.sampling);
     }
 
     fn handle(&mut self, cmd: Command) {
@@ -347,7 +327,7 @@ impl Worker {
             }
             Command::Set(s) => {
                 self.apply(s);
-                if !self.active && self.has_state {
+                if !self.active && self.session.can_continue() {
                     let dist = self.dist();
                     let run = self.run;
                     self.send(WorkerEvent::Dist { run, dist });
@@ -356,9 +336,7 @@ impl Worker {
             Command::Clear => {
                 self.active = false;
                 self.paused = false;
-                self.has_state = false;
-                self.pending_eos = None;
-                self.gen.reset();
+                self.session.clear();
             }
             Command::Load(path) => self.load(&path),
             Command::Quit => {}
@@ -370,26 +348,28 @@ impl Worker {
             self.finish(StopReason::Stopped);
         }
         self.run = run;
-        self.apply(settings);
-        self.sampler.reseed(seed);
-        let (ids, skipped) = match self.tok.encode_prime(prompt, UnknownPolicy::Skip) {
-            Ok(x) => x,
-            Err(e) => {
-                self.send(WorkerEvent::Failed {
-                    run: Some(run),
-                    msg: format!("cannot encode the prompt: {e}"),
-                });
-                return;
+        self.settings = settings;
+        let tok = self.session.tokenizer();
+        let started = tok
+            .encode_prime(prompt, UnknownPolicy::Skip)
+            .and_then(|(ids, skipped)| {
+                let spec = StreamSpec {
+                    params: settings.sampling,
+                    seed,
+                    ..StreamSpec::new(ids)
+                };
+                self.session.start(&spec).map(|()| skipped)
+            });
+        match started {
+            Ok(skipped) => {
+                self.begin();
+                self.send(WorkerEvent::Started { run, skipped });
             }
-        };
-        self.gen.reset();
-        self.dec = self.tok.stream_decoder();
-        self.pending_eos = None;
-        self.has_state = false;
-        self.feed = start_tokens(&ids, &self.tok);
-        self.fed = 0;
-        self.begin();
-        self.send(WorkerEvent::Started { run, skipped });
+            Err(e) => self.send(WorkerEvent::Failed {
+                run: Some(run),
+                msg: format!("cannot start from the prompt: {e}"),
+            }),
+        }
     }
 
     fn continue_run(&mut self, run: u64, settings: Settings) {
@@ -397,7 +377,7 @@ impl Worker {
             self.finish(StopReason::Stopped);
         }
         self.apply(settings);
-        if !self.has_state {
+        if !self.session.can_continue() || !self.session.resume(None).unwrap_or(false) {
             self.send(WorkerEvent::Failed {
                 run: Some(run),
                 msg: "nothing to continue: generate first".into(),
@@ -405,8 +385,6 @@ impl Worker {
             return;
         }
         self.run = run;
-        self.feed.clear();
-        self.fed = 0;
         self.begin();
         self.send(WorkerEvent::Started {
             run,
@@ -427,14 +405,13 @@ impl Worker {
         if self.active {
             self.finish(StopReason::Stopped);
         }
-        match checkpoint::load_model(path) {
-            Ok(lm) => {
-                let info = ModelInfo::new(&lm.path, &lm.model.config, &lm.tokenizer);
-                self.gen = Generator::new(Arc::new(lm.model), 1);
-                self.dec = lm.tokenizer.stream_decoder();
-                self.tok = lm.tokenizer;
-                self.has_state = false;
-                self.pending_eos = None;
+        let opened = checkpoint::load_model(path).and_then(|lm| {
+            let info = ModelInfo::new(&lm.path, &lm.model.config, &lm.tokenizer);
+            Session::new(Arc::new(lm.model), lm.tokenizer).map(|s| (s, info))
+        });
+        match opened {
+            Ok((session, info)) => {
+                self.session = session;
                 self.send(WorkerEvent::Loaded(info));
             }
             Err(e) => self.send(WorkerEvent::Failed {
@@ -446,21 +423,19 @@ impl Worker {
 
     /// Top tokens of the distribution at the current position.
     fn dist(&self) -> Vec<(String, f32)> {
-        let t = self.settings.sampling.temperature;
-        top_n(self.gen.logits_row(0), t, DIST_TOP)
+        let tok = self.session.tokenizer();
+        self.session
+            .top_n(DIST_TOP)
             .into_iter()
-            .map(|(id, p)| (self.tok.token_display(id), p))
+            .map(|(id, p)| (tok.token_display(id), p))
             .collect()
     }
 
-    /// One unit of work of the active run: a chunk of prompt, or one token.
+    /// One unit of work of the active run: one prompt token, or one generated token.
     fn advance(&mut self) {
-        if self.fed < self.feed.len() {
-            let end = (self.fed + FEED_CHUNK).min(self.feed.len());
-            self.gen.feed(&self.feed[self.fed..end]);
-            self.fed = end;
-            if self.fed == self.feed.len() {
-                self.has_state = true;
+        if self.session.is_feeding() {
+            self.session.step();
+            if !self.session.is_feeding() {
                 let dist = self.dist();
                 let run = self.run;
                 self.send(WorkerEvent::Dist { run, dist });
@@ -471,17 +446,27 @@ impl Worker {
             self.finish(StopReason::Length);
             return;
         }
-        if let Some(eos) = self.pending_eos.take() {
-            self.gen.step(&[eos]);
-        }
-        let s = self.sampler.sample(self.gen.logits_row(0));
-        if Some(s.id) == self.tok.eos_id() {
-            self.pending_eos = Some(s.id);
-            self.finish(StopReason::EndOfText);
+        let Some(u) = self.session.step() else {
+            // Nothing is running (the stream ended earlier): the run is over.
+            self.finish(StopReason::Length);
             return;
+        };
+        if let Some(f) = &u.finished {
+            if f.output.stop == crate::generate::StopReason::EndOfText {
+                if !u.text.is_empty() {
+                    let run = self.run;
+                    let prob = u.token.map_or(1.0, |t| t.prob);
+                    self.send(WorkerEvent::Token {
+                        run,
+                        text: u.text,
+                        prob,
+                        dist: None,
+                    });
+                }
+                self.finish(StopReason::EndOfText);
+                return;
+            }
         }
-        let text = self.dec.push(s.id);
-        self.gen.step(&[s.id]);
         self.produced += 1;
         let now = Instant::now();
         let last = self.settings.length.is_some_and(|n| self.produced >= n);
@@ -494,8 +479,8 @@ impl Worker {
         let run = self.run;
         self.send(WorkerEvent::Token {
             run,
-            text,
-            prob: s.prob,
+            text: u.text,
+            prob: u.token.map_or(1.0, |t| t.prob),
             dist,
         });
         if let Some(speed) = self.settings.speed.filter(|&s| s > 0) {
@@ -507,13 +492,12 @@ impl Worker {
     fn finish(&mut self, reason: StopReason) {
         self.active = false;
         self.paused = false;
-        let fed = self.fed == self.feed.len();
-        if !fed {
+        if self.session.is_feeding() {
             // Stopped while feeding the prompt: the state is half a prompt, not worth continuing.
-            self.feed.clear();
-            self.fed = 0;
+            self.session.clear();
         }
-        if self.has_state && fed {
+        let can_continue = self.session.can_continue();
+        if can_continue {
             let dist = self.dist();
             let run = self.run;
             self.send(WorkerEvent::Dist { run, dist });
@@ -523,7 +507,7 @@ impl Worker {
             tokens: self.produced,
             reason,
             secs: self.started.elapsed().as_secs_f64(),
-            can_continue: self.has_state && fed,
+            can_continue,
         };
         self.send(ev);
     }
@@ -532,6 +516,10 @@ impl Worker {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::generate::batch::{self, GenConfig, SampleSpec};
+    use crate::generate::sampler::top_n;
+    use crate::generate::{sample_seed, start_tokens, Sampler};
+    use crate::nn::generator::Generator;
     use crate::nn::model::Model;
     use crate::tokenizer::TokenizerOptions;
     use rand::SeedableRng;
@@ -556,18 +544,20 @@ pub(crate) mod tests {
         (Model::new(cfg, &mut rng).unwrap(), tok)
     }
 
-    fn next(rx: &Receiver<AppEvent>) -> WorkerEvent {
-        match rx
-            .recv_timeout(Duration::from_secs(10))
+    /// A worker whose events arrive on the returned receiver.
+    fn spawn(model: Model<f32>, tok: Tokenizer) -> (WorkerHandle, Receiver<WorkerEvent>) {
+        let (tx, rx) = mpsc::channel();
+        let w = WorkerHandle::spawn(model, tok, move |e| tx.send(e).is_ok());
+        (w, rx)
+    }
+
+    fn next(rx: &Receiver<WorkerEvent>) -> WorkerEvent {
+        rx.recv_timeout(Duration::from_secs(10))
             .expect("worker event")
-        {
-            AppEvent::Worker(e) => e,
-            other => panic!("unexpected {other:?}"),
-        }
     }
 
     /// Collects events until the run's `Finished`.
-    fn until_finished(rx: &Receiver<AppEvent>) -> (Vec<WorkerEvent>, WorkerEvent) {
+    fn until_finished(rx: &Receiver<WorkerEvent>) -> (Vec<WorkerEvent>, WorkerEvent) {
         let mut evs = Vec::new();
         loop {
             let e = next(rx);
@@ -598,8 +588,7 @@ pub(crate) mod tests {
     #[test]
     fn generates_the_same_text_as_a_plain_sampling_loop() {
         let (model, tok) = tiny_model();
-        let (tx, rx) = mpsc::channel();
-        let w = WorkerHandle::spawn(model.clone(), tok.clone(), tx);
+        let (w, rx) = spawn(model.clone(), tok.clone());
         w.send(Command::Generate {
             run: 1,
             prompt: "ab".into(),
@@ -618,9 +607,9 @@ pub(crate) mod tests {
         else {
             panic!("{fin:?}")
         };
-        // The reference: the `quill sample` loop.
+        // The reference: a plain loop over the generator and a sampler seeded by the one rule.
         let mut gen = Generator::new(Arc::new(model), 1);
-        let mut sampler = Sampler::new(fast(40).sampling, 7);
+        let mut sampler = Sampler::new(fast(40).sampling, sample_seed(7, 1));
         gen.feed(&tok.encode("ab").unwrap());
         let mut want = String::new();
         let mut probs = Vec::new();
@@ -653,8 +642,7 @@ pub(crate) mod tests {
     #[test]
     fn continue_picks_up_where_the_run_ended() {
         let (model, tok) = tiny_model();
-        let (tx, rx) = mpsc::channel();
-        let w = WorkerHandle::spawn(model.clone(), tok.clone(), tx);
+        let (w, rx) = spawn(model.clone(), tok.clone());
         w.send(Command::Generate {
             run: 1,
             prompt: String::new(),
@@ -690,8 +678,7 @@ pub(crate) mod tests {
     #[test]
     fn stop_pause_and_live_settings() {
         let (model, tok) = tiny_model();
-        let (tx, rx) = mpsc::channel();
-        let w = WorkerHandle::spawn(model, tok, tx);
+        let (w, rx) = spawn(model, tok);
         let slow = Settings {
             length: None,
             speed: Some(200),
@@ -757,8 +744,7 @@ pub(crate) mod tests {
     #[test]
     fn unknown_prompt_chars_are_skipped_and_reported() {
         let (model, tok) = tiny_model();
-        let (tx, rx) = mpsc::channel();
-        let w = WorkerHandle::spawn(model, tok, tx);
+        let (w, rx) = spawn(model, tok);
         w.send(Command::Generate {
             run: 4,
             prompt: "aZb".into(),
@@ -777,5 +763,92 @@ pub(crate) mod tests {
         assert!(matches!(fin, WorkerEvent::Finished { run: 4, .. }));
         assert!(matches!(next(&rx), WorkerEvent::Failed { run: None, .. }));
         w.shutdown();
+    }
+
+    /// With an empty prompt, word and BPE models start from the line-start token (the
+    /// encoding of "\n"), as `quill sample` does: the first distribution is the one after
+    /// that token, and the text equals the batch sampler's for the same seed and id.
+    #[test]
+    fn an_empty_prompt_starts_at_a_line_start_for_word_and_bpe_models() {
+        for kind in [TokenizerKind::Word, TokenizerKind::Bpe] {
+            let tok = Tokenizer::train(
+                kind,
+                "the cat sat on the mat.\nthe dog ate the hat.\n",
+                &TokenizerOptions {
+                    vocab_size: 300,
+                    min_frequency: 1,
+                },
+            )
+            .unwrap();
+            let cfg = ModelConfig {
+                vocab: tok.vocab_size(),
+                embed: 8,
+                hidden: 16,
+                layers: 1,
+                dropout: 0.0,
+                tie_weights: false,
+            };
+            let mut rng = rand_pcg::Pcg32::seed_from_u64(5);
+            let model = Model::new(cfg, &mut rng).unwrap();
+            let start = start_tokens(&[], &tok);
+            assert_eq!(start, tok.encode("\n").unwrap(), "{kind:?}");
+            assert_ne!(Some(start[0]), tok.eos_id(), "{kind:?}");
+
+            let (w, rx) = spawn(model.clone(), tok.clone());
+            w.send(Command::Generate {
+                run: 1,
+                prompt: String::new(),
+                seed: 11,
+                settings: fast(25),
+            });
+            let (evs, _) = until_finished(&rx);
+            w.shutdown();
+            // The distribution once the start is fed: after <eol> / the newline byte.
+            let first = evs
+                .iter()
+                .find_map(|e| match e {
+                    WorkerEvent::Dist { dist, .. } => Some(dist.clone()),
+                    _ => None,
+                })
+                .expect("a distribution after the start");
+            let mut gen = Generator::new(Arc::new(model.clone()), 1);
+            let after_start = gen.feed(&start).unwrap().to_vec();
+            let want: Vec<(String, f32)> = top_n(&after_start, 0.8, DIST_TOP)
+                .into_iter()
+                .map(|(id, p)| (tok.token_display(id), p))
+                .collect();
+            assert_eq!(first, want, "{kind:?}");
+
+            // The same text as `quill sample --seed 11` (sample id 1) from an empty prime.
+            let mut texts = Vec::new();
+            batch::generate(
+                &Arc::new(model),
+                &tok,
+                &[Vec::new()],
+                &[SampleSpec {
+                    id: 1,
+                    prime: 0,
+                    params: fast(25).sampling,
+                    seed: 11,
+                }],
+                &GenConfig {
+                    length: 25,
+                    ..GenConfig::default()
+                },
+                &mut |o| {
+                    texts.push(o.output.text);
+                    Ok(())
+                },
+                &mut |_| batch::Control::Continue,
+            )
+            .unwrap();
+            let got = text_of(&evs);
+            assert!(!got.is_empty(), "{kind:?}");
+            assert!(
+                texts[0].starts_with(&got),
+                "{kind:?}: {got:?} vs {:?}",
+                texts[0]
+            );
+        }
     }
 }

@@ -4,7 +4,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use quill::plot::{render_png, PlotOptions, RunMetrics};
+use quill::plot::{render_png, PlotOptions};
+use quill::train::metrics::RunMetrics;
 
 fn quill(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_quill"))

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Args;
-use quill::plot::{write_plot, PlotFormat, PlotOptions, RunMetrics};
+use quill::plot::{write_plot, PlotFormat, PlotOptions};
+use quill::train::metrics::RunMetrics;
 
 #[derive(Debug, Args)]
 pub struct PlotArgs {

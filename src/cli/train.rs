@@ -11,10 +11,11 @@ use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use quill::nn::model::ModelConfig;
-use quill::plot::{write_plot, PlotOptions, RunMetrics};
+use quill::plot::{write_plot, PlotOptions};
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
 use quill::train::checkpoint;
 use quill::train::corpus::Corpus;
+use quill::train::metrics::RunMetrics;
 use quill::train::optim::Schedule;
 use quill::train::{Control, Event, Summary, TrainConfig, Trainer};
 use quill::tui::dashboard::{

@@ -3,6 +3,7 @@
 pub mod batcher;
 pub mod checkpoint;
 pub mod corpus;
+pub mod metrics;
 pub mod optim;
 pub mod trainer;
 

@@ -5,8 +5,6 @@
 //! The library never prints: progress leaves through the `on_event` callback, whose return
 //! value lets the caller stop training or ask for a checkpoint (Ctrl-C, a dashboard key).
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -15,6 +13,7 @@ use rand_pcg::Pcg32;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{self, Resumable, TrainMeta};
+use super::metrics::{self, Line};
 use crate::checkpoint::{CheckpointKind, CorpusInfo, ModelMeta};
 use crate::error::{Error, Result};
 use crate::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
@@ -622,14 +621,8 @@ impl Trainer {
         )
     }
 
-    fn log_metrics(&self, line: serde_json::Value) -> Result<()> {
-        let path = self.config.metrics_path();
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        writeln!(f, "{line}").map_err(|e| Error::io(&path, e))
+    fn log_metrics(&self, line: &Line) -> Result<()> {
+        metrics::append(&self.config.metrics_path(), line)
     }
 
     fn eval_and_record(
@@ -646,10 +639,12 @@ impl Trainer {
             train_loss,
             val_loss: val,
         });
-        if let Err(e) = self.log_metrics(serde_json::json!({
-            "kind": "eval", "step": step, "train_loss": finite_or_null(train_loss),
-            "val_loss": val, "elapsed_s": self.progress.elapsed_secs,
-        })) {
+        if let Err(e) = self.log_metrics(&Line::Eval {
+            step,
+            train_loss: Some(train_loss),
+            val_loss: val,
+            elapsed_s: self.progress.elapsed_secs,
+        }) {
             on_event(&Event::Warning(format!("metrics log: {e}")));
         }
         if let Some(v) = val {
@@ -746,11 +741,15 @@ impl Trainer {
                 elapsed_secs: self.progress.elapsed_secs,
             };
             if step % 10 == 0 {
-                if let Err(e) = self.log_metrics(serde_json::json!({
-                    "kind": "train", "step": step, "epoch": info.epoch, "loss": loss,
-                    "lr": lr, "grad_norm": norm, "tokens_per_s": info.tokens_per_s,
-                    "elapsed_s": info.elapsed_secs,
-                })) {
+                if let Err(e) = self.log_metrics(&Line::Train {
+                    step,
+                    epoch: info.epoch,
+                    loss: Some(loss),
+                    lr,
+                    grad_norm: norm,
+                    tokens_per_s: info.tokens_per_s,
+                    elapsed_s: info.elapsed_secs,
+                }) {
                     on_event(&Event::Warning(format!("metrics log: {e}")));
                 }
             }
@@ -838,14 +837,6 @@ pub fn check_writable(dir: &Path) -> Result<()> {
     std::fs::write(&probe, b"ok").map_err(|e| Error::io(dir, e))?;
     let _ = std::fs::remove_file(&probe);
     Ok(())
-}
-
-fn finite_or_null(v: f64) -> serde_json::Value {
-    if v.is_finite() {
-        serde_json::json!(v)
-    } else {
-        serde_json::Value::Null
-    }
 }
 
 /// Encodes the training and validation splits of a corpus.

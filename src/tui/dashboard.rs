@@ -39,8 +39,8 @@ use crate::error::{Error, Result};
 use crate::generate::batch::{self, GenConfig, SampleSpec};
 use crate::generate::SamplingParams;
 use crate::nn::model::Model;
-use crate::plot::RunMetrics;
 use crate::tokenizer::Tokenizer;
+use crate::train::metrics::RunMetrics;
 use crate::train::{Control, Event, StepInfo};
 
 /// Highest temperature the keys can set.

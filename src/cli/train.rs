@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -20,8 +20,9 @@ use quill::train::optim::Schedule;
 use quill::train::{Control, Event, Summary, TrainConfig, Trainer};
 use quill::tui::dashboard::{
     run_ui, Controls, DashboardState, Input, SampleText, TrainHook, UiExit, UiOptions,
-    MAX_TEMPERATURE,
 };
+use quill::tui::limits::TEMP_MAX;
+use quill::tui::terminal::{self, TerminalGuard};
 
 use super::common::human_count;
 
@@ -127,7 +128,7 @@ pub struct TrainArgs {
     /// save, change the sample temperature and quit. Without a terminal: the progress bar.
     #[arg(long, conflicts_with = "quiet")]
     dashboard: bool,
-    /// Dashboard: sample every N steps (writes NAME-latest first; 0 = only on the `n` key).
+    /// Dashboard: sample every N steps from the current weights (0 = only on the `n` key).
     #[arg(long, default_value_t = 100)]
     sample_every: u64,
     /// Dashboard: tokens per sample.
@@ -264,9 +265,6 @@ fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> 
     c
 }
 
-/// Whether the dashboard owns the terminal (for the Ctrl-C handler's last-resort restore).
-static TUI_ACTIVE: AtomicBool = AtomicBool::new(false);
-
 impl TrainArgs {
     fn check_dashboard_flags(&self) -> anyhow::Result<()> {
         if !self.dashboard {
@@ -279,9 +277,9 @@ impl TrainArgs {
         if let Some(t) = self
             .sample_temperatures
             .iter()
-            .find(|t| !(t.is_finite() && (0.0..=MAX_TEMPERATURE).contains(*t)))
+            .find(|t| !(t.is_finite() && (0.0..=TEMP_MAX).contains(*t)))
         {
-            anyhow::bail!("invalid sample-temperatures: {t} is outside [0, {MAX_TEMPERATURE}]");
+            anyhow::bail!("invalid sample-temperatures: {t} is outside [0, {TEMP_MAX}]");
         }
         if !(1..=10_000).contains(&self.sample_length) {
             anyhow::bail!(
@@ -347,9 +345,7 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCo
         let interrupts = interrupts.clone();
         let _ = ctrlc::set_handler(move || {
             if interrupts.fetch_add(1, Ordering::SeqCst) >= 1 {
-                if TUI_ACTIVE.load(Ordering::SeqCst) {
-                    ratatui::restore();
-                }
+                terminal::restore();
                 std::process::exit(130);
             }
         });
@@ -483,7 +479,7 @@ fn run_with_bar(
                     bar.println(line);
                 }
             }
-            Event::Saved { .. } => {}
+            Event::Saved { .. } | Event::Weights { .. } => {}
             Event::Warning(w) => bar.println(format!("warning: {w}")),
         }
         if interrupts.load(Ordering::SeqCst) > 0 {
@@ -517,14 +513,9 @@ fn run_dashboard(
     }
     let controls = Arc::new(Controls::new(interrupts.clone()));
     let (tx, rx) = mpsc::channel();
-    let mut hook = TrainHook::new(
-        tx,
-        controls.clone(),
-        args.sample_every,
-        trainer.config.checkpoint_path("latest"),
-    );
-    if let Some(path) = &args.resume {
-        hook.sample_checkpoint(trainer.progress.step, path.clone());
+    let mut hook = TrainHook::new(tx, controls.clone(), args.sample_every);
+    if args.resume.is_some() {
+        hook.sample_weights(trainer.progress.step, Arc::new(trainer.model.clone()));
     }
     let tokenizer = trainer.tokenizer.clone();
     let opts = UiOptions {
@@ -532,15 +523,14 @@ fn run_dashboard(
         seed: args.seed,
         ..UiOptions::default()
     };
-    let mut terminal = match ratatui::try_init() {
+    let (guard, mut term) = match TerminalGuard::enter() {
         Ok(t) => t,
         Err(e) => {
-            ratatui::restore();
             eprintln!("cannot start the dashboard ({e}); showing the progress bar");
             return Ok(None);
         }
     };
-    TUI_ACTIVE.store(true, Ordering::SeqCst);
+    terminal::install_panic_hook(false);
     let ui_controls = controls.clone();
     let ui = std::thread::Builder::new()
         .name("dashboard".into())
@@ -557,7 +547,7 @@ fn run_dashboard(
                 })
             };
             let r = run_ui(
-                &mut terminal,
+                &mut term,
                 &mut state,
                 &rx,
                 &ui_controls,
@@ -567,7 +557,7 @@ fn run_dashboard(
             );
             if let Ok(UiExit::ForceQuit) = r {
                 // Second Ctrl-C: leave at once (checkpoints are written atomically).
-                ratatui::restore();
+                terminal::restore();
                 eprintln!("interrupted");
                 std::process::exit(130);
             }
@@ -578,8 +568,7 @@ fn run_dashboard(
     hook.finish();
     drop(hook);
     let joined = ui.join();
-    ratatui::restore();
-    TUI_ACTIVE.store(false, Ordering::SeqCst);
+    drop(guard);
     let samples = match joined {
         Ok((Ok(_), state)) => state.samples.into_iter().flatten().collect(),
         Ok((Err(e), _)) => {

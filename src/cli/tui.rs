@@ -1,6 +1,6 @@
-//! `quill tui`: the terminal UI. Here the terminal is put into raw mode and the alternate
-//! screen, and restored on every way out: quit, error, panic (a panic hook) and SIGINT,
-//! SIGTERM or SIGHUP (a signal handler that asks the UI loop to quit).
+//! `quill tui`: the terminal UI. The terminal is set up by [`TerminalGuard`] and restored on
+//! every way out: quit, error, panic (a panic hook) and SIGINT, SIGTERM or SIGHUP (a signal
+//! handler that asks the UI loop to quit).
 
 use std::io::{stdout, IsTerminal};
 use std::path::PathBuf;
@@ -11,10 +11,8 @@ use anyhow::Context;
 use clap::Args;
 use quill::checkpoint;
 use quill::generate::sampler::SamplingParams;
+use quill::tui::terminal::{self, TerminalGuard};
 use quill::tui::{self, App, AppEvent, InputThread, ModelInfo, Options, Settings, WorkerHandle};
-use ratatui::backend::CrosstermBackend;
-use ratatui::crossterm::{cursor, event, execute, terminal};
-use ratatui::Terminal;
 
 #[derive(Debug, Args)]
 pub struct TuiArgs {
@@ -47,52 +45,6 @@ pub struct TuiArgs {
     /// Default directory for saved text (w).
     #[arg(long, default_value = "samples")]
     samples: PathBuf,
-}
-
-/// Raw mode + alternate screen + bracketed paste, undone on drop.
-struct TerminalGuard;
-
-impl TerminalGuard {
-    fn enter() -> anyhow::Result<Self> {
-        terminal::enable_raw_mode().context("cannot put the terminal into raw mode")?;
-        let guard = TerminalGuard;
-        execute!(
-            stdout(),
-            terminal::EnterAlternateScreen,
-            event::EnableBracketedPaste,
-            cursor::Hide
-        )
-        .context("cannot set up the terminal")?;
-        Ok(guard)
-    }
-}
-
-/// Leaves the alternate screen and raw mode; safe to call more than once.
-fn restore_terminal() {
-    let _ = execute!(
-        stdout(),
-        event::DisableBracketedPaste,
-        terminal::LeaveAlternateScreen,
-        cursor::Show
-    );
-    let _ = terminal::disable_raw_mode();
-}
-
-impl Drop for TerminalGuard {
-    fn drop(&mut self) {
-        restore_terminal();
-    }
-}
-
-/// On a panic in any thread (UI, input or worker): restore the terminal, print the panic
-/// message on the normal screen, and exit (a UI without its worker would only hang).
-fn install_panic_hook() {
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        restore_terminal();
-        previous(info);
-        std::process::exit(101);
-    }));
 }
 
 pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
@@ -135,16 +87,15 @@ pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
     // The worker needs the same initial settings as the panel shows.
     worker.send(tui::Command::Set(app.settings));
 
-    install_panic_hook();
+    // A UI without its worker would only hang: a panic anywhere ends the process.
+    terminal::install_panic_hook(true);
     let sig_tx = tx.clone();
     // Fails only when a handler is already set; the in-UI Ctrl-C key still works then.
     let _ = ctrlc::set_handler(move || {
         let _ = sig_tx.send(AppEvent::Quit);
     });
-    let guard = TerminalGuard::enter()?;
+    let (guard, mut term) = TerminalGuard::enter()?;
     let result = (|| -> anyhow::Result<()> {
-        let mut term = Terminal::new(CrosstermBackend::new(stdout()))?;
-        term.clear()?;
         let input = InputThread::spawn(tx);
         let r = tui::run(&mut term, &mut app, &worker, &rx);
         input.stop();

@@ -6,6 +6,7 @@
 //! value lets the caller stop training or ask for a checkpoint (Ctrl-C, a dashboard key).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use rand::SeedableRng;
@@ -266,6 +267,14 @@ pub enum Event {
         /// Whether it is the best so far.
         best: bool,
     },
+    /// A copy of the weights after `step`, asked for with [`Control::Weights`] (for
+    /// sampling while training goes on).
+    Weights {
+        /// Step of the weights.
+        step: u64,
+        /// The weights.
+        model: Arc<Model<f32>>,
+    },
     /// A checkpoint was written.
     Saved {
         /// Its path.
@@ -283,6 +292,8 @@ pub enum Control {
     Continue,
     /// Write `NAME-latest` now, then keep going.
     SaveNow,
+    /// Send a copy of the weights ([`Event::Weights`]), then keep going.
+    Weights,
     /// Finish: validate, write `NAME-latest`, return.
     Stop,
 }
@@ -766,8 +777,14 @@ impl Trainer {
                 };
                 self.save_or_warn(&self.config.checkpoint_path("latest"), on_event);
             }
+            if control == Control::Weights {
+                control = on_event(&Event::Weights {
+                    step,
+                    model: Arc::new(self.model.clone()),
+                });
+            }
             match control {
-                Control::Continue => {}
+                Control::Continue | Control::Weights => {}
                 Control::SaveNow => {
                     self.save_or_warn(&self.config.checkpoint_path("latest"), on_event);
                 }

@@ -10,17 +10,10 @@ use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModif
 
 use super::editor::TextArea;
 use super::files::{self, CheckpointEntry, Utc};
+use super::limits::{TEMP_MAX, TEMP_STEP, TOP_K_STEPS, TOP_P_STEP};
 use super::text::{Transcript, Wrapped};
 use super::worker::{Command, ModelInfo, Settings, StopReason, WorkerEvent};
 
-/// Temperature step of `t`/`T`.
-pub const TEMP_STEP: f32 = 0.05;
-/// Highest temperature the keys reach.
-pub const TEMP_MAX: f32 = 5.0;
-/// Top-p step of `p`/`P`.
-pub const TOP_P_STEP: f32 = 0.05;
-/// Top-k values `k`/`K` step through (those below V), then "off".
-pub const TOP_K_STEPS: &[usize] = &[1, 2, 3, 5, 10, 20, 40, 100, 200, 500, 1000, 5000];
 /// Lengths `l`/`L` step through, then "no limit".
 pub const LENGTH_STEPS: &[usize] = &[50, 100, 200, 500, 1000, 2000, 5000, 10_000];
 /// Speeds (tokens/s) `[`/`]` step through, then "max".

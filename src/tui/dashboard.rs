@@ -10,14 +10,12 @@
 //! default), never per step, so training speed is unaffected.
 //!
 //! Samples come from the *current* weights: every `sample_every` steps the hook asks the
-//! trainer to write `NAME-latest` ([`Control::SaveNow`]) and hands the checkpoint to the UI,
-//! which loads it and samples at each of a few temperatures ([`generate_samples`]).
-//! [`Msg::Weights`] takes a model directly, for a trainer that can pass its weights out.
+//! trainer for a copy of its weights ([`Control::Weights`]) and hands it to the UI, which
+//! samples at each of a few temperatures ([`generate_samples`]); nothing goes through disk.
 //!
 //! Nothing here writes to stdout or stderr: the caller owns the terminal.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,17 +32,16 @@ use ratatui::widgets::{
 };
 use ratatui::{Frame, Terminal};
 
-use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::generate::batch::{self, GenConfig, SampleSpec};
 use crate::generate::SamplingParams;
 use crate::nn::model::Model;
 use crate::tokenizer::Tokenizer;
 use crate::train::metrics::RunMetrics;
+
+use super::limits::TEMP_MAX;
 use crate::train::{Control, Event, StepInfo};
 
-/// Highest temperature the keys can set.
-pub const MAX_TEMPERATURE: f32 = 3.0;
 /// Recent gradient norms kept for the sparkline.
 const GRAD_HISTORY: usize = 240;
 
@@ -221,7 +218,7 @@ impl DashboardState {
                 .iter()
                 .map(|t| {
                     if t.is_finite() {
-                        t.clamp(0.0, MAX_TEMPERATURE)
+                        t.clamp(0.0, TEMP_MAX)
                     } else {
                         0.8
                     }
@@ -330,6 +327,7 @@ impl DashboardState {
                 self.set_status(format!("saved {file} at step {step}"), false);
             }
             Event::Warning(w) => self.set_status(format!("warning: {w}"), true),
+            Event::Weights { .. } => {}
         }
     }
 
@@ -369,8 +367,7 @@ impl DashboardState {
 
     fn change_temperature(&mut self, delta_tenths: i32) -> bool {
         let t = &mut self.temperatures[self.selected];
-        let tenths =
-            ((*t * 10.0).round() as i32 + delta_tenths).clamp(0, (MAX_TEMPERATURE * 10.0) as i32);
+        let tenths = ((*t * 10.0).round() as i32 + delta_tenths).clamp(0, (TEMP_MAX * 10.0) as i32);
         let new = tenths as f32 / 10.0;
         let changed = new != *t;
         *t = new;
@@ -916,13 +913,6 @@ impl Controls {
 pub enum Msg {
     /// A training event.
     Event(Event),
-    /// A checkpoint with the weights of `step` was just written: sample from it.
-    Checkpoint {
-        /// Step of the weights.
-        step: u64,
-        /// The checkpoint file.
-        path: PathBuf,
-    },
     /// Weights of `step` to sample from.
     Weights {
         /// Step of the weights.
@@ -940,74 +930,66 @@ pub struct TrainHook {
     tx: Sender<Msg>,
     controls: Arc<Controls>,
     sample_every: u64,
-    latest: PathBuf,
-    sample_pending: Option<u64>,
     last_sampled: Option<u64>,
 }
 
 impl TrainHook {
-    /// A hook sending to the UI over `tx`; `latest` is the trainer's `NAME-latest` path.
-    pub fn new(
-        tx: Sender<Msg>,
-        controls: Arc<Controls>,
-        sample_every: u64,
-        latest: PathBuf,
-    ) -> Self {
+    /// A hook sending to the UI over `tx`, asking for a sample every `sample_every` steps
+    /// (0: only on request).
+    pub fn new(tx: Sender<Msg>, controls: Arc<Controls>, sample_every: u64) -> Self {
         TrainHook {
             tx,
             controls,
             sample_every,
-            latest,
-            sample_pending: None,
             last_sampled: None,
         }
     }
 
-    /// Asks the UI to sample from an existing checkpoint now (e.g. the one resumed from).
-    pub fn sample_checkpoint(&self, step: u64, path: PathBuf) {
-        let _ = self.tx.send(Msg::Checkpoint { step, path });
+    /// Asks the UI to sample from these weights now (e.g. those training resumes from).
+    pub fn sample_weights(&self, step: u64, model: Arc<Model<f32>>) {
+        let _ = self.tx.send(Msg::Weights { step, model });
     }
 
     /// Forwards the event and returns the user's request: [`Control::Stop`] after quit or an
-    /// interrupt (or when the UI is gone), [`Control::SaveNow`] for a save or a due sample;
-    /// blocks while paused. A pause that begins at a step first saves and samples that step's
-    /// weights (so the samples on screen show where training stands), then holds.
+    /// interrupt (or when the UI is gone), [`Control::Weights`] when a sample is due,
+    /// [`Control::SaveNow`] for a save; blocks while paused. A pause that begins at a step
+    /// first samples that step's weights (so the samples on screen show where training
+    /// stands), then holds.
     pub fn on_event(&mut self, e: &Event) -> Control {
-        if self.tx.send(Msg::Event(e.clone())).is_err() {
+        let sent = match e {
+            Event::Weights { step, model } => {
+                self.last_sampled = Some(*step);
+                self.tx.send(Msg::Weights {
+                    step: *step,
+                    model: Arc::clone(model),
+                })
+            }
+            e => self.tx.send(Msg::Event(e.clone())),
+        };
+        if sent.is_err() {
             return Control::Stop;
         }
-        let at_step = matches!(e, Event::Step(_));
-        match e {
-            Event::Step(s) => {
-                let due = self.sample_every > 0 && s.step % self.sample_every == 0;
-                let pause_sample = self.controls.is_paused() && self.last_sampled != Some(s.step);
-                if due || pause_sample || self.controls.sample_now.swap(false, Ordering::SeqCst) {
-                    self.sample_pending = Some(s.step);
-                }
+        // Only the answers to a step and to its weights are acted on.
+        let actionable = matches!(e, Event::Step(_) | Event::Weights { .. });
+        if let Event::Step(s) = e {
+            let due = self.sample_every > 0 && s.step % self.sample_every == 0;
+            let pause_sample = self.controls.is_paused() && self.last_sampled != Some(s.step);
+            let asked = self.controls.sample_now.swap(false, Ordering::SeqCst);
+            if due || pause_sample || asked {
+                // Hold only once the weights of this step are on their way.
+                return Control::Weights;
             }
-            Event::Saved { path } if *path == self.latest => {
-                if let Some(step) = self.sample_pending.take() {
-                    self.last_sampled = Some(step);
-                    let _ = self.tx.send(Msg::Checkpoint {
-                        step,
-                        path: path.clone(),
-                    });
-                }
-            }
-            _ => {}
         }
-        if !(at_step && self.sample_pending.is_some()) {
-            self.controls.wait_while_paused();
-        }
+        self.controls.wait_while_paused();
         if self.controls.stop_requested() {
             return Control::Stop;
         }
         let save = self.controls.save_now.swap(false, Ordering::SeqCst);
-        if at_step && (save || self.sample_pending.is_some()) {
+        if save && actionable {
             Control::SaveNow
         } else {
             if save {
-                // Only a step's answer is acted on: keep the request for the next step.
+                // Keep the request for an event whose answer is acted on.
                 self.controls.request_save();
             }
             Control::Continue
@@ -1103,17 +1085,16 @@ pub fn run_ui<B: Backend>(
     let mut pause_started: Option<Instant> = None;
     loop {
         let mut finished = false;
-        let mut checkpoint: Option<(u64, PathBuf)> = None;
         loop {
             match rx.try_recv() {
                 Ok(Msg::Event(e)) => {
                     state.apply(&e);
                     stale = true;
                 }
-                Ok(Msg::Checkpoint { step, path }) => checkpoint = Some((step, path)),
                 Ok(Msg::Weights { step, model }) => {
                     weights = Some((step, model));
                     want_samples = true;
+                    urgent = true;
                 }
                 Ok(Msg::Done) => {
                     finished = true;
@@ -1124,16 +1105,6 @@ pub fn run_ui<B: Backend>(
                 Err(TryRecvError::Disconnected) => return Ok(UiExit::Finished),
                 Err(TryRecvError::Empty) => break,
             }
-        }
-        if let Some((step, path)) = checkpoint {
-            match checkpoint::load_model(&path) {
-                Ok(lm) => {
-                    weights = Some((step, Arc::new(lm.model)));
-                    want_samples = true;
-                }
-                Err(e) => state.set_status(format!("cannot sample: {e}"), true),
-            }
-            urgent = true;
         }
         if controls.interrupted() && !state.stopping {
             state.stopping = true;
@@ -1344,7 +1315,7 @@ mod tests {
         assert_eq!(st.val, vec![(2.0, 3.0), (4.0, 3.5)]);
         assert_eq!(st.best_val, Some(3.0));
         st.apply(&Event::Saved {
-            path: PathBuf::from("out/run-latest.safetensors"),
+            path: std::path::PathBuf::from("out/run-latest.safetensors"),
         });
         assert!(
             st.status.contains("run-latest.safetensors"),
@@ -1410,10 +1381,10 @@ mod tests {
         assert_eq!(st.selected, 1);
         assert_eq!(st.handle_key(key('-')), Some(Action::Resample));
         assert_eq!(st.temperatures, vec![0.6, 0.9]);
-        for _ in 0..40 {
+        for _ in 0..(TEMP_MAX * 10.0) as usize {
             st.handle_key(key('+'));
         }
-        assert_eq!(st.temperatures[1], MAX_TEMPERATURE);
+        assert_eq!(st.temperatures[1], TEMP_MAX);
         assert_eq!(st.handle_key(key('+')), None, "no change, no resample");
         assert_eq!(st.handle_key(key('x')), None);
         let mut release = key('p');
@@ -1527,40 +1498,37 @@ mod tests {
     }
 
     #[test]
-    fn hook_asks_for_a_save_when_a_sample_is_due_and_hands_over_the_checkpoint() {
+    fn hook_asks_for_the_weights_when_a_sample_is_due_and_hands_them_over() {
+        let (model, _) = tiny_model();
         let (tx, rx) = mpsc::channel();
         let controls = Arc::new(Controls::new(Arc::new(AtomicUsize::new(0))));
-        let latest = PathBuf::from("out/r-latest.safetensors");
-        let mut hook = TrainHook::new(tx, controls.clone(), 10, latest.clone());
+        let mut hook = TrainHook::new(tx, controls.clone(), 10);
         assert_eq!(hook.on_event(&info(9)), Control::Continue);
-        assert_eq!(hook.on_event(&info(10)), Control::SaveNow);
-        // A best checkpoint is not what the sample waits for.
-        let best = PathBuf::from("out/r-best.safetensors");
-        hook.on_event(&Event::Saved { path: best });
-        hook.on_event(&Event::Saved {
-            path: latest.clone(),
-        });
+        assert_eq!(hook.on_event(&info(10)), Control::Weights);
+        let weights = |step| Event::Weights {
+            step,
+            model: model.clone(),
+        };
+        assert_eq!(hook.on_event(&weights(10)), Control::Continue);
         assert_eq!(hook.on_event(&info(11)), Control::Continue);
         let msgs: Vec<Msg> = rx.try_iter().collect();
-        let ckpts: Vec<(u64, PathBuf)> = msgs
+        let sampled: Vec<u64> = msgs
             .iter()
             .filter_map(|m| match m {
-                Msg::Checkpoint { step, path } => Some((*step, path.clone())),
+                Msg::Weights { step, .. } => Some(*step),
                 _ => None,
             })
             .collect();
-        assert_eq!(ckpts, vec![(10, latest.clone())]);
+        assert_eq!(sampled, vec![10]);
         assert_eq!(
             msgs.iter().filter(|m| matches!(m, Msg::Event(_))).count(),
-            5
+            3
         );
 
         // Keys: sample now, save now (a save asked during a non-step event waits for a step).
         controls.request_sample();
-        assert_eq!(hook.on_event(&info(12)), Control::SaveNow);
-        hook.on_event(&Event::Saved {
-            path: latest.clone(),
-        });
+        assert_eq!(hook.on_event(&info(12)), Control::Weights);
+        assert_eq!(hook.on_event(&weights(12)), Control::Continue);
         assert_eq!(hook.on_event(&info(13)), Control::Continue);
         controls.request_save();
         hook.on_event(&Event::Warning("w".into()));
@@ -1571,35 +1539,39 @@ mod tests {
         drop(rx);
         let controls = Arc::new(Controls::new(Arc::new(AtomicUsize::new(0))));
         let (tx, rx) = mpsc::channel();
-        let mut hook = TrainHook::new(tx, controls, 0, latest);
+        let mut hook = TrainHook::new(tx, controls, 0);
         drop(rx);
         assert_eq!(hook.on_event(&info(1)), Control::Stop, "UI gone: stop");
     }
 
     #[test]
-    fn pausing_at_a_step_saves_and_samples_it_before_holding() {
+    fn pausing_at_a_step_samples_it_before_holding() {
+        let (model, _) = tiny_model();
         let controls = Arc::new(Controls::new(Arc::new(AtomicUsize::new(0))));
         let (tx, rx) = mpsc::channel();
-        let latest = PathBuf::from("r-latest");
-        let mut hook = TrainHook::new(tx, controls.clone(), 0, latest.clone());
+        let mut hook = TrainHook::new(tx, controls.clone(), 0);
         controls.set_paused(true);
-        // Does not block: the step's weights are saved first.
-        assert_eq!(hook.on_event(&info(7)), Control::SaveNow);
+        // Does not block: the step's weights go to the UI first.
+        assert_eq!(hook.on_event(&info(7)), Control::Weights);
+        // Then it holds, with the sample on its way, until resumed.
         let c2 = controls.clone();
-        let resumer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
+        let ui = std::thread::spawn(move || {
+            // Resume whatever happens, so a failed check cannot leave the hook waiting.
+            let got = loop {
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(Msg::Event(_)) => continue,
+                    other => break other,
+                }
+            };
+            let held = c2.is_paused();
             c2.set_paused(false);
+            assert!(matches!(got, Ok(Msg::Weights { step: 7, .. })), "{got:?}");
+            assert!(held, "the hook holds while the sample is made");
+            rx
         });
-        let t0 = Instant::now();
-        hook.on_event(&Event::Saved { path: latest });
-        assert!(
-            t0.elapsed() >= Duration::from_millis(90),
-            "holds after the save"
-        );
-        resumer.join().unwrap();
-        assert!(rx
-            .try_iter()
-            .any(|m| matches!(m, Msg::Checkpoint { step: 7, .. })));
+        let answer = hook.on_event(&Event::Weights { step: 7, model });
+        let _rx = ui.join().unwrap();
+        assert_eq!(answer, Control::Continue);
         assert_eq!(hook.on_event(&info(8)), Control::Continue);
     }
 
@@ -1608,7 +1580,7 @@ mod tests {
         let interrupts = Arc::new(AtomicUsize::new(0));
         let controls = Arc::new(Controls::new(interrupts.clone()));
         let (tx, _rx) = mpsc::channel();
-        let mut hook = TrainHook::new(tx, controls.clone(), 0, PathBuf::from("l"));
+        let mut hook = TrainHook::new(tx, controls.clone(), 0);
         controls.set_paused(true);
         let c2 = controls.clone();
         let t0 = Instant::now();

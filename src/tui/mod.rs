@@ -17,6 +17,8 @@ pub mod dashboard;
 pub mod editor;
 pub mod event;
 pub mod files;
+pub mod limits;
+pub mod terminal;
 pub mod text;
 pub mod ui;
 pub mod worker;

@@ -2,8 +2,9 @@
 //!
 //! The [`Sampler`] is called once per generated token per stream, so it keeps its scratch
 //! buffers between calls and allocates nothing once they have grown to V. Cost per call:
-//! * the exponentials use a branch-free polynomial `exp` (about 1-2 ulp) that the compiler
-//!   vectorises; a temperature other than 1 costs a second exp pass (the logprob needs the
+//! * the exponentials use the numeric core's branch-free polynomial `exp`
+//!   ([`crate::nn::fast::exp_or_zero`], about 1-2 ulp) that the compiler vectorises; a
+//!   temperature other than 1 costs a second exp pass (the logprob needs the
 //!   temperature-1 partition sum);
 //! * without top-k/top-p nothing is sorted: a two-level cumulative walk (block sums of 64
 //!   tokens, then inside one block);
@@ -29,6 +30,7 @@ use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64Mcg;
 
 use crate::error::{Error, Result};
+use crate::nn::fast::exp_or_zero;
 
 /// Ranges of tokens at most this long are sorted outright in the nucleus search.
 const NUCLEUS_SORT_LEN: usize = 32;
@@ -373,35 +375,6 @@ fn effective_filter(p: &SamplingParams, v: usize) -> (usize, bool) {
 /// Tokens per block in the two-level cumulative walk.
 const BLOCK: usize = 64;
 
-/// exp(x), branch-free so loops over it vectorise (Cephes `expf` polynomial, about 1-2 ulp
-/// relative error). Returns exactly 0 for x < -87 (true value < 1.7e-38), `-inf` and NaN.
-/// Meant for x <= 0; valid up to x = 88.
-#[inline(always)]
-fn fast_exp(x: f32) -> f32 {
-    const LO: f32 = -87.0;
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = x.clamp(LO, 88.0); // NaN stays NaN but is masked to 0 below
-    let t = xc * std::f32::consts::LOG2_E + MAGIC;
-    let n = t - MAGIC;
-    // Wrapping ops: no overflow-check branch (which would block vectorisation); the clamp
-    // above keeps n in [-126, 127] anyway.
-    let n_i = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
-    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4; // ln 2 split in two parts
-    let mut q = 1.987_569_1e-4f32;
-    q = q * r + 1.398_2e-3;
-    q = q * r + 8.333_452e-3;
-    q = q * r + 4.166_579_6e-2;
-    q = q * r + 1.666_666_5e-1;
-    q = q * r + 0.5; // 5.0000001201e-1 rounds to 0.5 in f32
-    let y = q * r * r + r + 1.0;
-    let scale = f32::from_bits(((n_i.wrapping_add(127)) as u32 & 0xff) << 23);
-    if x >= LO {
-        y * scale
-    } else {
-        0.0
-    }
-}
-
 /// Fill `out` (length V) with the unnormalised probabilities exp((x - m) / t) of a logits
 /// row whose maximum (NaN as `-inf`) is m, m not `-inf`, t > 0.
 fn tempered_exp(logits: &[f32], m: f32, t: f32, out: &mut Vec<f32>) {
@@ -410,7 +383,7 @@ fn tempered_exp(logits: &[f32], m: f32, t: f32, out: &mut Vec<f32>) {
     if m.is_finite() {
         // NaN and -inf logits give NaN or -inf arguments, which fast_exp maps to 0.
         for (o, &x) in out.iter_mut().zip(logits) {
-            *o = fast_exp((x - m) / t);
+            *o = exp_or_zero((x - m) / t);
         }
     } else {
         for (o, &x) in out.iter_mut().zip(logits) {
@@ -433,7 +406,7 @@ fn partition_sum(logits: &[f32], m: f32) -> f64 {
     for c in logits.chunks(BLOCK) {
         let b = &mut buf[..c.len()];
         for (o, &x) in b.iter_mut().zip(c) {
-            *o = fast_exp(x - m);
+            *o = exp_or_zero(x - m);
         }
         total += sum_block(b);
     }
@@ -870,22 +843,6 @@ mod tests {
             assert_eq!(got, exp, "seed {seed}");
             assert!((mass - cum).abs() < 1e-9 * total);
         }
-    }
-
-    #[test]
-    fn fast_exp_accuracy_and_edges() {
-        let mut worst = 0.0f64;
-        for i in 0..=200_000 {
-            let x = -87.0 + 87.0 * i as f32 / 200_000.0;
-            let want = (x as f64).exp();
-            worst = worst.max((fast_exp(x) as f64 - want).abs() / want);
-        }
-        assert!(worst < 3e-7, "max relative error {worst}");
-        assert_eq!(fast_exp(0.0), 1.0);
-        for x in [f32::NEG_INFINITY, f32::NAN, -87.5, -1e30] {
-            assert_eq!(fast_exp(x), 0.0, "{x}");
-        }
-        assert!((fast_exp(5.0) as f64 - 5f64.exp()).abs() < 1e-6 * 5f64.exp());
     }
 
     #[test]

@@ -220,26 +220,47 @@ pub mod fast {
         p / q
     }
 
-    /// e^x (x clamped to [-87, 88]; anything below -87, -inf included, gives 0; NaN gives
-    /// NaN). Cody–Waite reduction x = n ln2 + r, polynomial for e^r, 2^n built in the
-    /// exponent bits.
+    /// e^x before the range rule: x clamped to [-87, 88], Cody–Waite reduction
+    /// x = n ln2 + r, polynomial for e^r, 2^n built in the exponent bits. Plain multiplies
+    /// and adds (no fused multiply-add), so the compiler vectorises loops over it on any x86-64
+    /// and the AVX2 twin gives the same bits.
     #[inline(always)]
-    pub fn exp_f32(x: f32) -> f32 {
+    fn exp_poly(x: f32) -> f32 {
         let xc = if EXP_LO > x { EXP_LO } else { x };
         let xc = if EXP_HI < xc { EXP_HI } else { xc };
-        let t = xc.mul_add(std::f32::consts::LOG2_E, EXP_MAGIC);
+        let t = xc * std::f32::consts::LOG2_E + EXP_MAGIC;
         let n = t - EXP_MAGIC;
+        // Wrapping ops: no overflow-check branch (which would block vectorisation); the clamp
+        // keeps n in [-126, 127] anyway.
         let n_i = (t.to_bits() as i32).wrapping_sub(EXP_MAGIC.to_bits() as i32);
-        let r = n.mul_add(-LN2_HI, xc);
-        let r = n.mul_add(-LN2_LO, r);
+        let r = xc - n * LN2_HI - n * LN2_LO;
         let mut q = EXP_Q[0];
         for &c in &EXP_Q[1..] {
-            q = q.mul_add(r, c);
+            q = q * r + c;
         }
-        let y = (q * r).mul_add(r, r) + 1.0;
-        let scale = f32::from_bits(((n_i.wrapping_add(127)) as u32) << 23);
-        let v = y * scale;
+        let y = q * r * r + r + 1.0;
+        let scale = f32::from_bits(((n_i.wrapping_add(127)) as u32 & 0xff) << 23);
+        y * scale
+    }
+
+    /// e^x: anything below -87, -inf included, gives 0 (the true value is under 1.7e-38);
+    /// NaN gives NaN; x is clamped to 88 above. About 1-2 ulp.
+    #[inline(always)]
+    pub fn exp_f32(x: f32) -> f32 {
+        let v = exp_poly(x);
         if x >= EXP_LO || x.is_nan() {
+            v
+        } else {
+            0.0
+        }
+    }
+
+    /// [`exp_f32`], except that NaN gives 0 (the sampler's rule: a NaN logit has
+    /// probability 0). Meant for x <= 0.
+    #[inline(always)]
+    pub fn exp_or_zero(x: f32) -> f32 {
+        let v = exp_poly(x);
+        if x >= EXP_LO {
             v
         } else {
             0.0
@@ -294,20 +315,24 @@ pub mod fast {
             let magic = _mm256_set1_ps(EXP_MAGIC);
             let xc = _mm256_max_ps(lo, x);
             let xc = _mm256_min_ps(_mm256_set1_ps(EXP_HI), xc);
-            let t = _mm256_fmadd_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E), magic);
+            let t = _mm256_add_ps(
+                _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+                magic,
+            );
             let n = _mm256_sub_ps(t, magic);
             let n_i = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
-            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_HI), xc);
-            let r = _mm256_fmadd_ps(n, _mm256_set1_ps(-LN2_LO), r);
+            let r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI)));
+            let r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)));
             let mut q = _mm256_set1_ps(EXP_Q[0]);
             for &c in &EXP_Q[1..] {
-                q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(c));
+                q = _mm256_add_ps(_mm256_mul_ps(q, r), _mm256_set1_ps(c));
             }
             let y = _mm256_add_ps(
-                _mm256_fmadd_ps(_mm256_mul_ps(q, r), r, r),
+                _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(q, r), r), r),
                 _mm256_set1_ps(1.0),
             );
-            let e = _mm256_slli_epi32::<23>(_mm256_add_epi32(n_i, _mm256_set1_epi32(127)));
+            let biased = _mm256_add_epi32(n_i, _mm256_set1_epi32(127));
+            let e = _mm256_slli_epi32::<23>(_mm256_and_si256(biased, _mm256_set1_epi32(0xff)));
             let v = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
             // keep v where x >= LO or x is NaN (unordered), else 0
             let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, lo);
@@ -353,6 +378,18 @@ pub mod fast {
             assert_eq!(exp_f32(-1000.0), 0.0);
             assert_eq!(exp_f32(0.0), 1.0);
             assert!(exp_f32(f32::NAN).is_nan());
+            // The sampler's variant: NaN (a NaN logit) has probability 0.
+            for x in [f32::NEG_INFINITY, f32::NAN, -87.5, -1e30] {
+                assert_eq!(exp_or_zero(x), 0.0, "{x}");
+            }
+            let mut worst = 0.0f64;
+            for i in 0..=200_000 {
+                let x = -87.0 + 87.0 * i as f32 / 200_000.0;
+                let want = (x as f64).exp();
+                assert_eq!(exp_or_zero(x).to_bits(), exp_f32(x).to_bits());
+                worst = worst.max((exp_or_zero(x) as f64 - want).abs() / want);
+            }
+            assert!(worst < 3e-7, "max relative error {worst}");
         }
 
         #[cfg(target_arch = "x86_64")]

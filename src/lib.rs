@@ -4,6 +4,9 @@
 //! B batch (parallel streams), T time steps in a window, D input size of a layer,
 //! E embedding size, H hidden size, V vocabulary size, L number of layers.
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks, clippy::missing_safety_doc)]
+
 pub mod atomic;
 pub mod bench;
 pub mod checkpoint;

@@ -285,15 +285,18 @@ pub(crate) unsafe fn gemm_cols_ptr<F: Float>(
     ldc: usize,
     init: Init<'_, F>,
 ) {
-    let n = cols.len();
-    if m == 0 || n == 0 {
-        return;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let n = cols.len();
+        if m == 0 || n == 0 {
+            return;
+        }
+        let c = MatMut {
+            data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
+            ld: ldc,
+        };
+        gemm_cols(m, a, b, cols, c, init);
     }
-    let c = MatMut {
-        data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
-        ld: ldc,
-    };
-    gemm_cols(m, a, b, cols, c, init);
 }
 
 /// [`gemm_strided`] writing through a raw pointer, so tasks on other threads can fill
@@ -309,16 +312,19 @@ pub(crate) unsafe fn gemm_strided_ptr<F: Float>(
     ldc: usize,
     init: Init<'_, F>,
 ) {
-    assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
-    let (m, n) = (a.rows, b.cols);
-    if m == 0 || n == 0 {
-        return;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
+        let (m, n) = (a.rows, b.cols);
+        if m == 0 || n == 0 {
+            return;
+        }
+        let c = MatMut {
+            data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
+            ld: ldc,
+        };
+        drive(a, BSource::Strided(b), c, init);
     }
-    let c = MatMut {
-        data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
-        ld: ldc,
-    };
-    drive(a, BSource::Strided(b), c, init);
 }
 
 fn drive<F: Float>(a: View<'_, F>, b: BSource<'_, F>, c: MatMut<'_, F>, init: Init<'_, F>) {
@@ -372,6 +378,9 @@ fn scratch<F>(buf: &mut Vec<f64>, len: usize) -> *mut F {
 }
 
 /// Packs one tile of R rows × kc columns of A (strides rs, cs) k-major into `d`.
+/// # Safety
+/// `a` must be valid for reads of R rows (stride `rs`) × `kc` columns (stride `cs`), and `d`
+/// for writes of R·`kc` elements that do not overlap them.
 #[inline(always)]
 unsafe fn pack_tile<F: Float, const R: usize>(
     a: *const F,
@@ -380,21 +389,24 @@ unsafe fn pack_tile<F: Float, const R: usize>(
     kc: usize,
     d: *mut F,
 ) {
-    if cs == 1 {
-        let mut rows = [a; R];
-        for (i, r) in rows.iter_mut().enumerate() {
-            *r = a.add(i * rs);
-        }
-        for kk in 0..kc {
-            for (i, r) in rows.iter().enumerate() {
-                *d.add(kk * R + i) = *r.add(kk);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        if cs == 1 {
+            let mut rows = [a; R];
+            for (i, r) in rows.iter_mut().enumerate() {
+                *r = a.add(i * rs);
             }
-        }
-    } else {
-        for kk in 0..kc {
-            let src = a.add(kk * cs);
-            for i in 0..R {
-                *d.add(kk * R + i) = *src.add(i * rs);
+            for kk in 0..kc {
+                for (i, r) in rows.iter().enumerate() {
+                    *d.add(kk * R + i) = *r.add(kk);
+                }
+            }
+        } else {
+            for kk in 0..kc {
+                let src = a.add(kk * cs);
+                for i in 0..R {
+                    *d.add(kk * R + i) = *src.add(i * rs);
+                }
             }
         }
     }
@@ -402,6 +414,10 @@ unsafe fn pack_tile<F: Float, const R: usize>(
 
 /// Copies rows `0..mc` × columns `0..kc` of A (strides `rs`, `cs`) into tiles of `tile`
 /// rows: tile q holds `kc` groups of its rows' values (k-major), one contiguous stream.
+///
+/// # Safety
+/// `a` must be valid for reads of rows `0..mc` (stride `rs`) × columns `0..kc` (stride
+/// `cs`), and `dst` for writes of `mc`·`kc` elements that do not overlap them.
 unsafe fn pack_a<F: Float>(
     a: *const F,
     rs: usize,
@@ -411,56 +427,66 @@ unsafe fn pack_a<F: Float>(
     tile: usize,
     dst: *mut F,
 ) {
-    let mut off = 0;
-    let mut i0 = 0;
-    while i0 < mc {
-        let rows = tile.min(mc - i0);
-        let (src, d) = (a.add(i0 * rs), dst.add(off));
-        match rows {
-            6 => pack_tile::<F, 6>(src, rs, cs, kc, d),
-            5 => pack_tile::<F, 5>(src, rs, cs, kc, d),
-            4 => pack_tile::<F, 4>(src, rs, cs, kc, d),
-            3 => pack_tile::<F, 3>(src, rs, cs, kc, d),
-            2 => pack_tile::<F, 2>(src, rs, cs, kc, d),
-            _ => pack_tile::<F, 1>(src, rs, cs, kc, d),
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let mut off = 0;
+        let mut i0 = 0;
+        while i0 < mc {
+            let rows = tile.min(mc - i0);
+            let (src, d) = (a.add(i0 * rs), dst.add(off));
+            match rows {
+                6 => pack_tile::<F, 6>(src, rs, cs, kc, d),
+                5 => pack_tile::<F, 5>(src, rs, cs, kc, d),
+                4 => pack_tile::<F, 4>(src, rs, cs, kc, d),
+                3 => pack_tile::<F, 3>(src, rs, cs, kc, d),
+                2 => pack_tile::<F, 2>(src, rs, cs, kc, d),
+                _ => pack_tile::<F, 1>(src, rs, cs, kc, d),
+            }
+            off += rows * kc;
+            i0 += rows;
         }
-        off += rows * kc;
-        i0 += rows;
     }
 }
 
 /// Packs rows `k0..k0+kc` of a strided B (K, N) into `np` panels of `kc` × NR (zero-padded).
+///
+/// # Safety
+/// `b` must have at least `k0 + kc` rows, and `dst` must be valid for writes of
+/// ceil(N / NR) · `kc` · NR elements that do not overlap `b`.
 unsafe fn pack_b_slice<F: Float>(b: &View<'_, F>, k0: usize, kc: usize, dst: *mut F) {
-    let n = b.cols;
-    let np = n.div_ceil(NR);
-    let base = b.data.as_ptr();
-    if n % NR != 0 {
-        let p = np - 1;
-        for kk in 0..kc {
-            for j in n - p * NR..NR {
-                *dst.add(p * kc * NR + kk * NR + j) = F::zero();
-            }
-        }
-    }
-    if b.cs == 1 {
-        for kk in 0..kc {
-            let src = base.add((k0 + kk) * b.rs);
-            for p in 0..np {
-                let w = NR.min(n - p * NR);
-                let d = dst.add(p * kc * NR + kk * NR);
-                if w == NR {
-                    std::ptr::copy_nonoverlapping(src.add(p * NR), d, NR);
-                } else {
-                    std::ptr::copy_nonoverlapping(src.add(p * NR), d, w);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let n = b.cols;
+        let np = n.div_ceil(NR);
+        let base = b.data.as_ptr();
+        if n % NR != 0 {
+            let p = np - 1;
+            for kk in 0..kc {
+                for j in n - p * NR..NR {
+                    *dst.add(p * kc * NR + kk * NR + j) = F::zero();
                 }
             }
         }
-    } else {
-        for j in 0..n {
-            let src = base.add(j * b.cs + k0 * b.rs);
-            let d = dst.add((j / NR) * kc * NR + j % NR);
+        if b.cs == 1 {
             for kk in 0..kc {
-                *d.add(kk * NR) = *src.add(kk * b.rs);
+                let src = base.add((k0 + kk) * b.rs);
+                for p in 0..np {
+                    let w = NR.min(n - p * NR);
+                    let d = dst.add(p * kc * NR + kk * NR);
+                    if w == NR {
+                        std::ptr::copy_nonoverlapping(src.add(p * NR), d, NR);
+                    } else {
+                        std::ptr::copy_nonoverlapping(src.add(p * NR), d, w);
+                    }
+                }
+            }
+        } else {
+            for j in 0..n {
+                let src = base.add(j * b.cs + k0 * b.rs);
+                let d = dst.add((j / NR) * kc * NR + j % NR);
+                for kk in 0..kc {
+                    *d.add(kk * NR) = *src.add(kk * b.rs);
+                }
             }
         }
     }
@@ -470,6 +496,11 @@ unsafe fn pack_b_slice<F: Float>(b: &View<'_, F>, k0: usize, kc: usize, dst: *mu
 /// block of rows, pack the A block into row tiles, then for each panel run the tiles. Tiles:
 /// 6 rows × 1 panel for M ≥ 4, else M rows × 2–4 panels (see the module docs for why this
 /// changes no result).
+///
+/// # Safety
+/// `b` must have `a.cols` rows and `n` columns, and `c` must be valid for reads and writes
+/// of `a.rows` rows × `n` columns at row stride `ldc`, overlap neither `a` nor `b`, and be
+/// touched by no one else during the call.
 unsafe fn gemm_raw<F: Float>(
     a: View<'_, F>,
     b: &BSource<'_, F>,
@@ -478,103 +509,106 @@ unsafe fn gemm_raw<F: Float>(
     ldc: usize,
     init: Init<'_, F>,
 ) {
-    let (m, k) = (a.rows, a.cols);
-    let np = n.div_ceil(NR);
-    APACK.with(|abuf| {
-        BPACK.with(|bbuf| {
-            let mut abuf = abuf.borrow_mut();
-            let mut bbuf = bbuf.borrow_mut();
-            let ap = scratch::<F>(&mut abuf, MC.min(m) * KC.min(k));
-            let bslice = match b {
-                BSource::Packed(..) => std::ptr::null_mut(),
-                BSource::Strided(_) => scratch::<F>(&mut bbuf, np * NR * KC.min(k)),
-            };
-            let mut k0 = 0;
-            while k0 < k {
-                let kc = KC.min(k - k0);
-                // Later slices add their partial sums to C.
-                let tile_init = |col: usize| match (k0, init) {
-                    (0, Init::Zero) => TileInit::Zero,
-                    (0, Init::Bias(bias)) => TileInit::Bias(bias.as_ptr().add(col)),
-                    _ => TileInit::Accumulate,
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        let (m, k) = (a.rows, a.cols);
+        let np = n.div_ceil(NR);
+        APACK.with(|abuf| {
+            BPACK.with(|bbuf| {
+                let mut abuf = abuf.borrow_mut();
+                let mut bbuf = bbuf.borrow_mut();
+                let ap = scratch::<F>(&mut abuf, MC.min(m) * KC.min(k));
+                let bslice = match b {
+                    BSource::Packed(..) => std::ptr::null_mut(),
+                    BSource::Strided(_) => scratch::<F>(&mut bbuf, np * NR * KC.min(k)),
                 };
-                // B panels of this slice: base pointer and panel stride.
-                let (bp, pstride) = match b {
-                    BSource::Packed(p, p0, _) => {
-                        (p.data.as_ptr().add(p0 * p.k * NR + k0 * NR), p.k * NR)
-                    }
-                    BSource::Strided(v) => {
-                        pack_b_slice(v, k0, kc, bslice);
-                        (bslice as *const F, kc * NR)
-                    }
-                };
-                let mut i0 = 0;
-                while i0 < m {
-                    let mc = MC.min(m - i0);
-                    let few = mc < 4;
-                    let tile = if few { mc } else { MR };
-                    pack_a(
-                        a.data.as_ptr().add(i0 * a.rs + k0 * a.cs),
-                        a.rs,
-                        a.cs,
-                        mc,
-                        kc,
-                        tile,
-                        ap,
-                    );
-                    if few {
-                        let per = match mc {
-                            1 => 4,
-                            2 => 3,
-                            _ => 2,
-                        };
-                        let mut p = 0;
-                        while p < np {
-                            let cnt = per.min(np - p);
-                            let cols = (n - p * NR).min(cnt * NR);
-                            F::gemm_tile(
-                                kc,
-                                ap,
-                                bp.add(p * pstride),
-                                pstride,
-                                cnt,
-                                c.add(i0 * ldc + p * NR),
-                                ldc,
-                                mc,
-                                cols,
-                                tile_init(p * NR),
-                            );
-                            p += cnt;
+                let mut k0 = 0;
+                while k0 < k {
+                    let kc = KC.min(k - k0);
+                    // Later slices add their partial sums to C.
+                    let tile_init = |col: usize| match (k0, init) {
+                        (0, Init::Zero) => TileInit::Zero,
+                        (0, Init::Bias(bias)) => TileInit::Bias(bias.as_ptr().add(col)),
+                        _ => TileInit::Accumulate,
+                    };
+                    // B panels of this slice: base pointer and panel stride.
+                    let (bp, pstride) = match b {
+                        BSource::Packed(p, p0, _) => {
+                            (p.data.as_ptr().add(p0 * p.k * NR + k0 * NR), p.k * NR)
                         }
-                    } else {
-                        for p in 0..np {
-                            let cols = (n - p * NR).min(NR);
-                            let ti = tile_init(p * NR);
-                            let mut i = 0;
-                            while i < mc {
-                                let rows = MR.min(mc - i);
+                        BSource::Strided(v) => {
+                            pack_b_slice(v, k0, kc, bslice);
+                            (bslice as *const F, kc * NR)
+                        }
+                    };
+                    let mut i0 = 0;
+                    while i0 < m {
+                        let mc = MC.min(m - i0);
+                        let few = mc < 4;
+                        let tile = if few { mc } else { MR };
+                        pack_a(
+                            a.data.as_ptr().add(i0 * a.rs + k0 * a.cs),
+                            a.rs,
+                            a.cs,
+                            mc,
+                            kc,
+                            tile,
+                            ap,
+                        );
+                        if few {
+                            let per = match mc {
+                                1 => 4,
+                                2 => 3,
+                                _ => 2,
+                            };
+                            let mut p = 0;
+                            while p < np {
+                                let cnt = per.min(np - p);
+                                let cols = (n - p * NR).min(cnt * NR);
                                 F::gemm_tile(
                                     kc,
-                                    ap.add(i * kc),
+                                    ap,
                                     bp.add(p * pstride),
                                     pstride,
-                                    1,
-                                    c.add((i0 + i) * ldc + p * NR),
+                                    cnt,
+                                    c.add(i0 * ldc + p * NR),
                                     ldc,
-                                    rows,
+                                    mc,
                                     cols,
-                                    ti,
+                                    tile_init(p * NR),
                                 );
-                                i += rows;
+                                p += cnt;
+                            }
+                        } else {
+                            for p in 0..np {
+                                let cols = (n - p * NR).min(NR);
+                                let ti = tile_init(p * NR);
+                                let mut i = 0;
+                                while i < mc {
+                                    let rows = MR.min(mc - i);
+                                    F::gemm_tile(
+                                        kc,
+                                        ap.add(i * kc),
+                                        bp.add(p * pstride),
+                                        pstride,
+                                        1,
+                                        c.add((i0 + i) * ldc + p * NR),
+                                        ldc,
+                                        rows,
+                                        cols,
+                                        ti,
+                                    );
+                                    i += rows;
+                                }
                             }
                         }
+                        i0 += mc;
                     }
-                    i0 += mc;
+                    k0 += kc;
                 }
-                k0 += kc;
-            }
-        })
-    });
+            })
+        });
+    }
 }
 
 /// Portable tile: `rows` × (`np` panels, `cols` valid columns) of C = init + A · B-panels
@@ -597,28 +631,31 @@ pub(crate) unsafe fn tile_generic<F: Float>(
     cols: usize,
     init: TileInit<F>,
 ) {
-    debug_assert!(rows <= MR && np <= 4 && cols <= np * NR);
-    let mut acc = [[F::zero(); 4 * NR]; MR];
-    for kk in 0..k {
-        for (i, acc_i) in acc.iter_mut().enumerate().take(rows) {
-            let av = *a.add(kk * rows + i);
-            for p in 0..np {
-                let brow = b.add(p * pstride + kk * NR);
-                for j in 0..NR {
-                    let x = &mut acc_i[p * NR + j];
-                    *x = F::fma(av, *brow.add(j), *x);
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        debug_assert!(rows <= MR && np <= 4 && cols <= np * NR);
+        let mut acc = [[F::zero(); 4 * NR]; MR];
+        for kk in 0..k {
+            for (i, acc_i) in acc.iter_mut().enumerate().take(rows) {
+                let av = *a.add(kk * rows + i);
+                for p in 0..np {
+                    let brow = b.add(p * pstride + kk * NR);
+                    for j in 0..NR {
+                        let x = &mut acc_i[p * NR + j];
+                        *x = F::fma(av, *brow.add(j), *x);
+                    }
                 }
             }
         }
-    }
-    for (i, acc_i) in acc.iter().enumerate().take(rows) {
-        for (j, &v) in acc_i.iter().enumerate().take(cols) {
-            let dst = c.add(i * ldc + j);
-            *dst = match init {
-                TileInit::Zero => v,
-                TileInit::Accumulate => *dst + v,
-                TileInit::Bias(bias) => *bias.add(j) + v,
-            };
+        for (i, acc_i) in acc.iter().enumerate().take(rows) {
+            for (j, &v) in acc_i.iter().enumerate().take(cols) {
+                let dst = c.add(i * ldc + j);
+                *dst = match init {
+                    TileInit::Zero => v,
+                    TileInit::Accumulate => *dst + v,
+                    TileInit::Bias(bias) => *bias.add(j) + v,
+                };
+            }
         }
     }
 }
@@ -653,29 +690,36 @@ pub(crate) mod avx2 {
         cols: usize,
         init: TileInit<f32>,
     ) {
-        macro_rules! go {
-            ($r:literal, $p:literal) => {
-                kernel::<$r, $p>(k, a, b, pstride, c, ldc, cols, init)
-            };
-        }
-        match (rows, np) {
-            (6, 1) => go!(6, 1),
-            (5, 1) => go!(5, 1),
-            (4, 1) => go!(4, 1),
-            (3, 1) => go!(3, 1),
-            (2, 1) => go!(2, 1),
-            (1, 1) => go!(1, 1),
-            (3, 2) => go!(3, 2),
-            (2, 2) => go!(2, 2),
-            (1, 2) => go!(1, 2),
-            (2, 3) => go!(2, 3),
-            (1, 3) => go!(1, 3),
-            (1, 4) => go!(1, 4),
-            _ => super::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init),
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe {
+            macro_rules! go {
+                ($r:literal, $p:literal) => {
+                    kernel::<$r, $p>(k, a, b, pstride, c, ldc, cols, init)
+                };
+            }
+            match (rows, np) {
+                (6, 1) => go!(6, 1),
+                (5, 1) => go!(5, 1),
+                (4, 1) => go!(4, 1),
+                (3, 1) => go!(3, 1),
+                (2, 1) => go!(2, 1),
+                (1, 1) => go!(1, 1),
+                (3, 2) => go!(3, 2),
+                (2, 2) => go!(2, 2),
+                (1, 2) => go!(1, 2),
+                (2, 3) => go!(2, 3),
+                (1, 3) => go!(1, 3),
+                (1, 4) => go!(1, 4),
+                _ => super::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init),
+            }
         }
     }
 
     /// R rows × P panels (2·R·P ≤ 12 accumulators).
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; `rows == R`, `np == P`, and the pointers valid for the extents
+    /// of [`super::tile_generic`].
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn kernel<const R: usize, const P: usize>(
@@ -688,70 +732,73 @@ pub(crate) mod avx2 {
         cols: usize,
         init: TileInit<f32>,
     ) {
-        if let TileInit::Accumulate = init {
-            // Fetch the C tile early: it is read at the end and may sit in L3.
-            for i in 0..R {
-                let crow = c.add(i * ldc) as *const i8;
-                _mm_prefetch::<_MM_HINT_T0>(crow);
-                _mm_prefetch::<_MM_HINT_T0>(crow.add(P * NR * 4 - 4));
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe {
+            if let TileInit::Accumulate = init {
+                // Fetch the C tile early: it is read at the end and may sit in L3.
+                for i in 0..R {
+                    let crow = c.add(i * ldc) as *const i8;
+                    _mm_prefetch::<_MM_HINT_T0>(crow);
+                    _mm_prefetch::<_MM_HINT_T0>(crow.add(P * NR * 4 - 4));
+                }
             }
-        }
-        let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
-        let mut bp = [b; P];
-        for (p, q) in bp.iter_mut().enumerate() {
-            *q = b.add(p * pstride);
-        }
-        let mut ap = a;
-        for _ in 0..k {
-            let mut bv = [[_mm256_setzero_ps(); 2]; P];
-            for p in 0..P {
-                bv[p][0] = _mm256_loadu_ps(bp[p]);
-                bv[p][1] = _mm256_loadu_ps(bp[p].add(8));
-                bp[p] = bp[p].add(NR);
+            let mut acc = [[[_mm256_setzero_ps(); 2]; P]; R];
+            let mut bp = [b; P];
+            for (p, q) in bp.iter_mut().enumerate() {
+                *q = b.add(p * pstride);
             }
-            for (i, acc_i) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*ap.add(i));
+            let mut ap = a;
+            for _ in 0..k {
+                let mut bv = [[_mm256_setzero_ps(); 2]; P];
                 for p in 0..P {
-                    acc_i[p][0] = _mm256_fmadd_ps(av, bv[p][0], acc_i[p][0]);
-                    acc_i[p][1] = _mm256_fmadd_ps(av, bv[p][1], acc_i[p][1]);
+                    bv[p][0] = _mm256_loadu_ps(bp[p]);
+                    bv[p][1] = _mm256_loadu_ps(bp[p].add(8));
+                    bp[p] = bp[p].add(NR);
                 }
-            }
-            ap = ap.add(R);
-        }
-        for (i, acc_i) in acc.iter().enumerate() {
-            let crow = c.add(i * ldc);
-            for (p, acc_ip) in acc_i.iter().enumerate() {
-                let c0 = p * NR;
-                if c0 >= cols {
-                    break;
-                }
-                let dst = crow.add(c0);
-                if cols - c0 >= NR {
-                    let (mut v0, mut v1) = (acc_ip[0], acc_ip[1]);
-                    match init {
-                        TileInit::Zero => {}
-                        TileInit::Accumulate => {
-                            v0 = _mm256_add_ps(_mm256_loadu_ps(dst), v0);
-                            v1 = _mm256_add_ps(_mm256_loadu_ps(dst.add(8)), v1);
-                        }
-                        TileInit::Bias(bias) => {
-                            v0 = _mm256_add_ps(_mm256_loadu_ps(bias.add(c0)), v0);
-                            v1 = _mm256_add_ps(_mm256_loadu_ps(bias.add(c0 + 8)), v1);
-                        }
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*ap.add(i));
+                    for p in 0..P {
+                        acc_i[p][0] = _mm256_fmadd_ps(av, bv[p][0], acc_i[p][0]);
+                        acc_i[p][1] = _mm256_fmadd_ps(av, bv[p][1], acc_i[p][1]);
                     }
-                    _mm256_storeu_ps(dst, v0);
-                    _mm256_storeu_ps(dst.add(8), v1);
-                } else {
-                    let mut tmp = [0f32; NR];
-                    _mm256_storeu_ps(tmp.as_mut_ptr(), acc_ip[0]);
-                    _mm256_storeu_ps(tmp.as_mut_ptr().add(8), acc_ip[1]);
-                    for (j, &v) in tmp.iter().enumerate().take(cols - c0) {
-                        let d = dst.add(j);
-                        *d = match init {
-                            TileInit::Zero => v,
-                            TileInit::Accumulate => *d + v,
-                            TileInit::Bias(bias) => *bias.add(c0 + j) + v,
-                        };
+                }
+                ap = ap.add(R);
+            }
+            for (i, acc_i) in acc.iter().enumerate() {
+                let crow = c.add(i * ldc);
+                for (p, acc_ip) in acc_i.iter().enumerate() {
+                    let c0 = p * NR;
+                    if c0 >= cols {
+                        break;
+                    }
+                    let dst = crow.add(c0);
+                    if cols - c0 >= NR {
+                        let (mut v0, mut v1) = (acc_ip[0], acc_ip[1]);
+                        match init {
+                            TileInit::Zero => {}
+                            TileInit::Accumulate => {
+                                v0 = _mm256_add_ps(_mm256_loadu_ps(dst), v0);
+                                v1 = _mm256_add_ps(_mm256_loadu_ps(dst.add(8)), v1);
+                            }
+                            TileInit::Bias(bias) => {
+                                v0 = _mm256_add_ps(_mm256_loadu_ps(bias.add(c0)), v0);
+                                v1 = _mm256_add_ps(_mm256_loadu_ps(bias.add(c0 + 8)), v1);
+                            }
+                        }
+                        _mm256_storeu_ps(dst, v0);
+                        _mm256_storeu_ps(dst.add(8), v1);
+                    } else {
+                        let mut tmp = [0f32; NR];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), acc_ip[0]);
+                        _mm256_storeu_ps(tmp.as_mut_ptr().add(8), acc_ip[1]);
+                        for (j, &v) in tmp.iter().enumerate().take(cols - c0) {
+                            let d = dst.add(j);
+                            *d = match init {
+                                TileInit::Zero => v,
+                                TileInit::Accumulate => *d + v,
+                                TileInit::Bias(bias) => *bias.add(c0 + j) + v,
+                            };
+                        }
                     }
                 }
             }

@@ -56,58 +56,65 @@ pub fn xent_row<F: Float>(row: &mut [F], y: usize, scale: Option<F>) -> f64 {
     loss
 }
 
+/// [`xent_row`] with AVX2 vectors (indices are checked as in the portable code).
+///
+/// # Safety
+/// AVX2 and FMA present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn xent_row_avx2(row: &mut [f32], y: usize, scale: Option<f32>) -> f64 {
-    use super::fast::{avx2::exp, exp_f32};
-    use std::arch::x86_64::*;
-    let hsum = |v: __m256| {
-        let mut a = [0f32; 8];
-        _mm256_storeu_ps(a.as_mut_ptr(), v);
-        ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
-    };
-    let n = row.len();
-    let p = row.as_mut_ptr();
-    let body = n - n % 8;
-    let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
-    let mut j = 0;
-    while j < body {
-        vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p.add(j)));
-        j += 8;
-    }
-    let mut a = [0f32; 8];
-    _mm256_storeu_ps(a.as_mut_ptr(), vmax);
-    let mut max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    for &v in &row[body..] {
-        max = max.max(v);
-    }
-    let vm = _mm256_set1_ps(max);
-    let mut vsum = _mm256_setzero_ps();
-    j = 0;
-    while j < body {
-        vsum = _mm256_add_ps(vsum, exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), vm)));
-        j += 8;
-    }
-    let mut sum = hsum(vsum);
-    for &v in &row[body..] {
-        sum += exp_f32(v - max);
-    }
-    let log_z = max + sum.ln();
-    let loss = (log_z - row[y]) as f64;
-    if let Some(scale) = scale {
-        let (vz, vs) = (_mm256_set1_ps(log_z), _mm256_set1_ps(scale));
-        j = 0;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use super::fast::{avx2::exp, exp_f32};
+        use std::arch::x86_64::*;
+        let hsum = |v: __m256| {
+            let mut a = [0f32; 8];
+            _mm256_storeu_ps(a.as_mut_ptr(), v);
+            ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+        };
+        let n = row.len();
+        let p = row.as_mut_ptr();
+        let body = n - n % 8;
+        let mut vmax = _mm256_set1_ps(f32::NEG_INFINITY);
+        let mut j = 0;
         while j < body {
-            let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), vz));
-            _mm256_storeu_ps(p.add(j), _mm256_mul_ps(e, vs));
+            vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(p.add(j)));
             j += 8;
         }
-        for v in &mut row[body..] {
-            *v = exp_f32(*v - log_z) * scale;
+        let mut a = [0f32; 8];
+        _mm256_storeu_ps(a.as_mut_ptr(), vmax);
+        let mut max = a.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for &v in &row[body..] {
+            max = max.max(v);
         }
-        row[y] -= scale;
+        let vm = _mm256_set1_ps(max);
+        let mut vsum = _mm256_setzero_ps();
+        j = 0;
+        while j < body {
+            vsum = _mm256_add_ps(vsum, exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), vm)));
+            j += 8;
+        }
+        let mut sum = hsum(vsum);
+        for &v in &row[body..] {
+            sum += exp_f32(v - max);
+        }
+        let log_z = max + sum.ln();
+        let loss = (log_z - row[y]) as f64;
+        if let Some(scale) = scale {
+            let (vz, vs) = (_mm256_set1_ps(log_z), _mm256_set1_ps(scale));
+            j = 0;
+            while j < body {
+                let e = exp(_mm256_sub_ps(_mm256_loadu_ps(p.add(j)), vz));
+                _mm256_storeu_ps(p.add(j), _mm256_mul_ps(e, vs));
+                j += 8;
+            }
+            for v in &mut row[body..] {
+                *v = exp_f32(*v - log_z) * scale;
+            }
+            row[y] -= scale;
+        }
+        loss
     }
-    loss
 }
 
 #[cfg(test)]

@@ -364,6 +364,10 @@ fn cell_elem<F: Float>(ai: F, af: F, ag: F, ao: F, cp: F) -> [F; 7] {
     [i, f, g, o, c, tc, o * tc]
 }
 
+/// [`cell_forward`] with AVX2 vectors (the slices' lengths are checked on entry).
+///
+/// # Safety
+/// AVX2 and FMA present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn cell_forward_avx2(
@@ -374,42 +378,45 @@ unsafe fn cell_forward_avx2(
     b: usize,
     h: usize,
 ) {
-    use super::fast::avx2::{sigmoid, tanh};
-    use std::arch::x86_64::*;
-    assert!(gates.len() >= b * 4 * h && c_prev.len() >= b * h && c_next.len() >= b * h);
-    assert!(h_next.len() >= b * h);
-    for r in 0..b {
-        let g = gates.as_mut_ptr().add(r * 4 * h);
-        let (gi, gf, gg, go) = (g, g.add(h), g.add(2 * h), g.add(3 * h));
-        let cp = c_prev.as_ptr().add(r * h);
-        let cn = c_next.as_mut_ptr().add(r * h);
-        let hn = h_next.as_mut_ptr().add(r * h);
-        let mut j = 0;
-        while j + 8 <= h {
-            let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
-            let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
-            let gv = tanh(_mm256_loadu_ps(gg.add(j)));
-            let o = sigmoid(_mm256_loadu_ps(go.add(j)));
-            _mm256_storeu_ps(gi.add(j), i);
-            _mm256_storeu_ps(gf.add(j), f);
-            _mm256_storeu_ps(gg.add(j), gv);
-            _mm256_storeu_ps(go.add(j), o);
-            let c = _mm256_fmadd_ps(f, _mm256_loadu_ps(cp.add(j)), _mm256_mul_ps(i, gv));
-            let t = tanh(c);
-            _mm256_storeu_ps(cn.add(j), c);
-            _mm256_storeu_ps(hn.add(j), _mm256_mul_ps(o, t));
-            j += 8;
-        }
-        while j < h {
-            let [i, f, gv, o, c, _, hv] =
-                cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cp.add(j));
-            *gi.add(j) = i;
-            *gf.add(j) = f;
-            *gg.add(j) = gv;
-            *go.add(j) = o;
-            *cn.add(j) = c;
-            *hn.add(j) = hv;
-            j += 1;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use super::fast::avx2::{sigmoid, tanh};
+        use std::arch::x86_64::*;
+        assert!(gates.len() >= b * 4 * h && c_prev.len() >= b * h && c_next.len() >= b * h);
+        assert!(h_next.len() >= b * h);
+        for r in 0..b {
+            let g = gates.as_mut_ptr().add(r * 4 * h);
+            let (gi, gf, gg, go) = (g, g.add(h), g.add(2 * h), g.add(3 * h));
+            let cp = c_prev.as_ptr().add(r * h);
+            let cn = c_next.as_mut_ptr().add(r * h);
+            let hn = h_next.as_mut_ptr().add(r * h);
+            let mut j = 0;
+            while j + 8 <= h {
+                let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
+                let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
+                let gv = tanh(_mm256_loadu_ps(gg.add(j)));
+                let o = sigmoid(_mm256_loadu_ps(go.add(j)));
+                _mm256_storeu_ps(gi.add(j), i);
+                _mm256_storeu_ps(gf.add(j), f);
+                _mm256_storeu_ps(gg.add(j), gv);
+                _mm256_storeu_ps(go.add(j), o);
+                let c = _mm256_fmadd_ps(f, _mm256_loadu_ps(cp.add(j)), _mm256_mul_ps(i, gv));
+                let t = tanh(c);
+                _mm256_storeu_ps(cn.add(j), c);
+                _mm256_storeu_ps(hn.add(j), _mm256_mul_ps(o, t));
+                j += 8;
+            }
+            while j < h {
+                let [i, f, gv, o, c, _, hv] =
+                    cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cp.add(j));
+                *gi.add(j) = i;
+                *gf.add(j) = f;
+                *gg.add(j) = gv;
+                *go.add(j) = o;
+                *cn.add(j) = c;
+                *hn.add(j) = hv;
+                j += 1;
+            }
         }
     }
 }
@@ -496,9 +503,11 @@ pub fn lstm_backward_input<F: Float>(
             let nb = rows.len();
             // SAFETY: this task owns rows `rows` of dh_next/dc_next and of every step's gates.
             let dh_next = unsafe { dhp.slice(rows.start * h, nb * h) };
+            // SAFETY: as above, rows `rows` of dc_next (B·H values) belong to this task.
             let dc_next = unsafe { dcp.slice(rows.start * h, nb * h) };
             for t in (0..t_len).rev() {
                 let r0 = t * b + rows.start;
+                // SAFETY: rows r0..r0+nb of the (T·B, 4H) gates are this task's rows of step t.
                 let g = unsafe { gp.slice(r0 * 4 * h, nb * 4 * h) };
                 let c_prev = &c[r0 * h..(r0 + nb) * h];
                 let c_t = &c[(r0 + b) * h..(r0 + b + nb) * h];
@@ -704,6 +713,10 @@ fn cell_back_elem<F: Float>(i: F, f: F, g: F, o: F, cp: F, tc: F, dh: F, dc_in: 
     ]
 }
 
+/// [`cell_backward`] with AVX2 vectors (the slices' lengths are checked on entry).
+///
+/// # Safety
+/// AVX2 and FMA present.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx2,fma")]
@@ -717,71 +730,74 @@ unsafe fn cell_backward_avx2(
     b: usize,
     h: usize,
 ) {
-    use super::fast::avx2::tanh;
-    use std::arch::x86_64::*;
-    assert!(g.len() >= b * 4 * h && c_prev.len() >= b * h && c.len() >= b * h);
-    assert!(dh_out.len() >= b * h && dh_next.len() >= b * h && dc_next.len() >= b * h);
-    let one = _mm256_set1_ps(1.0);
-    for r in 0..b {
-        let gr = g.as_mut_ptr().add(r * 4 * h);
-        let (gi, gf, gg, go) = (gr, gr.add(h), gr.add(2 * h), gr.add(3 * h));
-        let o_ = r * h;
-        let (cp, cr) = (c_prev.as_ptr().add(o_), c.as_ptr().add(o_));
-        let (dho, dhn) = (dh_out.as_ptr().add(o_), dh_next.as_ptr().add(o_));
-        let dcn = dc_next.as_mut_ptr().add(o_);
-        let mut j = 0;
-        while j + 8 <= h {
-            let i = _mm256_loadu_ps(gi.add(j));
-            let f = _mm256_loadu_ps(gf.add(j));
-            let gv = _mm256_loadu_ps(gg.add(j));
-            let o = _mm256_loadu_ps(go.add(j));
-            let t = tanh(_mm256_loadu_ps(cr.add(j)));
-            let dh = _mm256_add_ps(_mm256_loadu_ps(dho.add(j)), _mm256_loadu_ps(dhn.add(j)));
-            // dc = dc_in + ((dh · o) · (1 − t·t))
-            let dc = _mm256_add_ps(
-                _mm256_loadu_ps(dcn.add(j)),
-                _mm256_mul_ps(
-                    _mm256_mul_ps(dh, o),
-                    _mm256_sub_ps(one, _mm256_mul_ps(t, t)),
-                ),
-            );
-            let mul3 = |a: __m256, b: __m256, c: __m256, d: __m256| {
-                _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(a, b), c), d)
-            };
-            _mm256_storeu_ps(gi.add(j), mul3(dc, gv, i, _mm256_sub_ps(one, i)));
-            _mm256_storeu_ps(
-                gf.add(j),
-                mul3(dc, _mm256_loadu_ps(cp.add(j)), f, _mm256_sub_ps(one, f)),
-            );
-            _mm256_storeu_ps(
-                gg.add(j),
-                _mm256_mul_ps(
-                    _mm256_mul_ps(dc, i),
-                    _mm256_sub_ps(one, _mm256_mul_ps(gv, gv)),
-                ),
-            );
-            _mm256_storeu_ps(go.add(j), mul3(dh, t, o, _mm256_sub_ps(one, o)));
-            _mm256_storeu_ps(dcn.add(j), _mm256_mul_ps(dc, f));
-            j += 8;
-        }
-        while j < h {
-            let dh = *dho.add(j) + *dhn.add(j);
-            let [di, df, dg, d_o, dcp] = cell_back_elem(
-                *gi.add(j),
-                *gf.add(j),
-                *gg.add(j),
-                *go.add(j),
-                *cp.add(j),
-                <f32 as Float>::tanh_(*cr.add(j)),
-                dh,
-                *dcn.add(j),
-            );
-            *gi.add(j) = di;
-            *gf.add(j) = df;
-            *gg.add(j) = dg;
-            *go.add(j) = d_o;
-            *dcn.add(j) = dcp;
-            j += 1;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use super::fast::avx2::tanh;
+        use std::arch::x86_64::*;
+        assert!(g.len() >= b * 4 * h && c_prev.len() >= b * h && c.len() >= b * h);
+        assert!(dh_out.len() >= b * h && dh_next.len() >= b * h && dc_next.len() >= b * h);
+        let one = _mm256_set1_ps(1.0);
+        for r in 0..b {
+            let gr = g.as_mut_ptr().add(r * 4 * h);
+            let (gi, gf, gg, go) = (gr, gr.add(h), gr.add(2 * h), gr.add(3 * h));
+            let o_ = r * h;
+            let (cp, cr) = (c_prev.as_ptr().add(o_), c.as_ptr().add(o_));
+            let (dho, dhn) = (dh_out.as_ptr().add(o_), dh_next.as_ptr().add(o_));
+            let dcn = dc_next.as_mut_ptr().add(o_);
+            let mut j = 0;
+            while j + 8 <= h {
+                let i = _mm256_loadu_ps(gi.add(j));
+                let f = _mm256_loadu_ps(gf.add(j));
+                let gv = _mm256_loadu_ps(gg.add(j));
+                let o = _mm256_loadu_ps(go.add(j));
+                let t = tanh(_mm256_loadu_ps(cr.add(j)));
+                let dh = _mm256_add_ps(_mm256_loadu_ps(dho.add(j)), _mm256_loadu_ps(dhn.add(j)));
+                // dc = dc_in + ((dh · o) · (1 − t·t))
+                let dc = _mm256_add_ps(
+                    _mm256_loadu_ps(dcn.add(j)),
+                    _mm256_mul_ps(
+                        _mm256_mul_ps(dh, o),
+                        _mm256_sub_ps(one, _mm256_mul_ps(t, t)),
+                    ),
+                );
+                let mul3 = |a: __m256, b: __m256, c: __m256, d: __m256| {
+                    _mm256_mul_ps(_mm256_mul_ps(_mm256_mul_ps(a, b), c), d)
+                };
+                _mm256_storeu_ps(gi.add(j), mul3(dc, gv, i, _mm256_sub_ps(one, i)));
+                _mm256_storeu_ps(
+                    gf.add(j),
+                    mul3(dc, _mm256_loadu_ps(cp.add(j)), f, _mm256_sub_ps(one, f)),
+                );
+                _mm256_storeu_ps(
+                    gg.add(j),
+                    _mm256_mul_ps(
+                        _mm256_mul_ps(dc, i),
+                        _mm256_sub_ps(one, _mm256_mul_ps(gv, gv)),
+                    ),
+                );
+                _mm256_storeu_ps(go.add(j), mul3(dh, t, o, _mm256_sub_ps(one, o)));
+                _mm256_storeu_ps(dcn.add(j), _mm256_mul_ps(dc, f));
+                j += 8;
+            }
+            while j < h {
+                let dh = *dho.add(j) + *dhn.add(j);
+                let [di, df, dg, d_o, dcp] = cell_back_elem(
+                    *gi.add(j),
+                    *gf.add(j),
+                    *gg.add(j),
+                    *go.add(j),
+                    *cp.add(j),
+                    <f32 as Float>::tanh_(*cr.add(j)),
+                    dh,
+                    *dcn.add(j),
+                );
+                *gi.add(j) = di;
+                *gf.add(j) = df;
+                *gg.add(j) = dg;
+                *go.add(j) = d_o;
+                *dcn.add(j) = dcp;
+                j += 1;
+            }
         }
     }
 }
@@ -886,14 +902,21 @@ pub(crate) unsafe fn cell_step_units<F: Float>(
     hs: usize,
     units: std::ops::Range<usize>,
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if super::simd() && std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
-        cell_step_avx2(g as *const f32, h as *mut f32, c as *mut f32, b, hs, units);
-        return;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        #[cfg(target_arch = "x86_64")]
+        if super::simd() && std::any::TypeId::of::<F>() == std::any::TypeId::of::<f32>() {
+            cell_step_avx2(g as *const f32, h as *mut f32, c as *mut f32, b, hs, units);
+            return;
+        }
+        cell_step_impl(g, h, c, b, hs, units);
     }
-    cell_step_impl(g, h, c, b, hs, units);
 }
 
+/// [`cell_step_units`] with AVX2 vectors.
+///
+/// # Safety
+/// AVX2 and FMA present, and the contract of [`cell_step_units`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn cell_step_avx2(
@@ -904,34 +927,41 @@ unsafe fn cell_step_avx2(
     hs: usize,
     units: std::ops::Range<usize>,
 ) {
-    use super::fast::avx2::{sigmoid, tanh};
-    use std::arch::x86_64::*;
-    for r in 0..b {
-        let gr = g.add(r * 4 * hs);
-        let (gi, gf, gg, go) = (gr, gr.add(hs), gr.add(2 * hs), gr.add(3 * hs));
-        let cr = c.add(r * hs);
-        let hr = h.add(r * hs);
-        let mut j = units.start;
-        while j + 8 <= units.end {
-            let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
-            let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
-            let gv = tanh(_mm256_loadu_ps(gg.add(j)));
-            let o = sigmoid(_mm256_loadu_ps(go.add(j)));
-            let cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(cr.add(j)), _mm256_mul_ps(i, gv));
-            _mm256_storeu_ps(cr.add(j), cn);
-            _mm256_storeu_ps(hr.add(j), _mm256_mul_ps(o, tanh(cn)));
-            j += 8;
-        }
-        while j < units.end {
-            let [_, _, _, _, cn, _, hv] =
-                cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cr.add(j));
-            *cr.add(j) = cn;
-            *hr.add(j) = hv;
-            j += 1;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        use super::fast::avx2::{sigmoid, tanh};
+        use std::arch::x86_64::*;
+        for r in 0..b {
+            let gr = g.add(r * 4 * hs);
+            let (gi, gf, gg, go) = (gr, gr.add(hs), gr.add(2 * hs), gr.add(3 * hs));
+            let cr = c.add(r * hs);
+            let hr = h.add(r * hs);
+            let mut j = units.start;
+            while j + 8 <= units.end {
+                let i = sigmoid(_mm256_loadu_ps(gi.add(j)));
+                let f = sigmoid(_mm256_loadu_ps(gf.add(j)));
+                let gv = tanh(_mm256_loadu_ps(gg.add(j)));
+                let o = sigmoid(_mm256_loadu_ps(go.add(j)));
+                let cn = _mm256_fmadd_ps(f, _mm256_loadu_ps(cr.add(j)), _mm256_mul_ps(i, gv));
+                _mm256_storeu_ps(cr.add(j), cn);
+                _mm256_storeu_ps(hr.add(j), _mm256_mul_ps(o, tanh(cn)));
+                j += 8;
+            }
+            while j < units.end {
+                let [_, _, _, _, cn, _, hv] =
+                    cell_elem(*gi.add(j), *gf.add(j), *gg.add(j), *go.add(j), *cr.add(j));
+                *cr.add(j) = cn;
+                *hr.add(j) = hv;
+                j += 1;
+            }
         }
     }
 }
 
+/// [`cell_step_units`], portable.
+///
+/// # Safety
+/// The contract of [`cell_step_units`].
 #[inline(always)]
 unsafe fn cell_step_impl<F: Float>(
     g: *const F,
@@ -941,19 +971,22 @@ unsafe fn cell_step_impl<F: Float>(
     hs: usize,
     units: std::ops::Range<usize>,
 ) {
-    for r in 0..b {
-        let gr = g.add(r * 4 * hs);
-        for j in units.clone() {
-            let cp = c.add(r * hs + j);
-            let [_, _, _, _, cn, _, hv] = cell_elem(
-                *gr.add(j),
-                *gr.add(hs + j),
-                *gr.add(2 * hs + j),
-                *gr.add(3 * hs + j),
-                *cp,
-            );
-            *cp = cn;
-            *h.add(r * hs + j) = hv;
+    // SAFETY: the caller upholds this function's `# Safety` contract.
+    unsafe {
+        for r in 0..b {
+            let gr = g.add(r * 4 * hs);
+            for j in units.clone() {
+                let cp = c.add(r * hs + j);
+                let [_, _, _, _, cn, _, hv] = cell_elem(
+                    *gr.add(j),
+                    *gr.add(hs + j),
+                    *gr.add(2 * hs + j),
+                    *gr.add(3 * hs + j),
+                    *cp,
+                );
+                *cp = cn;
+                *h.add(r * hs + j) = hv;
+            }
         }
     }
 }
@@ -1057,6 +1090,7 @@ mod tests {
         let (mut hs1, mut cs1) = (vec![0f32; b * h], c_prev.clone());
         let (mut hs2, mut cs2) = (vec![0f32; b * h], c_prev.clone());
         cell_step(&gates, &mut hs1, &mut cs1, b, h);
+        // SAFETY: the vectors hold B·4H and B·H values; nothing else touches them.
         unsafe {
             cell_step_impl(
                 gates.as_ptr(),

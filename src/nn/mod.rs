@@ -75,7 +75,8 @@ pub trait Float:
         cols: usize,
         init: gemm::TileInit<Self>,
     ) {
-        gemm::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init)
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe { gemm::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init) }
     }
 }
 
@@ -101,6 +102,8 @@ impl Float for f32 {
         // Always fused, so the portable code rounds exactly as the FMA kernels do.
         a.mul_add(b, c)
     }
+    /// # Safety
+    /// As [`Float::gemm_tile`]: pointers valid for the extents of [`gemm::tile_generic`].
     #[inline]
     unsafe fn gemm_tile(
         k: usize,
@@ -114,11 +117,14 @@ impl Float for f32 {
         cols: usize,
         init: gemm::TileInit<f32>,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if simd() {
-            return gemm::avx2::tile(k, a, b, pstride, np, c, ldc, rows, cols, init);
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe {
+            #[cfg(target_arch = "x86_64")]
+            if simd() {
+                return gemm::avx2::tile(k, a, b, pstride, np, c, ldc, rows, cols, init);
+            }
+            gemm::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init)
         }
-        gemm::tile_generic(k, a, b, pstride, np, c, ldc, rows, cols, init)
     }
 }
 
@@ -280,19 +286,22 @@ pub mod fast {
         /// AVX2 and FMA present.
         #[inline(always)]
         pub unsafe fn tanh(x: __m256) -> __m256 {
-            let x = _mm256_min_ps(_mm256_set1_ps(TANH_CLAMP), x);
-            let x = _mm256_max_ps(_mm256_set1_ps(-TANH_CLAMP), x);
-            let x2 = _mm256_mul_ps(x, x);
-            let mut p = _mm256_set1_ps(TANH_P[0]);
-            for &c in &TANH_P[1..] {
-                p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(c));
+            // SAFETY: the caller upholds this function's `# Safety` contract.
+            unsafe {
+                let x = _mm256_min_ps(_mm256_set1_ps(TANH_CLAMP), x);
+                let x = _mm256_max_ps(_mm256_set1_ps(-TANH_CLAMP), x);
+                let x2 = _mm256_mul_ps(x, x);
+                let mut p = _mm256_set1_ps(TANH_P[0]);
+                for &c in &TANH_P[1..] {
+                    p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(c));
+                }
+                p = _mm256_mul_ps(p, x);
+                let mut q = _mm256_set1_ps(TANH_Q[0]);
+                for &c in &TANH_Q[1..] {
+                    q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(c));
+                }
+                _mm256_div_ps(p, q)
             }
-            p = _mm256_mul_ps(p, x);
-            let mut q = _mm256_set1_ps(TANH_Q[0]);
-            for &c in &TANH_Q[1..] {
-                q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(c));
-            }
-            _mm256_div_ps(p, q)
         }
 
         /// [`sigmoid_f32`] on 8 lanes.
@@ -301,8 +310,11 @@ pub mod fast {
         /// AVX2 and FMA present.
         #[inline(always)]
         pub unsafe fn sigmoid(x: __m256) -> __m256 {
-            let half = _mm256_set1_ps(0.5);
-            _mm256_fmadd_ps(half, tanh(_mm256_mul_ps(half, x)), half)
+            // SAFETY: the caller upholds this function's `# Safety` contract.
+            unsafe {
+                let half = _mm256_set1_ps(0.5);
+                _mm256_fmadd_ps(half, tanh(_mm256_mul_ps(half, x)), half)
+            }
         }
 
         /// [`exp_f32`] on 8 lanes.
@@ -311,32 +323,35 @@ pub mod fast {
         /// AVX2 and FMA present.
         #[inline(always)]
         pub unsafe fn exp(x: __m256) -> __m256 {
-            let lo = _mm256_set1_ps(EXP_LO);
-            let magic = _mm256_set1_ps(EXP_MAGIC);
-            let xc = _mm256_max_ps(lo, x);
-            let xc = _mm256_min_ps(_mm256_set1_ps(EXP_HI), xc);
-            let t = _mm256_add_ps(
-                _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
-                magic,
-            );
-            let n = _mm256_sub_ps(t, magic);
-            let n_i = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
-            let r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI)));
-            let r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)));
-            let mut q = _mm256_set1_ps(EXP_Q[0]);
-            for &c in &EXP_Q[1..] {
-                q = _mm256_add_ps(_mm256_mul_ps(q, r), _mm256_set1_ps(c));
+            // SAFETY: the caller upholds this function's `# Safety` contract.
+            unsafe {
+                let lo = _mm256_set1_ps(EXP_LO);
+                let magic = _mm256_set1_ps(EXP_MAGIC);
+                let xc = _mm256_max_ps(lo, x);
+                let xc = _mm256_min_ps(_mm256_set1_ps(EXP_HI), xc);
+                let t = _mm256_add_ps(
+                    _mm256_mul_ps(xc, _mm256_set1_ps(std::f32::consts::LOG2_E)),
+                    magic,
+                );
+                let n = _mm256_sub_ps(t, magic);
+                let n_i = _mm256_sub_epi32(_mm256_castps_si256(t), _mm256_castps_si256(magic));
+                let r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(LN2_HI)));
+                let r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(LN2_LO)));
+                let mut q = _mm256_set1_ps(EXP_Q[0]);
+                for &c in &EXP_Q[1..] {
+                    q = _mm256_add_ps(_mm256_mul_ps(q, r), _mm256_set1_ps(c));
+                }
+                let y = _mm256_add_ps(
+                    _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(q, r), r), r),
+                    _mm256_set1_ps(1.0),
+                );
+                let biased = _mm256_add_epi32(n_i, _mm256_set1_epi32(127));
+                let e = _mm256_slli_epi32::<23>(_mm256_and_si256(biased, _mm256_set1_epi32(0xff)));
+                let v = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+                // keep v where x >= LO or x is NaN (unordered), else 0
+                let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, lo);
+                _mm256_and_ps(v, keep)
             }
-            let y = _mm256_add_ps(
-                _mm256_add_ps(_mm256_mul_ps(_mm256_mul_ps(q, r), r), r),
-                _mm256_set1_ps(1.0),
-            );
-            let biased = _mm256_add_epi32(n_i, _mm256_set1_epi32(127));
-            let e = _mm256_slli_epi32::<23>(_mm256_and_si256(biased, _mm256_set1_epi32(0xff)));
-            let v = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
-            // keep v where x >= LO or x is NaN (unordered), else 0
-            let keep = _mm256_cmp_ps::<_CMP_NLT_UQ>(x, lo);
-            _mm256_and_ps(v, keep)
         }
     }
 
@@ -398,32 +413,41 @@ pub mod fast {
             if !crate::nn::simd() {
                 return;
             }
+            /// # Safety
+            /// AVX2 and FMA present (checked by the caller).
             #[target_feature(enable = "avx2,fma")]
             unsafe fn check() {
-                use std::arch::x86_64::*;
-                let special = [
-                    f32::NAN,
-                    f32::INFINITY,
-                    f32::NEG_INFINITY,
-                    -87.5,
-                    100.0,
-                    -0.0,
-                ];
-                let xs: Vec<f32> = grid().step_by(7).chain(special).collect();
-                for chunk in xs.chunks_exact(8) {
-                    let v = _mm256_loadu_ps(chunk.as_ptr());
-                    let mut out = [[0f32; 8]; 3];
-                    _mm256_storeu_ps(out[0].as_mut_ptr(), avx2::tanh(v));
-                    _mm256_storeu_ps(out[1].as_mut_ptr(), avx2::sigmoid(v));
-                    _mm256_storeu_ps(
-                        out[2].as_mut_ptr(),
-                        avx2::exp(_mm256_mul_ps(v, _mm256_set1_ps(4.0))),
-                    );
-                    for l in 0..8 {
-                        let x = chunk[l];
-                        assert_eq!(out[0][l].to_bits(), tanh_f32(x).to_bits(), "tanh {x}");
-                        assert_eq!(out[1][l].to_bits(), sigmoid_f32(x).to_bits(), "sigmoid {x}");
-                        assert_eq!(out[2][l].to_bits(), exp_f32(x * 4.0).to_bits(), "exp {x}");
+                // SAFETY: the caller upholds this function's `# Safety` contract.
+                unsafe {
+                    use std::arch::x86_64::*;
+                    let special = [
+                        f32::NAN,
+                        f32::INFINITY,
+                        f32::NEG_INFINITY,
+                        -87.5,
+                        100.0,
+                        -0.0,
+                    ];
+                    let xs: Vec<f32> = grid().step_by(7).chain(special).collect();
+                    for chunk in xs.chunks_exact(8) {
+                        let v = _mm256_loadu_ps(chunk.as_ptr());
+                        let mut out = [[0f32; 8]; 3];
+                        _mm256_storeu_ps(out[0].as_mut_ptr(), avx2::tanh(v));
+                        _mm256_storeu_ps(out[1].as_mut_ptr(), avx2::sigmoid(v));
+                        _mm256_storeu_ps(
+                            out[2].as_mut_ptr(),
+                            avx2::exp(_mm256_mul_ps(v, _mm256_set1_ps(4.0))),
+                        );
+                        for l in 0..8 {
+                            let x = chunk[l];
+                            assert_eq!(out[0][l].to_bits(), tanh_f32(x).to_bits(), "tanh {x}");
+                            assert_eq!(
+                                out[1][l].to_bits(),
+                                sigmoid_f32(x).to_bits(),
+                                "sigmoid {x}"
+                            );
+                            assert_eq!(out[2][l].to_bits(), exp_f32(x * 4.0).to_bits(), "exp {x}");
+                        }
                     }
                 }
             }

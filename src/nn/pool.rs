@@ -32,6 +32,7 @@ struct Job {
 
 // SAFETY: `f` points to a `Sync` closure that outlives every call made through it.
 unsafe impl Send for Job {}
+// SAFETY: as for `Send`; the other fields are atomics and a mutex.
 unsafe impl Sync for Job {}
 
 impl Job {
@@ -148,9 +149,9 @@ pub fn run(n: usize, f: &(dyn Fn(usize) + Sync)) {
     let Ok(_guard) = p.busy.try_lock() else {
         return inline(f);
     };
-    // SAFETY (lifetime erasure): the job is only called for indices < n, and this function
-    // waits below until all n calls have returned, so `f` outlives every use.
     let f_ptr: *const (dyn Fn(usize) + Sync + '_) = f;
+    // SAFETY: lifetime erasure; the job is only called for indices < n, and this function
+    // waits below until all n calls have returned, so `f` outlives every use.
     let f_static: *const Task = unsafe { std::mem::transmute(f_ptr) };
     let job = Arc::new(Job {
         f: f_static,
@@ -215,6 +216,7 @@ pub(crate) struct SyncPtr<F>(pub(crate) *mut F);
 // SAFETY: used only for disjoint row ranges of one buffer, from tasks joined before the
 // buffer is used again.
 unsafe impl<F> Send for SyncPtr<F> {}
+// SAFETY: as for `Send`: shared only by tasks that touch disjoint elements.
 unsafe impl<F> Sync for SyncPtr<F> {}
 
 impl<F> SyncPtr<F> {
@@ -229,7 +231,8 @@ impl<F> SyncPtr<F> {
     /// In bounds, and no other live reference to these elements.
     #[allow(clippy::mut_from_ref)]
     pub(crate) unsafe fn slice(&self, off: usize, len: usize) -> &mut [F] {
-        std::slice::from_raw_parts_mut(self.0.add(off), len)
+        // SAFETY: the caller upholds this function's `# Safety` contract.
+        unsafe { std::slice::from_raw_parts_mut(self.0.add(off), len) }
     }
 }
 

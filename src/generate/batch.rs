@@ -46,7 +46,7 @@ pub struct Sweep {
     pub top_k: Vec<Option<usize>>,
     /// Top-p values (1.0: off).
     pub top_p: Vec<f32>,
-    /// User seeds; each sample's sampler is seeded with [`sample_seed`]`(seed, id)`.
+    /// User seeds; each sample's sampler is seeded with [`super::sample_seed`]`(seed, id)`.
     pub seed: Vec<u64>,
     /// Samples per combination.
     pub count: usize,
@@ -71,7 +71,7 @@ impl Default for Sweep {
 pub struct SampleSpec {
     /// Sample id, 1-based; it names the output file and enters the sampler's seed.
     pub id: u64,
-    /// Index of its prime in the prime list given to [`generate`] and [`SampleWriter`].
+    /// Index of its prime in the prime list given to [`generate`] and [`super::output::SampleWriter`].
     pub prime: usize,
     /// Sampling parameters.
     pub params: SamplingParams,

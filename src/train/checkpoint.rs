@@ -12,8 +12,8 @@ use std::path::Path;
 use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 
+use super::config::{Progress, TrainConfig};
 use super::optim::{Adam, AdamConfig};
-use super::trainer::{Progress, TrainConfig};
 use crate::checkpoint::{self, CheckpointKind, LoadedModel, ModelMeta};
 use crate::error::{Error, Result};
 use crate::nn::model::{LstmState, Model};

@@ -2,6 +2,7 @@
 
 pub mod batcher;
 pub mod checkpoint;
+pub mod config;
 pub mod corpus;
 pub mod metrics;
 pub mod optim;

@@ -12,7 +12,7 @@ use super::editor::TextArea;
 use super::files::{self, CheckpointEntry, Utc};
 use super::limits::{TEMP_MAX, TEMP_STEP, TOP_K_STEPS, TOP_P_STEP};
 use super::text::{Transcript, Wrapped};
-use super::worker::{Command, ModelInfo, Settings, StopReason, WorkerEvent};
+use super::worker::{Command, ModelInfo, RunEnd, Settings, WorkerEvent};
 
 /// Lengths `l`/`L` step through, then "no limit".
 pub const LENGTH_STEPS: &[usize] = &[50, 100, 200, 500, 1000, 2000, 5000, 10_000];
@@ -811,9 +811,9 @@ impl App {
                 }
                 self.end_run();
                 let what = match reason {
-                    StopReason::Length => "done",
-                    StopReason::Stopped => "stopped",
-                    StopReason::EndOfText => "end of text",
+                    RunEnd::Length => "done",
+                    RunEnd::Stopped => "stopped",
+                    RunEnd::EndOfText => "end of text",
                 };
                 self.say(
                     Level::Info,
@@ -935,7 +935,7 @@ mod tests {
         });
     }
 
-    fn finish(app: &mut App, tokens: usize, reason: StopReason) {
+    fn finish(app: &mut App, tokens: usize, reason: RunEnd) {
         app.handle_worker(WorkerEvent::Finished {
             run: app.run_id(),
             tokens,
@@ -1025,7 +1025,7 @@ mod tests {
             dist: vec![("d".into(), 0.7)],
         });
         assert_eq!(a.dist, [("d".to_string(), 0.7)]);
-        finish(&mut a, 1, StopReason::Length);
+        finish(&mut a, 1, RunEnd::Length);
         assert_eq!(a.activity, Activity::Idle);
         assert!(a.can_continue);
         assert_eq!(a.rate, 2.0);
@@ -1059,7 +1059,7 @@ mod tests {
         );
         assert_eq!(a.handle_key(key(KeyCode::Esc)), [Command::Stop]);
         token(&mut a, "x", 1.0);
-        finish(&mut a, 1, StopReason::Stopped);
+        finish(&mut a, 1, RunEnd::Stopped);
         let cmds = press(&mut a, "c");
         assert_eq!(
             cmds,
@@ -1069,7 +1069,7 @@ mod tests {
             }]
         );
         token(&mut a, "y", 1.0);
-        finish(&mut a, 1, StopReason::EndOfText);
+        finish(&mut a, 1, RunEnd::EndOfText);
         assert_eq!(a.transcript.text(), "xy");
         // r: next seed, from the prompt again.
         let cmds = press(&mut a, "r");
@@ -1092,7 +1092,7 @@ mod tests {
         a.handle_worker(WorkerEvent::Finished {
             run: old,
             tokens: 1,
-            reason: StopReason::Stopped,
+            reason: RunEnd::Stopped,
             secs: 0.1,
             can_continue: true,
         });
@@ -1282,11 +1282,11 @@ mod tests {
         press(&mut a, "g");
         token(&mut a, "1", 0.5);
         press(&mut a, "T"); // changed while running
-        finish(&mut a, 1, StopReason::Length);
+        finish(&mut a, 1, RunEnd::Length);
         a.prompt.set_text("second");
         press(&mut a, "g");
         token(&mut a, "2", 0.5);
-        finish(&mut a, 1, StopReason::Length);
+        finish(&mut a, 1, RunEnd::Length);
         assert_eq!(a.history.len(), 2);
         let h = &a.history[0];
         assert_eq!((h.number, h.prompt.as_str()), (1, "first"));

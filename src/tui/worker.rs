@@ -115,9 +115,9 @@ pub enum Command {
     Quit,
 }
 
-/// Why a run ended.
+/// Why a run of the UI ended (a stream's own end is a [`crate::generate::StopReason`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StopReason {
+pub enum RunEnd {
     /// The requested length was reached.
     Length,
     /// Stopped on request.
@@ -161,7 +161,7 @@ pub enum WorkerEvent {
         /// Tokens generated in the run.
         tokens: usize,
         /// Why.
-        reason: StopReason,
+        reason: RunEnd,
         /// Seconds since the run started.
         secs: f64,
         /// Whether a continue can pick up from here.
@@ -322,7 +322,7 @@ impl Worker {
             }
             Command::Stop => {
                 if self.active {
-                    self.finish(StopReason::Stopped);
+                    self.finish(RunEnd::Stopped);
                 }
             }
             Command::Set(s) => {
@@ -345,7 +345,7 @@ impl Worker {
 
     fn generate(&mut self, run: u64, prompt: &str, seed: u64, settings: Settings) {
         if self.active {
-            self.finish(StopReason::Stopped);
+            self.finish(RunEnd::Stopped);
         }
         self.run = run;
         self.settings = settings;
@@ -374,7 +374,7 @@ impl Worker {
 
     fn continue_run(&mut self, run: u64, settings: Settings) {
         if self.active {
-            self.finish(StopReason::Stopped);
+            self.finish(RunEnd::Stopped);
         }
         self.apply(settings);
         if !self.session.can_continue() || !self.session.resume(None).unwrap_or(false) {
@@ -403,7 +403,7 @@ impl Worker {
 
     fn load(&mut self, path: &Path) {
         if self.active {
-            self.finish(StopReason::Stopped);
+            self.finish(RunEnd::Stopped);
         }
         let opened = checkpoint::load_model(path).and_then(|lm| {
             let info = ModelInfo::new(&lm.path, &lm.model.config, &lm.tokenizer);
@@ -443,12 +443,12 @@ impl Worker {
             return;
         }
         if self.settings.length.is_some_and(|n| self.produced >= n) {
-            self.finish(StopReason::Length);
+            self.finish(RunEnd::Length);
             return;
         }
         let Some(u) = self.session.step() else {
             // Nothing is running (the stream ended earlier): the run is over.
-            self.finish(StopReason::Length);
+            self.finish(RunEnd::Length);
             return;
         };
         if let Some(f) = &u.finished {
@@ -463,7 +463,7 @@ impl Worker {
                         dist: None,
                     });
                 }
-                self.finish(StopReason::EndOfText);
+                self.finish(RunEnd::EndOfText);
                 return;
             }
         }
@@ -489,7 +489,7 @@ impl Worker {
         }
     }
 
-    fn finish(&mut self, reason: StopReason) {
+    fn finish(&mut self, reason: RunEnd) {
         self.active = false;
         self.paused = false;
         if self.session.is_feeding() {
@@ -600,7 +600,7 @@ pub(crate) mod tests {
         let WorkerEvent::Finished {
             run: 1,
             tokens: 40,
-            reason: StopReason::Length,
+            reason: RunEnd::Length,
             can_continue: true,
             ..
         } = fin
@@ -720,7 +720,7 @@ pub(crate) mod tests {
         assert!(matches!(
             fin,
             WorkerEvent::Finished {
-                reason: StopReason::Stopped,
+                reason: RunEnd::Stopped,
                 can_continue: true,
                 ..
             }

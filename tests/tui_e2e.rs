@@ -228,3 +228,53 @@ fn tui_runs_in_a_real_terminal() {
     assert!(words.contains(&"icanon") && words.contains(&"echo"), "{s}");
     assert_eq!(tmux.format("#{alternate_on}"), "0");
 }
+
+/// A terminal that goes away (a dropped SSH session, a killed tmux) ends `quill tui`: the
+/// process exits instead of spinning on a dead terminal.
+#[test]
+fn quill_tui_exits_when_its_terminal_goes_away() {
+    if Command::new("tmux").arg("-V").output().is_err() {
+        eprintln!("SKIPPED quill_tui_exits_when_its_terminal_goes_away: tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    tiny_checkpoint(dir.path());
+    let tmux = Tmux {
+        socket: format!("quill-tui-gone-{}", std::process::id()),
+        target: "gone".into(),
+    };
+    let bin = env!("CARGO_BIN_EXE_quill");
+    let script = format!("exec '{bin}' tui --speed 40 --length 0");
+    let o = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-s",
+        "gone",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "-c",
+        dir.path().to_str().unwrap(),
+        &script,
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    tmux.wait_for("the idle main screen", |s| s.contains("○ idle"));
+    let pid: u32 = tmux.format("#{pane_pid}").parse().expect("pane pid");
+    tmux.keys(&["g"]);
+    tmux.wait_for("generating", |s| s.contains("● generating"));
+    drop(tmux); // kills the tmux server: the pane's terminal is gone
+    let proc_dir = std::path::PathBuf::from(format!("/proc/{pid}"));
+    let start = Instant::now();
+    while proc_dir.exists() {
+        let stat = std::fs::read_to_string(proc_dir.join("stat")).unwrap_or_default();
+        if stat.split_whitespace().nth(2) == Some("Z") {
+            break; // exited; waiting for its parent to reap it
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("quill tui (pid {pid}) still runs 20 s after its terminal went away");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
@@ -567,15 +567,25 @@ fn run_dashboard(
     let result = trainer.run(args.steps_this_run, &mut |e| hook.on_event(e));
     hook.finish();
     drop(hook);
-    let joined = ui.join();
+    // The UI ends within a frame once it sees `Done`; a terminal that went away can keep its
+    // key poll from ever returning, and then it is left behind rather than waited for.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !ui.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let joined = ui.is_finished().then(|| ui.join());
     drop(guard);
     let samples = match joined {
-        Ok((Ok(_), state)) => state.samples.into_iter().flatten().collect(),
-        Ok((Err(e), _)) => {
+        None => {
+            eprintln!("warning: the terminal stopped answering; training was stopped and saved");
+            Vec::new()
+        }
+        Some(Ok((Ok(_), state))) => state.samples.into_iter().flatten().collect(),
+        Some(Ok((Err(e), _))) => {
             eprintln!("warning: the dashboard failed ({e}); training was stopped and saved");
             Vec::new()
         }
-        Err(_) => {
+        Some(Err(_)) => {
             eprintln!("warning: the dashboard crashed; training was stopped and saved");
             Vec::new()
         }

@@ -64,11 +64,26 @@ impl InputThread {
         InputThread { stop, handle }
     }
 
-    /// Stops the thread and waits for it (at most one poll interval).
+    /// Stops the thread: it ends at its next look at the flag (within one poll interval).
+    /// A terminal that went away (a closed SSH session, a killed tmux) can keep crossterm's
+    /// poll from returning at all; the thread is then left behind instead of joined, so
+    /// quill still exits.
     pub fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
-            let _ = h.join();
+            join_or_leave(h, Duration::from_millis(500));
         }
+    }
+}
+
+/// Joins `h` if it finishes within `grace`; otherwise leaves it running (detached), to end
+/// with the process.
+pub fn join_or_leave(h: JoinHandle<()>, grace: Duration) {
+    let deadline = std::time::Instant::now() + grace;
+    while !h.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if h.is_finished() {
+        let _ = h.join();
     }
 }

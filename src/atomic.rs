@@ -191,15 +191,7 @@ fn sync_dir(_dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn names(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    }
+    use crate::testutil::dir_names;
 
     #[test]
     fn writes_replace_whole_files_and_failures_leave_nothing() {
@@ -214,13 +206,13 @@ mod tests {
                 .to_string();
             assert!(e.contains("simulated") && e.contains(".a.txt.tmp-"), "{e}");
             assert_eq!(fs::read(&p).unwrap(), b"second", "{fail:?}");
-            assert_eq!(names(dir.path()), vec!["a.txt"], "{fail:?}");
+            assert_eq!(dir_names(dir.path()), vec!["a.txt"], "{fail:?}");
         }
         // dropped uncommitted: nothing left, target untouched
         let mut f = AtomicFile::create(&p).unwrap();
         f.write_all(b"never").unwrap();
         drop(f);
-        assert_eq!(names(dir.path()), vec!["a.txt"]);
+        assert_eq!(dir_names(dir.path()), vec!["a.txt"]);
         let e = write(&dir.path().join("no/such/dir/x"), b"x").unwrap_err();
         assert!(
             e.to_string().contains("cannot create a temporary file"),

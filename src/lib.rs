@@ -36,6 +36,8 @@ pub mod error;
 pub mod generate;
 pub mod nn;
 pub mod plot;
+#[cfg(test)]
+mod testutil;
 pub mod tokenizer;
 pub mod train;
 pub mod tui;

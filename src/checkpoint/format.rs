@@ -630,6 +630,7 @@ fn write_atomic(path: &Path, bytes: &[u8], fail: FailPoint) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::dir_names;
     use serde_json::json;
 
     const P: &str = "test.qck";
@@ -715,15 +716,6 @@ mod tests {
         CheckpointFile::from_bytes(bytes, p())
             .expect_err("damaged input must not load")
             .to_string()
-    }
-
-    fn dir_entries(dir: &Path) -> Vec<String> {
-        let mut v: Vec<String> = fs::read_dir(dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
     }
 
     #[test]
@@ -909,13 +901,13 @@ mod tests {
         let cp = sample();
         cp.save_atomic(&path).unwrap();
         assert_eq!(CheckpointFile::load(&path).unwrap(), cp);
-        assert_eq!(dir_entries(&sub), vec!["model.qck"]);
+        assert_eq!(dir_names(&sub), vec!["model.qck"]);
         // Overwrite with different content.
         let other = model_like();
         other.save_atomic(&path).unwrap();
         assert_eq!(CheckpointFile::load(&path).unwrap(), other);
         assert_eq!(fs::read(&path).unwrap(), other.to_bytes().unwrap());
-        assert_eq!(dir_entries(&sub), vec!["model.qck"]);
+        assert_eq!(dir_names(&sub), vec!["model.qck"]);
     }
 
     #[test]
@@ -1162,7 +1154,7 @@ mod tests {
         // ... and save_atomic fails before touching the disk.
         let dir = tempfile::tempdir().unwrap();
         assert!(cp.save_atomic(&dir.path().join("m.qck")).is_err());
-        assert!(dir_entries(dir.path()).is_empty());
+        assert!(dir_names(dir.path()).is_empty());
     }
 
     #[test]
@@ -1179,7 +1171,7 @@ mod tests {
                 "{e}"
             );
             assert_eq!(fs::read(&path).unwrap(), old, "{fail:?}");
-            assert_eq!(dir_entries(dir.path()), vec!["model.qck"], "{fail:?}");
+            assert_eq!(dir_names(dir.path()), vec!["model.qck"], "{fail:?}");
         }
         assert_eq!(CheckpointFile::load(&path).unwrap(), sample());
     }
@@ -1193,15 +1185,15 @@ mod tests {
         let e = sample().save_atomic(&path).unwrap_err().to_string();
         assert!(e.contains(&*path.to_string_lossy()), "{e}");
         assert_eq!(fs::read(&file).unwrap(), b"keep me");
-        assert_eq!(dir_entries(dir.path()), vec!["notes.txt"]);
+        assert_eq!(dir_names(dir.path()), vec!["notes.txt"]);
 
         let target = dir.path().join("adir");
         fs::create_dir(&target).unwrap();
         fs::write(target.join("inside"), b"x").unwrap();
         let e = sample().save_atomic(&target).unwrap_err().to_string();
         assert!(e.contains("is a directory"), "{e}");
-        assert_eq!(dir_entries(&target), vec!["inside"]);
-        assert_eq!(dir_entries(dir.path()), vec!["adir", "notes.txt"]);
+        assert_eq!(dir_names(&target), vec!["inside"]);
+        assert_eq!(dir_names(dir.path()), vec!["adir", "notes.txt"]);
     }
 
     #[test]

@@ -422,31 +422,18 @@ pub fn generate(
 mod tests {
     use super::*;
     use crate::generate::stream::StopReason;
-    use crate::nn::model::ModelConfig;
-    use crate::tokenizer::{TokenizerKind, TokenizerOptions};
-    use rand::SeedableRng;
+    use crate::testutil;
+
+    use crate::tokenizer::TokenizerKind;
 
     const TEXT: &str = "the cat sat on the mat. a dog ate the hat!\nthe end.\n";
 
     fn tok(kind: TokenizerKind) -> Tokenizer {
-        let opts = TokenizerOptions {
-            vocab_size: if kind == TokenizerKind::Bpe { 300 } else { 100 },
-            min_frequency: 1,
-        };
-        Tokenizer::train(kind, TEXT, &opts).unwrap()
+        testutil::tokenizer(kind, TEXT)
     }
 
     fn model(v: usize, hidden: usize, seed: u64) -> Arc<Model<f32>> {
-        let cfg = ModelConfig {
-            vocab: v,
-            embed: 8,
-            hidden,
-            layers: 2,
-            dropout: 0.0,
-            tie_weights: false,
-        };
-        let mut rng = rand_pcg::Pcg64::seed_from_u64(seed);
-        Arc::new(Model::new(cfg, &mut rng).unwrap())
+        testutil::model(v, 8, hidden, 2, seed)
     }
 
     /// Runs `generate` and returns the outputs in sink order.

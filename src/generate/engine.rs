@@ -415,28 +415,18 @@ mod tests {
     use crate::generate::sampler::SamplingParams;
     use crate::generate::stream::StopReason;
     use crate::generate::stream::StreamSpec;
-    use crate::nn::model::ModelConfig;
-    use crate::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
-    use rand::SeedableRng;
+    use crate::testutil;
+
+    use crate::tokenizer::{Tokenizer, TokenizerKind};
+
     use std::collections::HashMap;
 
     fn setup() -> (Arc<Model<f32>>, Tokenizer) {
-        let t = Tokenizer::train(
+        let t = testutil::tokenizer(
             TokenizerKind::Char,
             "the cat sat on the mat; a dog ate the hat!",
-            &TokenizerOptions::for_kind(TokenizerKind::Char),
-        )
-        .unwrap();
-        let cfg = ModelConfig {
-            vocab: t.vocab_size(),
-            embed: 8,
-            hidden: 32,
-            layers: 2,
-            dropout: 0.0,
-            tie_weights: false,
-        };
-        let mut rng = rand_pcg::Pcg64::seed_from_u64(5);
-        (Arc::new(Model::new(cfg, &mut rng).unwrap()), t)
+        );
+        (testutil::model(t.vocab_size(), 8, 32, 2, 5), t)
     }
 
     fn spec(t: &Tokenizer, id: u64, prompt: &str, len: usize) -> StreamSpec {

@@ -145,30 +145,13 @@ mod tests {
     use crate::generate::sampler::Sampler;
     use crate::generate::stream::{sample_seed, StopReason};
     use crate::nn::generator::Generator;
-    use crate::nn::model::ModelConfig;
-    use crate::tokenizer::{TokenizerKind, TokenizerOptions};
-    use rand::SeedableRng;
+    use crate::testutil;
+
+    use crate::tokenizer::TokenizerKind;
 
     fn setup(kind: TokenizerKind) -> (Arc<Model<f32>>, Tokenizer) {
-        let t = Tokenizer::train(
-            kind,
-            "the cat sat on the mat.\nthe dog ate the hat.\n",
-            &TokenizerOptions {
-                vocab_size: 300,
-                min_frequency: 1,
-            },
-        )
-        .unwrap();
-        let cfg = ModelConfig {
-            vocab: t.vocab_size(),
-            embed: 8,
-            hidden: 16,
-            layers: 1,
-            dropout: 0.0,
-            tie_weights: false,
-        };
-        let mut rng = rand_pcg::Pcg64::seed_from_u64(2);
-        (Arc::new(Model::new(cfg, &mut rng).unwrap()), t)
+        let t = testutil::tokenizer(kind, "the cat sat on the mat.\nthe dog ate the hat.\n");
+        (testutil::model(t.vocab_size(), 8, 16, 1, 2), t)
     }
 
     /// The session gives what a plain loop over the generator and a sampler gives.

@@ -413,7 +413,8 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokenizer::{TokenizerKind, TokenizerOptions};
+    use crate::testutil;
+    use crate::tokenizer::TokenizerKind;
 
     #[test]
     fn sample_seeds_differ_by_id_and_seed() {
@@ -447,15 +448,7 @@ mod tests {
     }
 
     fn tok(kind: TokenizerKind) -> Tokenizer {
-        Tokenizer::train(
-            kind,
-            "the cat sat on the mat.\nthe dog ate the hat.\n",
-            &TokenizerOptions {
-                vocab_size: 300,
-                min_frequency: 1,
-            },
-        )
-        .unwrap()
+        testutil::tokenizer(kind, "the cat sat on the mat.\nthe dog ate the hat.\n")
     }
 
     #[test]

@@ -1192,9 +1192,10 @@ pub fn run_ui<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::model::ModelConfig;
-    use crate::tokenizer::{TokenizerKind, TokenizerOptions};
-    use rand::SeedableRng;
+    use crate::testutil;
+
+    use crate::tokenizer::TokenizerKind;
+
     use ratatui::backend::TestBackend;
     use std::sync::mpsc;
 
@@ -1241,23 +1242,8 @@ mod tests {
     }
 
     fn tiny_model() -> (Arc<Model<f32>>, Tokenizer) {
-        let text = "hello world\nhello there\n";
-        let tok = Tokenizer::train(
-            TokenizerKind::Char,
-            text,
-            &TokenizerOptions::for_kind(TokenizerKind::Char),
-        )
-        .unwrap();
-        let cfg = ModelConfig {
-            vocab: tok.vocab_size(),
-            embed: 4,
-            hidden: 8,
-            layers: 1,
-            dropout: 0.0,
-            tie_weights: false,
-        };
-        let mut rng = rand_pcg::Pcg32::seed_from_u64(3);
-        (Arc::new(Model::new(cfg, &mut rng).unwrap()), tok)
+        let tok = testutil::tokenizer(TokenizerKind::Char, "hello world\nhello there\n");
+        (testutil::model(tok.vocab_size(), 4, 8, 1, 3), tok)
     }
 
     #[test]

@@ -521,27 +521,15 @@ pub(crate) mod tests {
     use crate::generate::{sample_seed, start_tokens, Sampler};
     use crate::nn::generator::Generator;
     use crate::nn::model::Model;
-    use crate::tokenizer::TokenizerOptions;
-    use rand::SeedableRng;
+    use crate::testutil;
 
     /// An untrained char model over a small alphabet.
     pub(crate) fn tiny_model() -> (Model<f32>, Tokenizer) {
-        let tok = Tokenizer::train(
-            TokenizerKind::Char,
-            "abcdefgh ijkl\nmnop",
-            &TokenizerOptions::for_kind(TokenizerKind::Char),
+        let tok = testutil::tokenizer(TokenizerKind::Char, "abcdefgh ijkl\nmnop");
+        (
+            (*testutil::model(tok.vocab_size(), 4, 8, 1, 3)).clone(),
+            tok,
         )
-        .unwrap();
-        let cfg = ModelConfig {
-            vocab: tok.vocab_size(),
-            embed: 4,
-            hidden: 8,
-            layers: 1,
-            dropout: 0.0,
-            tie_weights: false,
-        };
-        let mut rng = rand_pcg::Pcg32::seed_from_u64(3);
-        (Model::new(cfg, &mut rng).unwrap(), tok)
     }
 
     /// A worker whose events arrive on the returned receiver.
@@ -771,25 +759,8 @@ pub(crate) mod tests {
     #[test]
     fn an_empty_prompt_starts_at_a_line_start_for_word_and_bpe_models() {
         for kind in [TokenizerKind::Word, TokenizerKind::Bpe] {
-            let tok = Tokenizer::train(
-                kind,
-                "the cat sat on the mat.\nthe dog ate the hat.\n",
-                &TokenizerOptions {
-                    vocab_size: 300,
-                    min_frequency: 1,
-                },
-            )
-            .unwrap();
-            let cfg = ModelConfig {
-                vocab: tok.vocab_size(),
-                embed: 8,
-                hidden: 16,
-                layers: 1,
-                dropout: 0.0,
-                tie_weights: false,
-            };
-            let mut rng = rand_pcg::Pcg32::seed_from_u64(5);
-            let model = Model::new(cfg, &mut rng).unwrap();
+            let tok = testutil::tokenizer(kind, "the cat sat on the mat.\nthe dog ate the hat.\n");
+            let model = (*testutil::model(tok.vocab_size(), 8, 16, 1, 5)).clone();
             let start = start_tokens(&[], &tok);
             assert_eq!(start, tok.encode("\n").unwrap(), "{kind:?}");
             assert_ne!(Some(start[0]), tok.eos_id(), "{kind:?}");

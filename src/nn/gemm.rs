@@ -219,6 +219,16 @@ enum BSource<'a, F> {
     Strided(View<'a, F>),
 }
 
+impl<F> BSource<'_, F> {
+    /// Columns N of the product.
+    fn cols(&self) -> usize {
+        match self {
+            BSource::Packed(_, _, n) => *n,
+            BSource::Strided(v) => v.cols,
+        }
+    }
+}
+
 /// `C = init + A · B` for the first `m` rows of A and C. A is (m, K) with row stride
 /// `a.ld`, C is (m, N) with row stride `c.ld`.
 ///
@@ -285,17 +295,21 @@ pub(crate) unsafe fn gemm_cols_ptr<F: Float>(
     ldc: usize,
     init: Init<'_, F>,
 ) {
-    // SAFETY: the caller upholds this function's `# Safety` contract.
+    assert!(a.ld >= b.k, "gemm: leading dimension of A");
+    assert!(
+        cols.start % NR == 0 && cols.start <= cols.end && cols.end <= b.n,
+        "gemm: column block"
+    );
+    let av = View::rows(a.data, m, b.k, a.ld);
+    // SAFETY: the caller hands over C's rows 0..m × columns 0..cols.len() at stride ldc.
     unsafe {
-        let n = cols.len();
-        if m == 0 || n == 0 {
-            return;
-        }
-        let c = MatMut {
-            data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
-            ld: ldc,
-        };
-        gemm_cols(m, a, b, cols, c, init);
+        drive_raw(
+            av,
+            BSource::Packed(b, cols.start / NR, cols.len()),
+            c,
+            ldc,
+            init,
+        )
     }
 }
 
@@ -312,27 +326,39 @@ pub(crate) unsafe fn gemm_strided_ptr<F: Float>(
     ldc: usize,
     init: Init<'_, F>,
 ) {
-    // SAFETY: the caller upholds this function's `# Safety` contract.
-    unsafe {
-        assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
-        let (m, n) = (a.rows, b.cols);
-        if m == 0 || n == 0 {
-            return;
-        }
-        let c = MatMut {
-            data: std::slice::from_raw_parts_mut(c, (m - 1) * ldc + n),
-            ld: ldc,
-        };
-        drive(a, BSource::Strided(b), c, init);
-    }
+    assert_eq!(a.cols, b.rows, "gemm: inner dimensions");
+    // SAFETY: the caller hands over C's rows 0..a.rows × columns 0..b.cols at stride ldc.
+    unsafe { drive_raw(a, BSource::Strided(b), c, ldc, init) }
 }
 
 fn drive<F: Float>(a: View<'_, F>, b: BSource<'_, F>, c: MatMut<'_, F>, init: Init<'_, F>) {
+    let m = a.rows;
+    let n = b.cols();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.ld >= n, "gemm: leading dimension of C");
+    assert!(c.data.len() >= (m - 1) * c.ld + n, "gemm: C too short");
+    // SAFETY: C holds rows 0..m × columns 0..n at stride c.ld (checked above), borrowed
+    // exclusively for the call.
+    unsafe { drive_raw(a, b, c.data.as_mut_ptr(), c.ld, init) }
+}
+
+/// [`drive`] on a C given as a raw pointer: never builds a reference to C, so tasks on
+/// other threads may own other elements of the same rows.
+///
+/// # Safety
+/// `c` must be valid for reads and writes of rows `0..a.rows` × columns `0..n` (n the
+/// columns of `b`) at row stride `ldc` ≥ n, not touched by anyone else during the call.
+unsafe fn drive_raw<F: Float>(
+    a: View<'_, F>,
+    b: BSource<'_, F>,
+    c: *mut F,
+    ldc: usize,
+    init: Init<'_, F>,
+) {
     let (m, k) = (a.rows, a.cols);
-    let n = match &b {
-        BSource::Packed(_, _, n) => *n,
-        BSource::Strided(v) => v.cols,
-    };
+    let n = b.cols();
     if m == 0 || n == 0 {
         return;
     }
@@ -340,25 +366,29 @@ fn drive<F: Float>(a: View<'_, F>, b: BSource<'_, F>, c: MatMut<'_, F>, init: In
     if let BSource::Strided(v) = &b {
         v.check("B");
     }
-    assert!(c.ld >= n, "gemm: leading dimension of C");
-    assert!(c.data.len() >= (m - 1) * c.ld + n, "gemm: C too short");
+    assert!(ldc >= n, "gemm: leading dimension of C");
     if let Init::Bias(bias) = init {
         assert!(bias.len() >= n, "gemm: bias too short");
     }
     if k == 0 {
         for i in 0..m {
-            let row = &mut c.data[i * c.ld..i * c.ld + n];
-            match init {
-                Init::Zero => row.fill(F::zero()),
-                Init::Accumulate => {}
-                Init::Bias(bias) => row.copy_from_slice(&bias[..n]),
+            // SAFETY: row i < m, columns < n of C, which the caller hands over.
+            let row = unsafe { c.add(i * ldc) };
+            for j in 0..n {
+                let v = match init {
+                    Init::Zero => F::zero(),
+                    Init::Accumulate => continue,
+                    Init::Bias(bias) => bias[j],
+                };
+                // SAFETY: as above.
+                unsafe { row.add(j).write(v) };
             }
         }
         return;
     }
-    // SAFETY: bounds checked above; the driver reads A (i < m, j < k), B inside its view or
-    // packed buffer, the bias (j < n), and writes C rows i < m, columns < n.
-    unsafe { gemm_raw(a, &b, n, c.data.as_mut_ptr(), c.ld, init) }
+    // SAFETY: A and B are checked views, the bias covers n columns, and the caller hands
+    // over C's rows i < m, columns < n; the driver touches nothing else.
+    unsafe { gemm_raw(a, &b, n, c, ldc, init) }
 }
 
 thread_local! {

@@ -183,6 +183,19 @@ impl<F: Float> LstmInput<'_, F> {
             LstmInput::Tokens { table, .. } => table.ncols(),
         }
     }
+
+    /// Panics unless the input has `rows` rows of width `d` and every token id is inside the
+    /// table (the raw-pointer paths rely on it).
+    fn check(&self, rows: usize, d: usize) {
+        assert_eq!(self.rows(), rows, "LSTM input: rows");
+        assert_eq!(self.width(), d, "LSTM input: width");
+        if let LstmInput::Tokens { table, tokens } = self {
+            let v = table.nrows();
+            if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= v) {
+                panic!("token id {bad} is outside the embedding table of {v} rows");
+            }
+        }
+    }
 }
 
 /// Whether layer 0 should fold the embedding into its input projection for a window of
@@ -225,8 +238,7 @@ pub fn lstm_forward_input<F: Float>(
     let b = h0.nrows();
     let h = p.hidden_size();
     let d = p.input_size();
-    debug_assert_eq!(input.rows(), t_len * b);
-    debug_assert_eq!(input.width(), d);
+    input.check(t_len * b, d);
     cache.ensure(t_len, b, h);
     cache.packed.pack_forward(p);
     cache.h.slice_mut(s![..b, ..]).assign(&h0);
@@ -486,6 +498,7 @@ pub fn lstm_backward_input<F: Float>(
 ) {
     let (t_len, b) = (cache.t, cache.b);
     let h = p.hidden_size();
+    input.check(t_len * b, p.input_size());
     cache.packed.pack_backward(p);
     cache.dh_next.fill(F::zero());
     cache.dc_next.fill(F::zero());
@@ -554,12 +567,40 @@ pub fn lstm_backward_input<F: Float>(
     }
     let dgs = cache.gates.as_slice().expect("standard layout");
     let hs = &cache.h.as_slice().expect("standard layout")[..n * h];
+    let panels = (4 * h).div_ceil(NR);
+    let np = pool::width().min(panels);
+    if let Some(t) = &table {
+        // S: per-token sums of the gate gradients, each task summing its block of columns
+        // (every element in row order, whatever the thread count).
+        let v = t.nrows();
+        let sp = SyncPtr(cache.folded.as_mut_ptr());
+        pool::run(np, &|part| {
+            let pr = pool::split(panels, np, part);
+            let cols = pr.start * NR..(pr.end * NR).min(4 * h);
+            let srows = sp.ptr();
+            // SAFETY: S is (V, 4H); this task alone touches columns `cols` of it, element by
+            // element through the raw pointer, and every token id is < V (checked on entry).
+            unsafe {
+                for tok in 0..v {
+                    let row = srows.add(tok * 4 * h);
+                    for j in cols.clone() {
+                        row.add(j).write(F::zero());
+                    }
+                }
+                for (r, &tok) in tokens.iter().enumerate() {
+                    let src = &dgs[r * 4 * h + cols.start..r * 4 * h + cols.end];
+                    let dst = srows.add(tok as usize * 4 * h + cols.start);
+                    for (j, &g) in src.iter().enumerate() {
+                        *dst.add(j) += g;
+                    }
+                }
+            }
+        });
+    }
     {
         let (wxp, whp) = (SyncPtr(dp.wx.as_mut_ptr()), SyncPtr(dp.wh.as_mut_ptr()));
         let bp = SyncPtr(dp.b.as_mut_ptr());
-        let sp = SyncPtr(cache.folded.as_mut_ptr());
-        let panels = (4 * h).div_ceil(NR);
-        let np = pool::width().min(panels);
+        let s_all = cache.folded.as_slice().expect("standard layout");
         let (dense, table) = (&dense, &table);
         pool::run(np, &|part| {
             let pr = pool::split(panels, np, part);
@@ -571,7 +612,8 @@ pub fn lstm_backward_input<F: Float>(
                 rs: 4 * h,
                 cs: 1,
             };
-            // SAFETY: this task alone writes columns `cols` of dwx, dwh, db and S.
+            // SAFETY: this task alone writes columns `cols` of dwx, dwh and db (raw pointers
+            // into their rows, never a reference); S and dG are only read here.
             unsafe {
                 if let Some(x) = dense {
                     let xt = View::transposed(x.as_slice().expect("standard layout"), d, n, d);
@@ -579,22 +621,6 @@ pub fn lstm_backward_input<F: Float>(
                 }
                 if let Some(t) = table {
                     let v = t.nrows();
-                    let srows = sp.ptr();
-                    for tok in 0..v {
-                        sp.slice(tok * 4 * h + cols.start, cols.len())
-                            .fill(F::zero());
-                    }
-                    for (r, &tok) in tokens.iter().enumerate() {
-                        let src = &dgs[r * 4 * h + cols.start..r * 4 * h + cols.end];
-                        let dst = std::slice::from_raw_parts_mut(
-                            srows.add(tok as usize * 4 * h + cols.start),
-                            cols.len(),
-                        );
-                        for (acc, &g) in dst.iter_mut().zip(src) {
-                            *acc += g;
-                        }
-                    }
-                    let s_all = std::slice::from_raw_parts(srows as *const F, v * 4 * h);
                     let sv = View {
                         data: &s_all[cols.start..],
                         rows: v,
@@ -1106,6 +1132,56 @@ mod tests {
         // and the in-place generation step equals the caching forward
         assert_eq!(bits(&hs1), bits(&o1[1]));
         assert_eq!(bits(&cs1), bits(&o1[0]));
+    }
+
+    /// A token id outside the embedding table is refused before any raw-pointer work, in the
+    /// forward and in the backward pass.
+    #[test]
+    fn token_ids_outside_the_table_are_refused() {
+        let (v, d, h, b, t) = (4, 3, 8, 2, 3);
+        let mut rng = Pcg64::seed_from_u64(5);
+        let p = LstmParams::<f32>::init(d, h, &mut rng);
+        let table = Array2::<f32>::zeros((v, d));
+        let (h0, c0) = (Array2::zeros((b, h)), Array2::zeros((b, h)));
+        let good: Vec<u32> = vec![1; t * b];
+        let mut bad = good.clone();
+        bad[4] = v as u32;
+        let forward = std::panic::catch_unwind(|| {
+            let mut cache = LstmCache::default();
+            let input = LstmInput::Tokens {
+                table: table.view(),
+                tokens: &bad,
+            };
+            lstm_forward_input(&p, input, h0.view(), c0.view(), t, &mut cache);
+        });
+        assert!(forward.is_err(), "forward accepted token {v}");
+        let mut cache = LstmCache::default();
+        let input = LstmInput::Tokens {
+            table: table.view(),
+            tokens: &good,
+        };
+        lstm_forward_input(&p, input, h0.view(), c0.view(), t, &mut cache);
+        let backward = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut dp = LstmParams::zeros(d, h);
+            let mut dtable = Array2::zeros((v, d));
+            let input = LstmInput::Tokens {
+                table: table.view(),
+                tokens: &bad,
+            };
+            let dh = Array2::zeros((t * b, h));
+            lstm_backward_input(
+                &p,
+                input,
+                dh.view(),
+                &mut cache,
+                &mut dp,
+                None,
+                Some(&mut dtable),
+            );
+        }));
+        let msg = backward.expect_err("backward accepted a bad token");
+        let msg = msg.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("outside the embedding table"), "{msg}");
     }
 
     /// Token inputs (embedding folded into the input projection, per-token gradient sums)

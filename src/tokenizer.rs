@@ -737,15 +737,18 @@ impl WordModel {
     fn from_hf(mut hf: WordHf) -> Result<Self> {
         // Special tokens are control tokens only: literal "<eos>" in text is ordinary text.
         hf.set_encode_special_tokens(true);
+        // The split pattern decides what text becomes: only quill's own is accepted (a
+        // crafted one could drop text silently or backtrack for seconds per line).
         match hf.get_pre_tokenizer() {
             Some(pt)
                 if pt.invert
                     && pt.behavior == SplitDelimiterBehavior::Removed
-                    && matches!(pt.pattern, SplitPattern::Regex(_)) => {}
+                    && matches!(&pt.pattern, SplitPattern::Regex(r) if r == WORD_PATTERN) => {}
             _ => {
-                return Err(tok_err(
-                    "word tokenizer must use an inverted, removing regex split pre-tokenizer",
-                ))
+                return Err(tok_err(format!(
+                    "word tokenizer must split with quill's pattern {WORD_PATTERN:?} \
+                     (an inverted, removing regex split pre-tokenizer); this one does not"
+                )))
             }
         }
         if hf.get_normalizer().is_some() || hf.get_post_processor().is_some() {
@@ -1635,7 +1638,17 @@ mod tests {
         assert!(vocab.contains_key("Ā"));
         vocab.insert("Ā".to_string(), serde_json::json!(100_000));
         expect_tok_err(&v.to_string());
+        // Word: another split pattern (here one that drops every digit) is refused.
+        let t = train(TokenizerKind::Word, PROSE);
+        let mut v: serde_json::Value = serde_json::from_str(&t.to_json()).unwrap();
+        let pattern = v["hf"]["pre_tokenizer"]["pattern"]["Regex"].clone();
+        assert_eq!(pattern, serde_json::json!(WORD_PATTERN), "{v}");
+        v["hf"]["pre_tokenizer"]["pattern"]["Regex"] = serde_json::json!(r"[a-z]+|[^\w\s]");
+        let msg = expect_tok_err(&v.to_string());
+        assert!(msg.contains("pattern"), "{msg}");
+
         // BPE: prefix space switched on.
+        let t = train(TokenizerKind::Bpe, PROSE);
         let mut v: serde_json::Value = serde_json::from_str(&t.to_json()).unwrap();
         v["hf"]["pre_tokenizer"]["add_prefix_space"] = serde_json::json!(true);
         expect_tok_err(&v.to_string());

@@ -285,3 +285,46 @@ fn a_closed_stdout_ends_info_and_eval_quietly() {
         assert!(o.status.success(), "{args:?}: {:?} {err}", o.status);
     }
 }
+
+/// `quill info` prints what a checkpoint says about itself (corpus path, version) with control
+/// characters escaped, so a crafted file cannot send escape sequences to the terminal.
+#[test]
+fn info_escapes_control_characters_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let evil = "evil\u{1b}]0;pwned\u{7}\u{1b}[2J.txt";
+    std::fs::copy(tiny_corpus(d), d.join(evil)).unwrap();
+    let o = quill(
+        &[
+            "train",
+            "--corpus",
+            evil,
+            "--name",
+            "e",
+            "--hidden",
+            "16",
+            "--embed",
+            "8",
+            "--batch",
+            "4",
+            "--seq",
+            "16",
+            "--max-steps",
+            "2",
+            "--quiet",
+        ],
+        d,
+    );
+    assert!(o.status.success(), "train failed: {}", text(&o.stderr));
+    let o = quill(&["info", "checkpoints/e-latest.safetensors"], d);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(
+        !out.contains('\u{1b}') && !out.contains('\u{7}'),
+        "raw control characters in: {out:?}"
+    );
+    assert!(
+        out.contains(r"evil\u{1b}]0;pwned\u{7}\u{1b}[2J.txt"),
+        "{out}"
+    );
+}

@@ -40,7 +40,12 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
     }
     let c = &m.base.model;
     let p = &m.progress;
-    writeln!(out, "checkpoint   {} ({:?})", a.path.display(), m.base.kind)?;
+    writeln!(
+        out,
+        "checkpoint   {} ({:?})",
+        shown(&a.path.display().to_string()),
+        m.base.kind
+    )?;
     writeln!(
         out,
         "model        {} layers x {} hidden, embed {}, dropout {}{}",
@@ -76,10 +81,17 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
     writeln!(
         out,
         "corpus       {} ({} train / {} val tokens, sha256 {}…)",
-        m.base.corpus.path.display(),
+        shown(&m.base.corpus.path.display().to_string()),
         m.base.corpus.train_tokens,
         m.base.corpus.val_tokens,
-        &m.base.corpus.fingerprint[..m.base.corpus.fingerprint.len().min(16)]
+        shown(
+            &m.base
+                .corpus
+                .fingerprint
+                .chars()
+                .take(16)
+                .collect::<String>()
+        )
     )?;
     if let Some(h) = p.history.last() {
         writeln!(
@@ -90,8 +102,22 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
             p.best_val.map_or("-".into(), |v| format!("{v:.4}"))
         )?;
     }
-    writeln!(out, "written by   quill {}", m.base.quill_version)?;
+    writeln!(out, "written by   quill {}", shown(&m.base.quill_version))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Text from a checkpoint as it may be printed to a terminal: control characters (escape
+/// sequences, carriage returns, ...) are shown escaped instead of acted upon.
+fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 #[derive(Debug, Args)]

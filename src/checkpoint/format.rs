@@ -563,6 +563,12 @@ impl CheckpointFile {
     /// Load a checkpoint file. Refuses directories, non-regular files and files larger than
     /// [`MAX_FILE_BYTES`]; then parses with [`CheckpointFile::from_bytes`].
     pub fn load(path: &Path) -> Result<Self> {
+        let bytes = Self::read_bytes(path)?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// The bytes of a checkpoint file, refusing what [`CheckpointFile::load`] refuses.
+    fn read_bytes(path: &Path) -> Result<Vec<u8>> {
         let io_err = |action: &str, cause| Error::CheckpointIo {
             path: path.to_path_buf(),
             action: action.to_string(),
@@ -597,7 +603,15 @@ impl CheckpointFile {
                 MAX_FILE_BYTES >> 30
             )));
         }
-        Self::from_bytes(&bytes, path)
+        Ok(bytes)
+    }
+
+    /// [`CheckpointFile::load`], also returning the SHA-256 (lowercase hex) of the very bytes
+    /// that were parsed (what a manifest records, not a second read of the file).
+    pub fn load_hashed(path: &Path) -> Result<(Self, String)> {
+        let bytes = Self::read_bytes(path)?;
+        let digest = format!("{:x}", Sha256::digest(&bytes));
+        Ok((Self::from_bytes(&bytes, path)?, digest))
     }
 }
 

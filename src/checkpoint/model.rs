@@ -67,6 +67,8 @@ pub struct LoadedModel {
     pub meta: ModelMeta,
     /// Where it was read from.
     pub path: PathBuf,
+    /// SHA-256 (lowercase hex) of the bytes it was loaded from.
+    pub sha256: String,
 }
 
 /// A checkpoint file holding `model`'s weights and the metadata `meta` (any JSON object that
@@ -80,10 +82,22 @@ pub fn build(model: &Model<f32>, meta: serde_json::Value) -> Result<CheckpointFi
     Ok(f)
 }
 
-/// Reads a checkpoint file and checks its model metadata: the parsed file (tensors not yet
-/// taken), the metadata and the tokenizer.
-pub fn read(path: &Path) -> Result<(CheckpointFile, ModelMeta, Tokenizer)> {
-    let f = CheckpointFile::load(path)?;
+/// A checkpoint file read and checked as far as its model metadata goes.
+#[derive(Debug)]
+pub struct ReadCheckpoint {
+    /// The parsed file (tensors not yet taken).
+    pub file: CheckpointFile,
+    /// Its model metadata.
+    pub meta: ModelMeta,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+    /// SHA-256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// Reads a checkpoint file and checks its model metadata.
+pub fn read(path: &Path) -> Result<ReadCheckpoint> {
+    let (f, sha256) = CheckpointFile::load_hashed(path)?;
     let err = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,
@@ -102,7 +116,12 @@ pub fn read(path: &Path) -> Result<(CheckpointFile, ModelMeta, Tokenizer)> {
             meta.model.vocab
         )));
     }
-    Ok((f, meta, tokenizer))
+    Ok(ReadCheckpoint {
+        file: f,
+        meta,
+        tokenizer,
+        sha256,
+    })
 }
 
 /// Takes the tensors of a [`Params`] stored under `prefix` out of `f`.
@@ -117,16 +136,17 @@ pub fn take_params(
 
 /// Loads a model for inference (full or weights-only checkpoints).
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
-    let (mut f, meta, tokenizer) = read(path)?;
-    let params = take_params(&mut f, &meta.model, "", path)?;
+    let mut r = read(path)?;
+    let params = take_params(&mut r.file, &r.meta.model, "", path)?;
     Ok(LoadedModel {
         model: Model {
-            config: meta.model.clone(),
+            config: r.meta.model.clone(),
             params,
         },
-        tokenizer,
-        meta,
+        tokenizer: r.tokenizer,
+        meta: r.meta,
         path: path.to_path_buf(),
+        sha256: r.sha256,
     })
 }
 

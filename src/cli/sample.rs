@@ -228,7 +228,7 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
     }
 
     let lm = load_model(a.checkpoint.as_deref())?;
-    let checkpoint = CheckpointInfo::of_file(&lm.path).map_err(flat)?;
+    let checkpoint = CheckpointInfo::of_model(&lm);
     let tok = lm.tokenizer;
     let mut unknown = Vec::new();
     let mut encoded = Vec::with_capacity(primes.len());

@@ -4,13 +4,13 @@
 //! `quill sample --out` uses.
 
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
 
 use crate::atomic::{self, AtomicFile, FailPoint};
+use crate::checkpoint::LoadedModel;
 use crate::error::{Error, Result};
 
 use super::batch::{SampleOutput, SampleSpec};
@@ -47,23 +47,14 @@ pub struct CheckpointInfo {
 }
 
 impl CheckpointInfo {
-    /// Resolves and hashes the checkpoint file at `path`.
-    pub fn of_file(path: &Path) -> Result<Self> {
-        let mut f = fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let mut hasher = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let k = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-            if k == 0 {
-                break;
-            }
-            hasher.update(&buf[..k]);
-        }
-        let shown = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
-        Ok(CheckpointInfo {
+    /// The checkpoint a model was loaded from: its path (absolute where it can be resolved)
+    /// and the SHA-256 of the bytes that were loaded.
+    pub fn of_model(lm: &LoadedModel) -> Self {
+        let shown = fs::canonicalize(&lm.path).unwrap_or_else(|_| lm.path.clone());
+        CheckpointInfo {
             path: shown.to_string_lossy().into_owned(),
-            sha256: format!("{:x}", hasher.finalize()),
-        })
+            sha256: lm.sha256.clone(),
+        }
     }
 }
 
@@ -444,18 +435,5 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("not a directory"), "{e}");
-    }
-
-    #[test]
-    fn checkpoint_info_hashes_the_bytes() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("m");
-        fs::write(&p, b"abc").unwrap();
-        let c = CheckpointInfo::of_file(&p).unwrap();
-        assert_eq!(
-            c.sha256,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
-        assert!(CheckpointInfo::of_file(&dir.path().join("none")).is_err());
     }
 }

@@ -80,18 +80,19 @@ fn parse_train_meta(json: &serde_json::Value, path: &Path) -> Result<TrainMeta> 
 
 /// Loads a model and the training record of its checkpoint (for `info` and `export`).
 pub fn load_with_meta(path: &Path) -> Result<(LoadedModel, TrainMeta)> {
-    let (mut f, base, tokenizer) = checkpoint::read(path)?;
-    let meta = parse_train_meta(&f.meta, path)?;
-    let params = checkpoint::take_params(&mut f, &base.model, "", path)?;
+    let mut r = checkpoint::read(path)?;
+    let meta = parse_train_meta(&r.file.meta, path)?;
+    let params = checkpoint::take_params(&mut r.file, &r.meta.model, "", path)?;
     Ok((
         LoadedModel {
             model: Model {
-                config: base.model.clone(),
+                config: r.meta.model.clone(),
                 params,
             },
-            tokenizer,
-            meta: base,
+            tokenizer: r.tokenizer,
+            meta: r.meta,
             path: path.to_path_buf(),
+            sha256: r.sha256,
         },
         meta,
     ))
@@ -99,7 +100,8 @@ pub fn load_with_meta(path: &Path) -> Result<(LoadedModel, TrainMeta)> {
 
 /// Loads everything `--resume` needs; weights-only checkpoints are refused with a message.
 pub fn load_resumable(path: &Path) -> Result<Resumable> {
-    let (mut f, base, tokenizer) = checkpoint::read(path)?;
+    let r = checkpoint::read(path)?;
+    let (mut f, base, tokenizer) = (r.file, r.meta, r.tokenizer);
     if base.kind != CheckpointKind::Full {
         return Err(Error::Checkpoint {
             path: path.to_path_buf(),
@@ -134,6 +136,7 @@ pub fn load_resumable(path: &Path) -> Result<Resumable> {
             tokenizer,
             meta: base,
             path: path.to_path_buf(),
+            sha256: r.sha256,
         },
         meta,
         adam,

@@ -117,11 +117,12 @@ pub fn append(path: &Path, line: &Line) -> Result<()> {
         msg: e.to_string(),
     })?;
     text.push('\n');
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| Error::io(path, e))?;
+    let mut opts = OpenOptions::new();
+    opts.create(true).append(true);
+    // Never append through a symbolic link planted where the log goes.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut opts, libc::O_NOFOLLOW);
+    let mut f = opts.open(path).map_err(|e| Error::io(path, e))?;
     f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
 }
 
@@ -363,5 +364,23 @@ mod tests {
         assert_eq!(m.train_points(), vec![(10.0, 2.5)]);
         assert_eq!(m.eval[0].train_loss, Some(2.4));
         assert_eq!(m.eval[0].val_loss, None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_log_is_never_appended_through_a_symbolic_link() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "keep\n").unwrap();
+        let path = dir.path().join("r-metrics.jsonl");
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        let line = Line::Eval {
+            step: 1,
+            train_loss: None,
+            val_loss: None,
+            elapsed_s: 0.0,
+        };
+        assert!(append(&path, &line).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep\n");
     }
 }

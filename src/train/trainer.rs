@@ -656,10 +656,10 @@ impl Trainer {
 /// fails before any training time is spent.
 pub fn check_writable(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let probe = dir.join(format!(".quill-write-test-{}", std::process::id()));
-    std::fs::write(&probe, b"ok").map_err(|e| Error::io(dir, e))?;
-    let _ = std::fs::remove_file(&probe);
-    Ok(())
+    // A fresh create-new file (never through a link), removed again when dropped.
+    crate::atomic::AtomicFile::create(&dir.join(".quill-write-test"))
+        .map(drop)
+        .map_err(|e| Error::io(dir, e))
 }
 
 /// Encodes the training and validation splits of a corpus.

@@ -95,18 +95,50 @@ pub struct ReadCheckpoint {
     pub sha256: String,
 }
 
+/// Most bytes of tokenizer JSON per vocabulary entry (plus [`TOKENIZER_JSON_BASE`]): far
+/// more than any tokenizer quill writes needs, and a bound on what parsing one may cost.
+pub const TOKENIZER_JSON_PER_TOKEN: usize = 1024;
+/// Tokenizer JSON allowed on top of the per-token allowance.
+pub const TOKENIZER_JSON_BASE: usize = 64 * 1024;
+
 /// Reads a checkpoint file and checks its model metadata.
 pub fn read(path: &Path) -> Result<ReadCheckpoint> {
     let (f, sha256) = CheckpointFile::load_hashed(path)?;
+    check(f, sha256, path)
+}
+
+/// [`read`] on the bytes of a checkpoint already in memory; `path` names it in errors.
+pub fn read_bytes(bytes: &[u8], path: &Path) -> Result<ReadCheckpoint> {
+    let f = CheckpointFile::from_bytes(bytes, path)?;
+    let sha256 = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(bytes));
+    check(f, sha256, path)
+}
+
+/// Every field of the model metadata, checked before anything is built from it: the
+/// metadata is read in place (no copy of the JSON), the model's sizes are validated, and the
+/// tokenizer JSON is bounded by the vocabulary size before it is parsed.
+fn check(f: CheckpointFile, sha256: String, path: &Path) -> Result<ReadCheckpoint> {
     let err = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,
     };
-    let meta: ModelMeta = serde_json::from_value(f.meta.clone())
+    let meta = ModelMeta::deserialize(&f.meta)
         .map_err(|e| err(format!("metadata is not a quill model description: {e}")))?;
     meta.model
         .validate()
         .map_err(|e| err(format!("model config: {e}")))?;
+    let limit = meta
+        .model
+        .vocab
+        .saturating_mul(TOKENIZER_JSON_PER_TOKEN)
+        .saturating_add(TOKENIZER_JSON_BASE);
+    if meta.tokenizer.len() > limit {
+        return Err(err(format!(
+            "tokenizer: {} bytes of JSON for a vocabulary of {}, more than the {limit} allowed",
+            meta.tokenizer.len(),
+            meta.model.vocab
+        )));
+    }
     let tokenizer =
         Tokenizer::from_json(&meta.tokenizer).map_err(|e| err(format!("tokenizer data: {e}")))?;
     if tokenizer.vocab_size() != meta.model.vocab {
@@ -136,7 +168,17 @@ pub fn take_params(
 
 /// Loads a model for inference (full or weights-only checkpoints).
 pub fn load_model(path: &Path) -> Result<LoadedModel> {
-    let mut r = read(path)?;
+    into_model(read(path)?, path)
+}
+
+/// [`load_model`] from the bytes of a checkpoint already in memory; `path` names it in
+/// errors.
+pub fn load_model_bytes(bytes: &[u8], path: &Path) -> Result<LoadedModel> {
+    into_model(read_bytes(bytes, path)?, path)
+}
+
+/// The model of a checked checkpoint (tensor shapes are checked as they are taken).
+pub fn into_model(mut r: ReadCheckpoint, path: &Path) -> Result<LoadedModel> {
     let params = take_params(&mut r.file, &r.meta.model, "", path)?;
     Ok(LoadedModel {
         model: Model {

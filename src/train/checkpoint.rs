@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Progress, TrainConfig};
 use super::optim::{Adam, AdamConfig};
-use crate::checkpoint::{self, CheckpointKind, LoadedModel, ModelMeta};
+use crate::checkpoint::{self, CheckpointKind, LoadedModel, ModelMeta, ReadCheckpoint};
 use crate::error::{Error, Result};
 use crate::nn::model::{LstmState, Model};
 
@@ -71,73 +71,121 @@ pub fn save(
     f.save_atomic(path)
 }
 
+impl TrainMeta {
+    /// Checks every field of the training record (the model part is checked on reading);
+    /// errors name the field.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.train
+            .validate()
+            .map_err(|e| format!("training config: {e}"))?;
+        let p = &self.progress;
+        let finite = |name: &str, v: f64, ok: bool| {
+            if v.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(format!("progress.{name}: {v} is not a valid value"))
+            }
+        };
+        finite("elapsed_secs", p.elapsed_secs, p.elapsed_secs >= 0.0)?;
+        finite("lr_scale", p.lr_scale as f64, p.lr_scale > 0.0)?;
+        finite("loss_acc", p.loss_acc.0, true)?;
+        if let Some(b) = p.best_val {
+            finite("best_val", b, true)?;
+        }
+        let a = &self.adam;
+        for (name, v, ok) in [
+            ("beta1", a.beta1, (0.0..1.0).contains(&a.beta1)),
+            ("beta2", a.beta2, (0.0..1.0).contains(&a.beta2)),
+            ("eps", a.eps, a.eps > 0.0),
+            ("weight_decay", a.weight_decay, a.weight_decay >= 0.0),
+        ] {
+            if !(v.is_finite() && ok) {
+                return Err(format!("adam.{name}: {v} is outside its range"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The training record of a checkpoint's metadata, read in place and validated.
 fn parse_train_meta(json: &serde_json::Value, path: &Path) -> Result<TrainMeta> {
-    serde_json::from_value(json.clone()).map_err(|e| Error::Checkpoint {
+    let err = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
-        msg: format!("metadata has no training record: {e}"),
-    })
+        msg,
+    };
+    let meta = TrainMeta::deserialize(json)
+        .map_err(|e| err(format!("metadata has no training record: {e}")))?;
+    meta.validate().map_err(err)?;
+    Ok(meta)
 }
 
 /// Loads a model and the training record of its checkpoint (for `info` and `export`).
 pub fn load_with_meta(path: &Path) -> Result<(LoadedModel, TrainMeta)> {
-    let mut r = checkpoint::read(path)?;
+    let r = checkpoint::read(path)?;
     let meta = parse_train_meta(&r.file.meta, path)?;
-    let params = checkpoint::take_params(&mut r.file, &r.meta.model, "", path)?;
-    Ok((
-        LoadedModel {
-            model: Model {
-                config: r.meta.model.clone(),
-                params,
-            },
-            tokenizer: r.tokenizer,
-            meta: r.meta,
-            path: path.to_path_buf(),
-            sha256: r.sha256,
-        },
-        meta,
-    ))
+    Ok((checkpoint::into_model(r, path)?, meta))
 }
 
 /// Loads everything `--resume` needs; weights-only checkpoints are refused with a message.
 pub fn load_resumable(path: &Path) -> Result<Resumable> {
-    let r = checkpoint::read(path)?;
-    let (mut f, base, tokenizer) = (r.file, r.meta, r.tokenizer);
-    if base.kind != CheckpointKind::Full {
-        return Err(Error::Checkpoint {
-            path: path.to_path_buf(),
-            msg: "holds weights only (no optimizer state); it can be sampled from but not resumed"
+    resumable(checkpoint::read(path)?, path)
+}
+
+/// [`load_resumable`] from the bytes of a checkpoint already in memory; `path` names it in
+/// errors.
+pub fn load_resumable_bytes(bytes: &[u8], path: &Path) -> Result<Resumable> {
+    resumable(checkpoint::read_bytes(bytes, path)?, path)
+}
+
+/// Every field is validated before anything is allocated from it; the optimizer moments and
+/// the carried state are built from tensors whose shapes were checked against their data, so
+/// nothing larger than the file can be asked for.
+fn resumable(r: ReadCheckpoint, path: &Path) -> Result<Resumable> {
+    let err = |msg: String| Error::Checkpoint {
+        path: path.to_path_buf(),
+        msg,
+    };
+    if r.meta.kind != CheckpointKind::Full {
+        return Err(err(
+            "holds weights only (no optimizer state); it can be sampled from but not resumed"
                 .into(),
-        });
+        ));
     }
-    let meta = parse_train_meta(&f.meta, path)?;
-    let cfg = base.model.clone();
-    let params = checkpoint::take_params(&mut f, &cfg, "", path)?;
-    let mut adam = Adam::new(meta.adam, &cfg);
-    adam.m = checkpoint::take_params(&mut f, &cfg, "optim.m.", path)?;
-    adam.v = checkpoint::take_params(&mut f, &cfg, "optim.v.", path)?;
-    adam.t = meta.adam_t;
-    let b = meta.train.batch;
-    let (l, h) = (cfg.layers, cfg.hidden);
-    let mut state = LstmState::zeros(&cfg, b);
-    for (name, dst) in [("state.h", &mut state.h), ("state.c", &mut state.c)] {
-        let data = f.take(name, &[l, b, h], path)?;
-        for (k, a) in dst.iter_mut().enumerate() {
-            a.as_slice_mut()
-                .expect("standard layout")
-                .copy_from_slice(&data[k * b * h..(k + 1) * b * h]);
-        }
-    }
-    Ok(Resumable {
-        loaded: LoadedModel {
-            model: Model {
-                config: cfg,
-                params,
-            },
-            tokenizer,
-            meta: base,
-            path: path.to_path_buf(),
-            sha256: r.sha256,
+    let meta = parse_train_meta(&r.file.meta, path)?;
+    let cfg = r.meta.model.clone();
+    let mut f = r.file;
+    let m = checkpoint::take_params(&mut f, &cfg, "optim.m.", path)?;
+    let v = checkpoint::take_params(&mut f, &cfg, "optim.v.", path)?;
+    let (l, b, h) = (cfg.layers, meta.train.batch, cfg.hidden);
+    let hs = f.take("state.h", &[l, b, h], path)?;
+    let cs = f.take("state.c", &[l, b, h], path)?;
+    let layers = |data: Vec<f32>| -> Result<Vec<Array2<f32>>> {
+        data.chunks_exact(b * h)
+            .map(|c| Array2::from_shape_vec((b, h), c.to_vec()).map_err(|e| err(e.to_string())))
+            .collect()
+    };
+    let state = LstmState {
+        h: layers(hs)?,
+        c: layers(cs)?,
+    };
+    let sha256 = r.sha256;
+    let loaded = checkpoint::into_model(
+        ReadCheckpoint {
+            file: f,
+            meta: r.meta,
+            tokenizer: r.tokenizer,
+            sha256,
         },
+        path,
+    )?;
+    let adam = Adam {
+        config: meta.adam,
+        m,
+        v,
+        t: meta.adam_t,
+    };
+    Ok(Resumable {
+        loaded,
         meta,
         adam,
         state,

@@ -238,8 +238,8 @@ impl Trainer {
                     "was trained on a different corpus ({} has fingerprint {}…, the checkpoint expects {}… from {}); \
                      resume with the original corpus",
                     corpus.path.display(),
-                    &corpus.fingerprint[..12],
-                    &recorded.fingerprint[..12.min(recorded.fingerprint.len())],
+                    short(&corpus.fingerprint),
+                    short(&recorded.fingerprint),
                     recorded.path.display()
                 ),
             });
@@ -296,6 +296,17 @@ impl Trainer {
                 msg: format!("training split: {e}"),
             }
         })?;
+        if progress.window >= batcher.windows() {
+            return Err(Error::Corpus {
+                path: corpus.path.clone(),
+                msg: format!(
+                    "the checkpoint's data cursor (window {}) lies past this corpus's {} windows \
+                     per epoch",
+                    progress.window,
+                    batcher.windows()
+                ),
+            });
+        }
         let state = state.unwrap_or_else(|| LstmState::zeros(&model.config, config.batch));
         let n = config.batch * config.seq;
         Ok(Trainer {
@@ -660,6 +671,11 @@ pub fn check_writable(dir: &Path) -> Result<()> {
     crate::atomic::AtomicFile::create(&dir.join(".quill-write-test"))
         .map(drop)
         .map_err(|e| Error::io(dir, e))
+}
+
+/// The first 12 characters of a fingerprint, for messages (whatever the file put there).
+fn short(fingerprint: &str) -> String {
+    fingerprint.chars().take(12).collect()
 }
 
 /// Encodes the training and validation splits of a corpus.

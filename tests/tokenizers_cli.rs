@@ -153,8 +153,10 @@ fn damaged_tokenizer_data_is_a_clear_error() {
     train(dir.path(), "word", &[]);
     let src = dir.path().join("checkpoints/word-latest.safetensors");
     let mut f = CheckpointFile::load(&src).unwrap();
-    let tok = f.meta["tokenizer"].as_str().unwrap().to_string();
-    f.meta["tokenizer"] = serde_json::Value::String(tok[..tok.len() / 2].to_string());
+    let mut meta = f.meta_value().unwrap();
+    let tok = meta["tokenizer"].as_str().unwrap().to_string();
+    meta["tokenizer"] = serde_json::Value::String(tok[..tok.len() / 2].to_string());
+    f.set_meta(&meta).unwrap();
     let bad = dir.path().join("bad.safetensors");
     f.save_atomic(&bad).unwrap();
     let o = quill(

@@ -51,7 +51,9 @@ JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n";
 /// A copy of `src` at `dst` with `edit` applied to its metadata, saved with a valid checksum.
 fn craft(src: &Path, dst: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     let mut f = CheckpointFile::load(src).unwrap();
-    edit(&mut f.meta);
+    let mut meta = f.meta_value().unwrap();
+    edit(&mut meta);
+    f.set_meta(&meta).unwrap();
     f.save_atomic(dst).unwrap();
 }
 

@@ -78,12 +78,24 @@ pub struct Tensor {
 
 /// A checkpoint in memory: named tensors (sorted by name) plus free-form JSON metadata owned by
 /// the caller.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointFile {
     /// Tensors by name. Keep `data.len() == product(shape)`; [`CheckpointFile::insert`] checks it.
     pub tensors: BTreeMap<String, Tensor>,
-    /// Caller-owned metadata (hyper-parameters, vocabulary, training state, ...).
-    pub meta: serde_json::Value,
+    /// Caller-owned metadata (hyper-parameters, vocabulary, training state, ...) as JSON
+    /// text, kept as text so a reader deserialises just the fields it needs, in place
+    /// ([`CheckpointFile::meta_as`]), instead of building a tree of the whole document.
+    pub meta: String,
+}
+
+impl Default for CheckpointFile {
+    /// No tensors, `null` metadata.
+    fn default() -> Self {
+        CheckpointFile {
+            tensors: BTreeMap::new(),
+            meta: "null".to_string(),
+        }
+    }
 }
 
 /// Number of elements of `shape`, or `None` on overflow.
@@ -294,13 +306,19 @@ impl<'de> Visitor<'de> for OffsetBound {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        /// The one field looked at; everything else in an entry is skipped unread.
+        #[derive(serde::Deserialize)]
+        struct Entry {
+            #[serde(default)]
+            data_offsets: Vec<u64>,
+        }
         while let Some(key) = map.next_key::<String>()? {
-            let value: serde_json::Value = map.next_value()?;
             if key == RESERVED_NAME {
+                map.next_value::<serde::de::IgnoredAny>()?;
                 continue;
             }
-            let offsets = value.get("data_offsets").and_then(|o| o.as_array());
-            for o in offsets.into_iter().flatten().filter_map(|o| o.as_u64()) {
+            let entry: Entry = map.next_value()?;
+            for o in entry.data_offsets {
                 if o > self.data_len {
                     return Err(A::Error::custom(format!(
                         "tensor {key:?}: data offset {o} lies past the end of the {} data bytes",
@@ -420,12 +438,30 @@ impl CheckpointFile {
             .unwrap_or_default())
     }
 
-    /// Serialise to bytes (safetensors layout, see the module docs). Deterministic: equal
-    /// checkpoints give equal bytes. Fails on a tensor whose data does not fit its shape or a
-    /// tensor named `__metadata__`.
-    pub fn to_bytes(&self) -> Result<Vec<u8>> {
-        let meta = serde_json::to_string(&self.meta)
+    /// Sets the metadata to `v` as compact JSON.
+    pub fn set_meta<T: serde::Serialize + ?Sized>(&mut self, v: &T) -> Result<()> {
+        self.meta = serde_json::to_string(v)
             .map_err(|e| Error::config("checkpoint metadata", e.to_string()))?;
+        Ok(())
+    }
+
+    /// The metadata deserialised as `T` (fields `T` does not name are skipped, not stored).
+    pub fn meta_as<'de, T: serde::Deserialize<'de>>(&'de self) -> serde_json::Result<T> {
+        serde_json::from_str(&self.meta)
+    }
+
+    /// The metadata as a JSON tree (for tools and tests that edit it).
+    pub fn meta_value(&self) -> serde_json::Result<serde_json::Value> {
+        self.meta_as()
+    }
+
+    /// Serialise to bytes (safetensors layout, see the module docs). Deterministic: equal
+    /// checkpoints give equal bytes. Fails on a tensor whose data does not fit its shape, a
+    /// tensor named `__metadata__`, or metadata that is not JSON.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        serde_json::from_str::<serde::de::IgnoredAny>(&self.meta)
+            .map_err(|e| Error::config("checkpoint metadata", format!("not JSON: {e}")))?;
+        let meta = self.meta.clone();
         let metadata = BTreeMap::from([
             (KEY_FORMAT.to_string(), "pt".to_string()),
             (KEY_MAGIC.to_string(), MAGIC.to_string()),
@@ -529,8 +565,10 @@ impl CheckpointFile {
         let meta_str = md
             .get(KEY_META)
             .ok_or_else(|| err(format!("missing {KEY_META} in the metadata")))?;
-        let meta: serde_json::Value = serde_json::from_str(meta_str)
+        // Checked for syntax without building anything; kept as text.
+        serde_json::from_str::<serde::de::IgnoredAny>(meta_str)
             .map_err(|e| err(format!("invalid JSON metadata in {KEY_META}: {e}")))?;
+        let meta = meta_str.clone();
 
         let tensors = raw
             .into_iter()
@@ -668,19 +706,20 @@ mod tests {
         cp.insert("empty", vec![0, 5], vec![]).unwrap();
         cp.insert("ünï \"name\"", vec![1, 1], vec![f32::MIN_POSITIVE])
             .unwrap();
-        cp.meta = json!({
+        cp.set_meta(&json!({
             "hidden": 8,
             "vocab": ["a", "b", "\n", "\u{1F600}"],
             "lr": 0.001,
             "nested": {"x": [1, null, true]}
-        });
+        }))
+        .unwrap();
         cp
     }
 
     fn empty_with_meta() -> CheckpointFile {
         CheckpointFile {
             tensors: BTreeMap::new(),
-            meta: json!({"note": "no tensors"}),
+            meta: json!({"note": "no tensors"}).to_string(),
         }
     }
 
@@ -700,7 +739,8 @@ mod tests {
         cp.insert("lstm.0.w_ih", vec![12, 3], vals(36)).unwrap();
         cp.insert("lstm.0.b", vec![12], vals(12)).unwrap();
         cp.insert("head.w", vec![5, 3], vals(15)).unwrap();
-        cp.meta = json!({"vocab": ["a", "b", "c", "d", " "], "step": 120, "seed": 7});
+        cp.set_meta(&json!({"vocab": ["a", "b", "c", "d", " "], "step": 120, "seed": 7}))
+            .unwrap();
         cp
     }
 
@@ -843,7 +883,7 @@ mod tests {
         assert_eq!(md["quill_magic"], MAGIC);
         assert_eq!(md["quill_format_version"], "1");
         let meta: serde_json::Value = serde_json::from_str(&md["quill_meta"]).unwrap();
-        assert_eq!(meta, cp.meta);
+        assert_eq!(meta, cp.meta_value().unwrap());
         assert_eq!(md.len(), 5);
     }
 
@@ -899,9 +939,9 @@ mod tests {
         ];
         for meta in metas {
             for mut cp in [sample(), CheckpointFile::default()] {
-                cp.meta = meta.clone();
+                cp.set_meta(&meta).unwrap();
                 let back = CheckpointFile::from_bytes(&cp.to_bytes().unwrap(), p()).unwrap();
-                assert_eq!(back.meta, meta);
+                assert_eq!(back.meta_value().unwrap(), meta);
                 assert_eq!(back, cp);
             }
         }

@@ -71,14 +71,15 @@ pub struct LoadedModel {
     pub sha256: String,
 }
 
-/// A checkpoint file holding `model`'s weights and the metadata `meta` (any JSON object that
-/// carries [`ModelMeta`]'s fields); callers add further tensors before saving.
-pub fn build(model: &Model<f32>, meta: serde_json::Value) -> Result<CheckpointFile> {
+/// A checkpoint file holding `model`'s weights and the metadata `meta` (anything that
+/// serialises to a JSON object carrying [`ModelMeta`]'s fields); callers add further tensors
+/// before saving.
+pub fn build<M: Serialize>(model: &Model<f32>, meta: &M) -> Result<CheckpointFile> {
     let mut f = CheckpointFile::default();
     for (name, shape, data) in model.params.to_named("") {
         f.insert(name, shape, data)?;
     }
-    f.meta = meta;
+    f.set_meta(meta)?;
     Ok(f)
 }
 
@@ -122,7 +123,8 @@ fn check(f: CheckpointFile, sha256: String, path: &Path) -> Result<ReadCheckpoin
         path: path.to_path_buf(),
         msg,
     };
-    let meta = ModelMeta::deserialize(&f.meta)
+    let meta: ModelMeta = f
+        .meta_as()
         .map_err(|e| err(format!("metadata is not a quill model description: {e}")))?;
     meta.model
         .validate()

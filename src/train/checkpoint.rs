@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::config::{Progress, TrainConfig};
 use super::optim::{Adam, AdamConfig};
+use crate::checkpoint::format::CheckpointFile;
 use crate::checkpoint::{self, CheckpointKind, LoadedModel, ModelMeta, ReadCheckpoint};
 use crate::error::{Error, Result};
 use crate::nn::model::{LstmState, Model};
@@ -55,8 +56,7 @@ pub fn save(
     meta: &TrainMeta,
     full: Option<(&Adam, &LstmState<f32>)>,
 ) -> Result<()> {
-    let meta_json = serde_json::to_value(meta).map_err(|e| Error::Shape(e.to_string()))?;
-    let mut f = checkpoint::build(model, meta_json)?;
+    let mut f = checkpoint::build(model, meta)?;
     if let Some((adam, state)) = full {
         for (prefix, p) in [("optim.m.", &adam.m), ("optim.v.", &adam.v)] {
             for (name, shape, data) in p.to_named(prefix) {
@@ -108,12 +108,13 @@ impl TrainMeta {
 }
 
 /// The training record of a checkpoint's metadata, read in place and validated.
-fn parse_train_meta(json: &serde_json::Value, path: &Path) -> Result<TrainMeta> {
+fn parse_train_meta(f: &CheckpointFile, path: &Path) -> Result<TrainMeta> {
     let err = |msg: String| Error::Checkpoint {
         path: path.to_path_buf(),
         msg,
     };
-    let meta = TrainMeta::deserialize(json)
+    let meta: TrainMeta = f
+        .meta_as()
         .map_err(|e| err(format!("metadata has no training record: {e}")))?;
     meta.validate().map_err(err)?;
     Ok(meta)
@@ -122,7 +123,7 @@ fn parse_train_meta(json: &serde_json::Value, path: &Path) -> Result<TrainMeta> 
 /// Loads a model and the training record of its checkpoint (for `info` and `export`).
 pub fn load_with_meta(path: &Path) -> Result<(LoadedModel, TrainMeta)> {
     let r = checkpoint::read(path)?;
-    let meta = parse_train_meta(&r.file.meta, path)?;
+    let meta = parse_train_meta(&r.file, path)?;
     Ok((checkpoint::into_model(r, path)?, meta))
 }
 
@@ -151,7 +152,7 @@ fn resumable(r: ReadCheckpoint, path: &Path) -> Result<Resumable> {
                 .into(),
         ));
     }
-    let meta = parse_train_meta(&r.file.meta, path)?;
+    let meta = parse_train_meta(&r.file, path)?;
     let cfg = r.meta.model.clone();
     let mut f = r.file;
     let m = checkpoint::take_params(&mut f, &cfg, "optim.m.", path)?;

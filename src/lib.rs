@@ -33,6 +33,8 @@ pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod generate;
 pub mod nn;
 pub mod plot;

@@ -48,14 +48,13 @@ pub struct Resumable {
     pub state: LstmState<f32>,
 }
 
-/// Writes a checkpoint of `model` with `meta` atomically (temp file, fsync, rename); with
-/// `full`, the optimizer moments and carried state too.
-pub fn save(
-    path: &Path,
+/// The checkpoint file of `model` with `meta`; with `full`, the optimizer moments and
+/// carried state too.
+pub fn build(
     model: &Model<f32>,
     meta: &TrainMeta,
     full: Option<(&Adam, &LstmState<f32>)>,
-) -> Result<()> {
+) -> Result<CheckpointFile> {
     let mut f = checkpoint::build(model, meta)?;
     if let Some((adam, state)) = full {
         for (prefix, p) in [("optim.m.", &adam.m), ("optim.v.", &adam.v)] {
@@ -68,7 +67,17 @@ pub fn save(
         f.insert("state.h", vec![l, b, h], flat(&state.h))?;
         f.insert("state.c", vec![l, b, h], flat(&state.c))?;
     }
-    f.save_atomic(path)
+    Ok(f)
+}
+
+/// [`build`], written atomically to `path` (temp file, fsync, rename).
+pub fn save(
+    path: &Path,
+    model: &Model<f32>,
+    meta: &TrainMeta,
+    full: Option<(&Adam, &LstmState<f32>)>,
+) -> Result<()> {
+    build(model, meta, full)?.save_atomic(path)
 }
 
 impl TrainMeta {

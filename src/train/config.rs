@@ -10,6 +10,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::train::optim::{LrSchedule, Schedule};
 
+/// Most tokens one window (B × T) may hold: bounds what a run, or a resumed checkpoint,
+/// can ask to allocate per window.
+pub const MAX_WINDOW_TOKENS: usize = 1 << 22;
+
 /// Training hyper-parameters and run control. Saved in every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -86,6 +90,15 @@ impl TrainConfig {
             return Err(Error::config(
                 "seq",
                 format!("{} is outside 1..=65536", self.seq),
+            ));
+        }
+        if self.batch * self.seq > MAX_WINDOW_TOKENS {
+            return Err(Error::config(
+                "batch",
+                format!(
+                    "batch × seq = {} is more than {MAX_WINDOW_TOKENS} tokens per window",
+                    self.batch * self.seq
+                ),
             ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {

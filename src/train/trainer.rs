@@ -427,6 +427,15 @@ impl Trainer {
         }
     }
 
+    /// The full (resumable) checkpoint of the current state.
+    pub fn checkpoint(&self) -> Result<crate::checkpoint::format::CheckpointFile> {
+        checkpoint::build(
+            &self.model,
+            &self.meta(CheckpointKind::Full),
+            Some((&self.adam, &self.state)),
+        )
+    }
+
     /// Writes a full (resumable) checkpoint to `path`, atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         if !self

@@ -106,7 +106,7 @@ fn sigint_finishes_the_step_saves_and_exits() {
             "--seq",
             "16",
             "--save-every",
-            "0",
+            "5",
             "--eval-every",
             "0",
             "--max-steps",
@@ -118,7 +118,17 @@ fn sigint_finishes_the_step_saves_and_exits() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(1500));
+    // The handler is installed before training starts; the first periodic save shows that
+    // training runs. Wait for that event (bounded), not for a clock.
+    let latest = d.join("checkpoints/c-latest.safetensors");
+    let t0 = Instant::now();
+    while !latest.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "training never wrote its first checkpoint"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()

@@ -162,8 +162,7 @@ fn resume_refuses_a_different_corpus() {
         ..TrainConfig::default()
     };
     let err = Trainer::resume(&other, checkpoint::load_resumable(&first).unwrap(), cfg)
-        .err()
-        .expect("must refuse")
+        .expect_err("must refuse")
         .to_string();
     assert!(err.contains("different corpus"), "{err}");
 }
@@ -247,9 +246,9 @@ fn failed_saves_warn_and_training_continues() {
 
 #[test]
 fn time_spent_in_the_step_hook_is_not_training_time() {
-    // A dashboard's pause blocks inside the step hook. With a 0.6 s limit, a 1 s pause at
-    // step 1 must not end the run: training goes on after it, and the reported elapsed time
-    // leaves the pause out.
+    // A dashboard's pause blocks inside the step hook. The trainer runs on a hand-driven
+    // clock: every reading advances it 0.1 s, and the hook at step 1 "pauses" for 10 s. With a
+    // 0.6 s limit the pause must not end the run, and the reported elapsed time leaves it out.
     let c = corpus(TEXT200);
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
@@ -263,14 +262,21 @@ fn time_spent_in_the_step_hook_is_not_training_time() {
         ..TrainConfig::default()
     };
     let mut tr = Trainer::new(&c, char_tok(TEXT200), model_cfg(8, 0.0), cfg).unwrap();
-    let mut last_elapsed = 0.0;
+    let now = std::sync::Arc::new(std::sync::Mutex::new(0.0f64));
+    let clock = std::sync::Arc::clone(&now);
+    tr.set_clock(std::sync::Arc::new(move || {
+        let mut t = clock.lock().unwrap();
+        *t += 0.1;
+        *t
+    }));
+    let mut elapsed = Vec::new();
     let summary = tr
         .run(None, &mut |e| {
             if let Event::Step(s) = e {
                 if s.step == 1 {
-                    std::thread::sleep(std::time::Duration::from_millis(1000));
+                    *now.lock().unwrap() += 10.0;
                 }
-                last_elapsed = s.elapsed_secs;
+                elapsed.push(s.elapsed_secs);
             }
             Control::Continue
         })
@@ -280,8 +286,11 @@ fn time_spent_in_the_step_hook_is_not_training_time() {
         "the pause ended the run after {} step(s)",
         summary.steps
     );
+    // Training time grows by the clock's own ticks only, never by the 10 s.
+    assert!(elapsed.windows(2).all(|w| w[1] - w[0] < 1.0), "{elapsed:?}");
+    assert!(*elapsed.last().unwrap() < 1.0, "{elapsed:?}");
     assert!(
-        last_elapsed < 0.95,
-        "elapsed {last_elapsed} s counts the pause"
+        *elapsed.last().unwrap() >= 0.6,
+        "the limit is training time: {elapsed:?}"
     );
 }

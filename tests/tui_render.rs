@@ -239,7 +239,17 @@ fn event_loop_with_a_real_worker() {
         &tok,
     );
     let (tx, rx) = mpsc::channel();
-    let worker = tui::WorkerHandle::spawn(model, tok, tui::worker_sink(tx.clone()));
+    // The driver waits for the run to finish (the worker says so), not for a clock.
+    let (done_tx, done_rx) = mpsc::channel();
+    let mut sink = tui::worker_sink(tx.clone());
+    let worker = tui::WorkerHandle::spawn(model, tok, move |e| {
+        let finished = matches!(e, tui::WorkerEvent::Finished { .. });
+        let ok = sink(e);
+        if finished {
+            let _ = done_tx.send(());
+        }
+        ok
+    });
     let opts = Options {
         settings: Settings {
             length: Some(30),
@@ -255,7 +265,9 @@ fn event_loop_with_a_real_worker() {
         for c in ['g', 'T', 'v'] {
             tx.send(AppEvent::Input(Event::Key(key(c)))).unwrap();
         }
-        std::thread::sleep(Duration::from_millis(700));
+        done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the run finishes");
         tx.send(AppEvent::Input(Event::Resize(100, 30))).unwrap();
         tx.send(AppEvent::Quit).unwrap();
     });

@@ -186,6 +186,25 @@ pub struct Trainer {
     batcher: Batcher,
     x: Vec<u32>,
     y: Vec<u32>,
+    clock: Clock,
+}
+
+/// A monotonic clock in seconds from an arbitrary origin: where training time comes from.
+pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// The wall clock (a monotonic [`Instant`]).
+pub fn wall_clock() -> Clock {
+    let origin = Instant::now();
+    Arc::new(move || origin.elapsed().as_secs_f64())
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("config", &self.config)
+            .field("progress", &self.progress)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Trainer {
@@ -329,6 +348,7 @@ impl Trainer {
             batcher,
             x: vec![0; n],
             y: vec![0; n],
+            clock: wall_clock(),
         })
     }
 
@@ -425,6 +445,11 @@ impl Trainer {
             adam: self.adam.config,
             adam_t: self.adam.t,
         }
+    }
+
+    /// Takes training time from `clock` instead of the wall clock (tests drive it by hand).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
     }
 
     /// The full (resumable) checkpoint of the current state.
@@ -524,7 +549,9 @@ impl Trainer {
             start_step: self.progress.step,
             planned_steps: self.planned_steps(),
         });
-        let start = Instant::now();
+        let clock = Arc::clone(&self.clock);
+        let start = clock();
+        let since = |t0: f64| clock() - t0;
         let start_elapsed = self.progress.elapsed_secs;
         let start_step = self.progress.step;
         // Seconds spent inside the step hook (a dashboard's pause blocks there): not training
@@ -542,7 +569,7 @@ impl Trainer {
                 break;
             }
             let (loss, norm, lr) = self.train_step();
-            self.progress.elapsed_secs = start_elapsed + start.elapsed().as_secs_f64() - hook_secs;
+            self.progress.elapsed_secs = start_elapsed + since(start) - hook_secs;
             let step = self.progress.step;
             if !(loss.is_finite() && norm.is_finite()) {
                 bad_in_a_row += 1;
@@ -565,7 +592,7 @@ impl Trainer {
             bad_in_a_row = 0;
             self.progress.loss_acc.0 += loss;
             self.progress.loss_acc.1 += 1;
-            let secs = (start.elapsed().as_secs_f64() - hook_secs).max(1e-9);
+            let secs = (since(start) - hook_secs).max(1e-9);
             let info = StepInfo {
                 step,
                 epoch: self.progress.epoch as f64
@@ -590,9 +617,9 @@ impl Trainer {
                     on_event(&Event::Warning(format!("metrics log: {e}")));
                 }
             }
-            let hook_start = Instant::now();
+            let hook_start = clock();
             let mut control = on_event(&Event::Step(info));
-            hook_secs += hook_start.elapsed().as_secs_f64();
+            hook_secs += since(hook_start);
             if self.config.eval_every > 0 && step % self.config.eval_every == 0 {
                 last_val = self.eval_and_record(on_event)?;
             }
@@ -633,7 +660,7 @@ impl Trainer {
             }
         }
         let latest = self.save_latest(on_event)?;
-        let secs = (start.elapsed().as_secs_f64() - hook_secs).max(1e-9);
+        let secs = (since(start) - hook_secs).max(1e-9);
         Ok(Summary {
             steps: self.progress.step,
             steps_this_run: self.progress.step - start_step,

@@ -79,7 +79,9 @@ pub fn run<B: Backend>(
             next_tick = now + TICK;
             dirty = true;
         }
-        if dirty && last_draw.is_none_or(|t| now.duration_since(t) >= FRAME) {
+        // The frame limit holds while running; on the way out the last state is drawn
+        // whatever the limit, so the final frame always matches the state.
+        if dirty && (app.should_quit || last_draw.is_none_or(|t| now.duration_since(t) >= FRAME)) {
             terminal.draw(|f| ui::draw(f, app)).map_err(term_err)?;
             last_draw = Some(now);
             dirty = false;

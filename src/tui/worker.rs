@@ -154,6 +154,11 @@ pub enum WorkerEvent {
         /// Top tokens (display form) and probabilities, most probable first.
         dist: Vec<(String, f32)>,
     },
+    /// The run is held (acknowledges [`Command::Pause`]): no token comes until a resume.
+    Paused {
+        /// Run number.
+        run: u64,
+    },
     /// A run ended.
     Finished {
         /// Run number.
@@ -315,7 +320,13 @@ impl Worker {
                 settings,
             } => self.generate(run, &prompt, seed, settings),
             Command::Continue { run, settings } => self.continue_run(run, settings),
-            Command::Pause => self.paused = self.active,
+            Command::Pause => {
+                if self.active && !self.paused {
+                    self.paused = true;
+                    let run = self.run;
+                    self.send(WorkerEvent::Paused { run });
+                }
+            }
             Command::Resume => {
                 self.paused = false;
                 self.next_due = Instant::now();
@@ -691,9 +702,9 @@ pub(crate) mod tests {
         };
         w.send(Command::Set(greedy));
         w.send(Command::Pause);
-        // Drain what was in flight, then nothing comes while paused.
-        std::thread::sleep(Duration::from_millis(50));
-        while rx.try_recv().is_ok() {}
+        // What was in flight arrives before the acknowledgement; after it, nothing comes
+        // while paused.
+        while !matches!(next(&rx), WorkerEvent::Paused { run: 1 }) {}
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         w.send(Command::Resume);
         for _ in 0..3 {

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -156,6 +156,15 @@ impl Write for AtomicFile {
     }
 }
 
+/// Seeking lets a writer patch a header once the data behind it is known (token files).
+impl Seek for AtomicFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let file = self.file.as_mut().expect("not yet committed");
+        file.seek(pos)
+            .map_err(|e| step_err(format!("cannot seek in {}", self.tmp.display()), e))
+    }
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if let Some(f) = self.file.take() {
@@ -216,6 +225,13 @@ mod tests {
             assert_eq!(fs::read(&p).unwrap(), b"second", "{fail:?}");
             assert_eq!(names(dir.path()), vec!["a.txt"], "{fail:?}");
         }
+        // a header patched after the data (seek back, overwrite)
+        let mut f = AtomicFile::create(&p).unwrap();
+        f.write_all(b"....data").unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(b"HEAD").unwrap();
+        f.commit().unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"HEADdata");
         // dropped uncommitted: nothing left, target untouched
         let mut f = AtomicFile::create(&p).unwrap();
         f.write_all(b"never").unwrap();

@@ -313,6 +313,9 @@ fn rel_string(path: &Path, root: &Path) -> String {
         .join("/")
 }
 
+/// Told of an entry left out of a walk: its path and why.
+pub type OnSkip<'a> = dyn FnMut(&Path, String) + 'a;
+
 /// The files of a corpus: `paths` in the order given, each directory walked recursively in
 /// sorted order with `globs` applied (see the module docs). A missing path, an unreadable
 /// directory entry (unless `on_skip` is given, which is then told instead) or a directory
@@ -320,7 +323,7 @@ fn rel_string(path: &Path, root: &Path) -> String {
 pub fn resolve(
     paths: &[PathBuf],
     globs: &[String],
-    mut on_skip: Option<&mut dyn FnMut(&Path, String)>,
+    mut on_skip: Option<&mut OnSkip<'_>>,
 ) -> Result<Vec<Source>> {
     if paths.is_empty() {
         return Err(Error::config("corpus", "no path given"));

@@ -113,8 +113,8 @@ pub struct PrepareOptions {
     pub tokenizer: TokenizerPlan,
     /// Where the token file is (reused when valid) or goes.
     pub token_file: Option<PathBuf>,
-    /// Write `token_file` only when the sources hold at least this many bytes (0: always);
-    /// below, the tokens stay in memory (an existing valid file is still used).
+    /// Write `token_file` only when the sources hold at least this many bytes (0: always) or
+    /// it exists (and is out of date); otherwise the tokens stay in memory.
     pub write_threshold: u64,
     /// Prepare again even when `token_file` is valid for these options.
     pub force: bool,
@@ -498,33 +498,35 @@ fn differs(
         .chain(val.iter().map(|s| (s, Role::Val)))
         .map(|(s, r)| (s.canonical.as_path(), r, s.bytes, s.mtime_ns))
         .collect();
-    for (i, rec) in meta.sources.iter().enumerate() {
-        match now.get(i) {
-            None => {
-                return Some(format!(
-                    "{} is no longer part of the corpus",
-                    rec.path.display()
-                ))
-            }
-            Some(&(p, r, b, m)) => {
-                if p != rec.path || r != rec.role {
-                    return Some(format!(
-                        "the files differ: {} is now where {} was",
-                        p.display(),
-                        rec.path.display()
-                    ));
-                }
-                if b != rec.bytes || m != rec.mtime_ns {
-                    return Some(format!(
-                        "{} changed (size or modification time)",
-                        p.display()
-                    ));
-                }
-            }
-        }
-    }
-    if let Some(&(p, ..)) = now.get(meta.sources.len()) {
+    let recorded: std::collections::HashMap<&Path, &SourceRecord> =
+        meta.sources.iter().map(|r| (r.path.as_path(), r)).collect();
+    let current: std::collections::HashSet<&Path> = now.iter().map(|n| n.0).collect();
+    if let Some(&(p, ..)) = now.iter().find(|n| !recorded.contains_key(n.0)) {
         return Some(format!("{} is new", p.display()));
+    }
+    if let Some(r) = meta
+        .sources
+        .iter()
+        .find(|r| !current.contains(r.path.as_path()))
+    {
+        return Some(format!(
+            "{} is no longer part of the corpus",
+            r.path.display()
+        ));
+    }
+    if now.len() != meta.sources.len() {
+        return Some("the files differ".into());
+    }
+    for (rec, &(p, role, bytes, mtime)) in meta.sources.iter().zip(&now) {
+        if rec.path != p || rec.role != role {
+            return Some("the order of the files changed".into());
+        }
+        if rec.bytes != bytes || rec.mtime_ns != mtime {
+            return Some(format!(
+                "{} changed (size or modification time)",
+                p.display()
+            ));
+        }
     }
     None
 }
@@ -858,10 +860,11 @@ impl Scanned {
                     text_bytes: train_len + val_len,
                     sources: records,
                 };
+                // Written when big enough, or to replace one that is out of date.
                 let to_file = opts
                     .token_file
                     .as_ref()
-                    .filter(|_| total_bytes >= opts.write_threshold);
+                    .filter(|p| total_bytes >= opts.write_threshold || p.exists());
                 let mut out = match to_file {
                     Some(path) => {
                         let json = serde_json::to_vec(&meta).map_err(|e| Error::TokenFile {

@@ -491,6 +491,21 @@ impl Trainer {
                 });
             }
         }
+        let rec = &meta.base.corpus;
+        if (rec.train_tokens, rec.val_tokens) != (data.train.len(), data.val.len()) {
+            return Err(Error::Checkpoint {
+                path: r.loaded.path.clone(),
+                msg: format!(
+                    "was trained on {} training and {} validation tokens, but the corpus now \
+                     gives {} and {} (another separator, validation split or corpus order?); \
+                     resume with the options it was trained with",
+                    rec.train_tokens,
+                    rec.val_tokens,
+                    data.train.len(),
+                    data.val.len()
+                ),
+            });
+        }
         let progress = meta.progress.clone();
         Self::assemble(
             data,

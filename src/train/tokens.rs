@@ -46,11 +46,13 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use memmap2::Mmap;
 
-use crate::atomic::AtomicFile;
+use crate::atomic::{AtomicFile, FailPoint};
 use crate::checkpoint::CorpusInfo;
 use crate::error::{Error, Result};
 
@@ -463,13 +465,23 @@ impl Header {
 /// Writes a token file: header and metadata first (the header patched at the end, when the
 /// counts and checksum are known), then tokens as they come; atomically committed by
 /// [`TokenFileWriter::finish`]. Dropping it unfinished leaves no file.
+///
+/// Checksumming and writing run on a thread of their own, fed full buffers (at most three of
+/// [`IO_CHUNK`] bytes exist), so encoding goes on while the kernel copies the last buffer.
 pub struct TokenFileWriter {
-    file: AtomicFile,
     path: PathBuf,
     header: Header,
-    crc: crc32fast::Hasher,
     buf: WriteBuf,
+    /// Full buffers to the writer thread.
+    to_writer: Option<SyncSender<WriteBuf>>,
+    /// Emptied buffers back.
+    spare: Receiver<WriteBuf>,
+    buffers: usize,
+    writer: Option<JoinHandle<std::io::Result<(AtomicFile, crc32fast::Hasher)>>>,
 }
+
+/// Buffers in use at most: one filling, one queued, one being written.
+const WRITE_BUFFERS: usize = 3;
 
 /// Tokens waiting to be written, already little-endian, in the file's width.
 enum WriteBuf {
@@ -478,6 +490,13 @@ enum WriteBuf {
 }
 
 impl WriteBuf {
+    fn new(dtype: Dtype) -> Self {
+        match dtype {
+            Dtype::U16 => WriteBuf::U16(Vec::with_capacity(IO_CHUNK / 2 + 4096)),
+            Dtype::U32 => WriteBuf::U32(Vec::with_capacity(IO_CHUNK / 4 + 4096)),
+        }
+    }
+
     fn bytes(&self) -> &[u8] {
         match self {
             WriteBuf::U16(b) => bytemuck::cast_slice(b),
@@ -502,11 +521,23 @@ impl TokenFileWriter {
         tokenizer_sha256: [u8; 32],
         meta: &[u8],
     ) -> Result<Self> {
+        Self::create_with(path, vocab, tokenizer_sha256, meta, FailPoint::Never)
+    }
+
+    /// [`TokenFileWriter::create`] whose token writes fail at `fail` (tests).
+    fn create_with(
+        path: &Path,
+        vocab: usize,
+        tokenizer_sha256: [u8; 32],
+        meta: &[u8],
+        fail: FailPoint,
+    ) -> Result<Self> {
         let io = |e: std::io::Error| Error::io(path, e);
         let mut file = AtomicFile::create(path).map_err(io)?;
         let data_offset = (HEADER_LEN as u64 + meta.len() as u64).div_ceil(ALIGN) * ALIGN;
+        let dtype = Dtype::for_vocab(vocab);
         let header = Header {
-            dtype: Dtype::for_vocab(vocab),
+            dtype,
             vocab: vocab as u64,
             n_tokens: 0,
             val_start: 0,
@@ -521,15 +552,30 @@ impl TokenFileWriter {
         file.write_all(meta).map_err(io)?;
         let pad = data_offset as usize - HEADER_LEN - meta.len();
         file.write_all(&vec![0u8; pad]).map_err(io)?;
+        let mut file = file.fail_at(fail);
+        let (to_writer, from_encoder) = sync_channel::<WriteBuf>(1);
+        let (to_encoder, spare) = sync_channel::<WriteBuf>(WRITE_BUFFERS);
+        let writer = std::thread::Builder::new()
+            .name("token-writer".into())
+            .spawn(move || {
+                let mut crc = crc32fast::Hasher::new();
+                for mut buf in from_encoder {
+                    crc.update(buf.bytes());
+                    file.write_all(buf.bytes())?;
+                    buf.clear();
+                    let _ = to_encoder.send(buf);
+                }
+                Ok((file, crc))
+            })
+            .map_err(io)?;
         Ok(TokenFileWriter {
-            file,
             path: path.to_path_buf(),
             header,
-            crc: crc32fast::Hasher::new(),
-            buf: match Dtype::for_vocab(vocab) {
-                Dtype::U16 => WriteBuf::U16(Vec::with_capacity(IO_CHUNK / 2 + 4096)),
-                Dtype::U32 => WriteBuf::U32(Vec::with_capacity(IO_CHUNK / 4 + 4096)),
-            },
+            buf: WriteBuf::new(dtype),
+            to_writer: Some(to_writer),
+            spare,
+            buffers: 1,
+            writer: Some(writer),
         })
     }
 
@@ -548,14 +594,45 @@ impl TokenFileWriter {
         Ok(())
     }
 
+    /// Hands the filled buffer to the writer thread and takes an empty one.
     fn flush_buf(&mut self) -> Result<()> {
-        let bytes = self.buf.bytes();
-        self.crc.update(bytes);
-        self.file
-            .write_all(bytes)
-            .map_err(|e| Error::io(&self.path, e))?;
-        self.buf.clear();
-        Ok(())
+        if self.buf.bytes().is_empty() {
+            return Ok(());
+        }
+        let next = match self.spare.try_recv() {
+            Ok(b) => b,
+            Err(_) if self.buffers < WRITE_BUFFERS => {
+                self.buffers += 1;
+                WriteBuf::new(self.header.dtype)
+            }
+            Err(_) => match self.spare.recv() {
+                Ok(b) => b,
+                // The writer stopped: its error says why.
+                Err(_) => return Err(self.writer_error()),
+            },
+        };
+        let full = std::mem::replace(&mut self.buf, next);
+        let sent = self.to_writer.as_ref().map(|tx| tx.send(full));
+        match sent {
+            Some(Ok(())) => Ok(()),
+            _ => Err(self.writer_error()),
+        }
+    }
+
+    /// Joins the writer thread after it stopped early and returns why it did.
+    fn writer_error(&mut self) -> Error {
+        self.to_writer = None;
+        match self.writer.take().map(|w| w.join()) {
+            Some(Ok(Err(e))) => Error::io(&self.path, e),
+            Some(Err(_)) => Error::io(
+                &self.path,
+                std::io::Error::other("the writer thread panicked"),
+            ),
+            _ => Error::io(
+                &self.path,
+                std::io::Error::other("the writer thread stopped"),
+            ),
+        }
     }
 
     /// Tokens written so far.
@@ -572,15 +649,35 @@ impl TokenFileWriter {
     /// fsync, rename over `path`, fsync of the directory.
     pub fn finish(mut self, val_start: u64) -> Result<Header> {
         self.flush_buf()?;
+        self.to_writer = None;
+        let (mut file, crc) = match self.writer.take().map(|w| w.join()) {
+            Some(Ok(Ok(done))) => done,
+            Some(Ok(Err(e))) => return Err(Error::io(&self.path, e)),
+            _ => {
+                return Err(Error::io(
+                    &self.path,
+                    std::io::Error::other("the writer thread panicked"),
+                ))
+            }
+        };
         self.header.val_start = val_start.min(self.header.n_tokens);
-        self.header.data_crc = std::mem::take(&mut self.crc).finalize();
+        self.header.data_crc = crc.finalize();
         let io = |e: std::io::Error| Error::io(&self.path, e);
-        self.file.seek(SeekFrom::Start(0)).map_err(io)?;
-        self.file.write_all(&self.header.encode()).map_err(io)?;
-        let header = self.header.clone();
-        let path = self.path.clone();
-        self.file.commit().map_err(|e| Error::io(&path, e))?;
-        Ok(header)
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        file.write_all(&self.header.encode()).map_err(io)?;
+        file.commit().map_err(io)?;
+        Ok(self.header.clone())
+    }
+}
+
+impl Drop for TokenFileWriter {
+    /// Unfinished: the writer thread ends and its temporary file is removed before this
+    /// returns.
+    fn drop(&mut self) {
+        self.to_writer = None;
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
     }
 }
 
@@ -819,6 +916,26 @@ mod tests {
         check(&bad, "token 1000 holds id");
         std::fs::write(&p, &good).unwrap();
         read_head(&p).unwrap().verify(&mut |_, _| {}).unwrap();
+    }
+
+    #[test]
+    fn a_failed_write_is_an_error_and_leaves_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.tokens");
+        let mut w =
+            TokenFileWriter::create_with(&p, 10, [0; 32], b"{}", FailPoint::Write).unwrap();
+        let ids = vec![1u32; IO_CHUNK];
+        // The writer thread fails on the first buffer; a later push or the finish says so.
+        let e = w
+            .push(&ids)
+            .and_then(|()| w.push(&ids))
+            .and_then(|()| w.push(&ids))
+            .err()
+            .or_else(|| w.finish(0).err())
+            .expect("an error")
+            .to_string();
+        assert!(e.contains("simulated") && e.contains("x.tokens"), "{e}");
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -73,14 +73,33 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
         m.train.seq,
         m.train.lr
     )?;
+    let c = &m.base.corpus;
+    let more = match (c.paths.len(), c.files) {
+        (n, _) if n > 1 => format!(" and {} more path(s)", n - 1),
+        _ => String::new(),
+    };
+    let files = c.files.map_or(String::new(), |f| format!("{f} files, "));
     writeln!(
         out,
-        "corpus       {} ({} train / {} val tokens, sha256 {}…)",
-        m.base.corpus.path.display(),
-        m.base.corpus.train_tokens,
-        m.base.corpus.val_tokens,
-        &m.base.corpus.fingerprint[..m.base.corpus.fingerprint.len().min(16)]
+        "corpus       {}{more} ({files}{} train / {} val tokens, {} {}…)",
+        c.path.display(),
+        c.train_tokens,
+        c.val_tokens,
+        if c.files.is_some() {
+            "fingerprint"
+        } else {
+            "sha256"
+        },
+        &c.fingerprint[..c.fingerprint.len().min(16)]
     )?;
+    if !c.val_paths.is_empty() {
+        let shown: Vec<String> = c
+            .val_paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        writeln!(out, "val corpus   {}", shown.join(" "))?;
+    }
     if let Some(h) = p.history.last() {
         writeln!(
             out,

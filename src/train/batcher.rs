@@ -111,12 +111,16 @@ mod tests {
     fn narrow_tokens_fill_the_same_windows() {
         let wide: Vec<u32> = (0..100).collect();
         let narrow: Vec<u16> = (0..100).collect();
+        let byte: Vec<u8> = (0..100).collect();
         let bt = Batcher::new(100, 4, 5).unwrap();
         let (mut x1, mut y1, mut x2, mut y2) = (vec![0; 20], vec![0; 20], vec![0; 20], vec![0; 20]);
+        let (mut x3, mut y3) = (vec![0; 20], vec![0; 20]);
         for w in 0..bt.windows() {
             bt.fill(&wide, w, &mut x1, &mut y1);
             bt.fill(&narrow, w, &mut x2, &mut y2);
+            bt.fill(&byte, w, &mut x3, &mut y3);
             assert_eq!((&x1, &y1), (&x2, &y2));
+            assert_eq!((&x1, &y1), (&x3, &y3));
         }
         let ranges: Vec<_> = bt.consumed(1, 3).collect();
         assert_eq!(ranges, vec![5..15, 30..40, 55..65, 80..90]);

@@ -13,7 +13,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic, the ASCII bytes `QUILLTOK` |
 //! | 8 | 4 | format version, u32: 1 |
-//! | 12 | 4 | dtype: bytes per token, u32: 2 (u16 tokens, V ≤ 65,536) or 4 (u32 tokens) |
+//! | 12 | 4 | dtype: bytes per token, u32: 1 (u8 tokens, V ≤ 256), 2 (u16, V ≤ 65,536) or 4 (u32) |
 //! | 16 | 8 | V, the vocabulary size, u64: every token is `< V` |
 //! | 24 | 8 | N, the number of tokens, u64 |
 //! | 32 | 8 | `val_start`, u64: tokens `[0, val_start)` are the training split, `[val_start, N)` the validation split |
@@ -39,8 +39,8 @@
 //! file or none, never a part.
 //!
 //! In Python: `h = struct.unpack_from("<8sIIQQQQQII32s", buf)` gives the fields in order and
-//! `numpy.memmap(path, dtype="<u2" or "<u4", mode="r", offset=data_offset, shape=(N,))` the
-//! tokens.
+//! `numpy.memmap(path, dtype={1: "u1", 2: "<u2", 4: "<u4"}[dtype], mode="r",
+//! offset=data_offset, shape=(N,))` the tokens.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -72,6 +72,8 @@ const IO_CHUNK: usize = 8 << 20;
 /// How tokens are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dtype {
+    /// 1 byte per token (V ≤ 256: most char vocabularies).
+    U8,
     /// 2 bytes per token (V ≤ 65,536).
     U16,
     /// 4 bytes per token.
@@ -81,7 +83,9 @@ pub enum Dtype {
 impl Dtype {
     /// The narrowest type for a vocabulary of `vocab` tokens.
     pub fn for_vocab(vocab: usize) -> Self {
-        if vocab <= 1 << 16 {
+        if vocab <= 1 << 8 {
+            Dtype::U8
+        } else if vocab <= 1 << 16 {
             Dtype::U16
         } else {
             Dtype::U32
@@ -91,6 +95,7 @@ impl Dtype {
     /// Bytes per token.
     pub fn width(self) -> usize {
         match self {
+            Dtype::U8 => 1,
             Dtype::U16 => 2,
             Dtype::U32 => 4,
         }
@@ -98,6 +103,7 @@ impl Dtype {
 
     fn name(self) -> &'static str {
         match self {
+            Dtype::U8 => "u8",
             Dtype::U16 => "u16",
             Dtype::U32 => "u32",
         }
@@ -114,6 +120,7 @@ impl std::fmt::Display for Dtype {
 // token sequences
 
 enum Store {
+    U8(Vec<u8>),
     U16(Vec<u16>),
     U32(Vec<u32>),
     Mapped {
@@ -148,6 +155,8 @@ impl std::fmt::Debug for Tokens {
 /// The tokens of a [`Tokens`], borrowed in their stored width.
 #[derive(Clone, Copy, Debug)]
 pub enum TokenView<'a> {
+    /// 1-byte tokens.
+    U8(&'a [u8]),
     /// 2-byte tokens.
     U16(&'a [u16]),
     /// 4-byte tokens.
@@ -158,6 +167,7 @@ impl TokenView<'_> {
     /// Number of tokens.
     pub fn len(&self) -> usize {
         match self {
+            TokenView::U8(t) => t.len(),
             TokenView::U16(t) => t.len(),
             TokenView::U32(t) => t.len(),
         }
@@ -170,7 +180,7 @@ impl TokenView<'_> {
 }
 
 impl Tokens {
-    /// Owned tokens, stored as u16 when `vocab` allows. Every id must be `< vocab`.
+    /// Owned tokens, stored in the narrowest width for `vocab`. Every id must be `< vocab`.
     pub fn from_ids(ids: &[u32], vocab: usize) -> Self {
         let mut buf = TokenBuf::new(vocab);
         buf.push(ids);
@@ -195,6 +205,7 @@ impl Tokens {
     /// Stored width.
     pub fn dtype(&self) -> Dtype {
         match &*self.store {
+            Store::U8(_) => Dtype::U8,
             Store::U16(_) => Dtype::U16,
             Store::U32(_) => Dtype::U32,
             Store::Mapped { dtype, .. } => *dtype,
@@ -210,6 +221,7 @@ impl Tokens {
     pub fn view(&self) -> TokenView<'_> {
         let r = self.start..self.start + self.len;
         match &*self.store {
+            Store::U8(v) => TokenView::U8(&v[r]),
             Store::U16(v) => TokenView::U16(&v[r]),
             Store::U32(v) => TokenView::U32(&v[r]),
             Store::Mapped { map, offset, dtype } => {
@@ -217,6 +229,7 @@ impl Tokens {
                     &map[*offset + r.start * dtype.width()..*offset + r.end * dtype.width()];
                 // Alignment and length were checked when the file was mapped.
                 match dtype {
+                    Dtype::U8 => TokenView::U8(bytes),
                     Dtype::U16 => TokenView::U16(bytemuck::cast_slice(bytes)),
                     Dtype::U32 => TokenView::U32(bytemuck::cast_slice(bytes)),
                 }
@@ -238,6 +251,7 @@ impl Tokens {
     /// The tokens as u32 ids (a copy).
     pub fn to_vec(&self) -> Vec<u32> {
         match self.view() {
+            TokenView::U8(t) => t.iter().map(|&x| x as u32).collect(),
             TokenView::U16(t) => t.iter().map(|&x| x as u32).collect(),
             TokenView::U32(t) => t.to_vec(),
         }
@@ -281,6 +295,7 @@ fn page_size() -> usize {
 
 /// Tokens being collected in memory, in the narrowest width for V.
 pub(crate) enum TokenBuf {
+    U8(Vec<u8>, usize),
     U16(Vec<u16>, usize),
     U32(Vec<u32>, usize),
 }
@@ -288,6 +303,7 @@ pub(crate) enum TokenBuf {
 impl TokenBuf {
     pub(crate) fn new(vocab: usize) -> Self {
         match Dtype::for_vocab(vocab) {
+            Dtype::U8 => TokenBuf::U8(Vec::new(), vocab),
             Dtype::U16 => TokenBuf::U16(Vec::new(), vocab),
             Dtype::U32 => TokenBuf::U32(Vec::new(), vocab),
         }
@@ -295,6 +311,7 @@ impl TokenBuf {
 
     pub(crate) fn push(&mut self, ids: &[u32]) {
         match self {
+            TokenBuf::U8(v, _) => v.extend(ids.iter().map(|&x| x as u8)),
             TokenBuf::U16(v, _) => v.extend(ids.iter().map(|&x| x as u16)),
             TokenBuf::U32(v, _) => v.extend_from_slice(ids),
         }
@@ -302,6 +319,7 @@ impl TokenBuf {
 
     pub(crate) fn len(&self) -> usize {
         match self {
+            TokenBuf::U8(v, _) => v.len(),
             TokenBuf::U16(v, _) => v.len(),
             TokenBuf::U32(v, _) => v.len(),
         }
@@ -309,6 +327,10 @@ impl TokenBuf {
 
     pub(crate) fn into_tokens(self) -> Tokens {
         let (store, len, vocab) = match self {
+            TokenBuf::U8(v, vocab) => {
+                let n = v.len();
+                (Store::U8(v), n, vocab)
+            }
             TokenBuf::U16(v, vocab) => {
                 let n = v.len();
                 (Store::U16(v), n, vocab)
@@ -406,6 +428,7 @@ impl Header {
             return Err(err("header checksum mismatch: the file is damaged".into()));
         }
         let dtype = match u32_at(12) {
+            1 => Dtype::U8,
             2 => Dtype::U16,
             4 => Dtype::U32,
             w => return Err(err(format!("unknown token width {w} bytes"))),
@@ -421,7 +444,12 @@ impl Header {
             meta_crc: u32_at(60),
             tokenizer_sha256: b[64..96].try_into().expect("32 bytes"),
         };
-        if h.vocab == 0 || (dtype == Dtype::U16 && h.vocab > 1 << 16) || h.vocab > 1 << 32 {
+        let max_vocab: u64 = match dtype {
+            Dtype::U8 => 1 << 8,
+            Dtype::U16 => 1 << 16,
+            Dtype::U32 => 1 << 32,
+        };
+        if h.vocab == 0 || h.vocab > max_vocab {
             return Err(err(format!(
                 "vocabulary size {} does not fit {dtype} tokens",
                 h.vocab
@@ -485,6 +513,7 @@ const WRITE_BUFFERS: usize = 3;
 
 /// Tokens waiting to be written, already little-endian, in the file's width.
 enum WriteBuf {
+    U8(Vec<u8>),
     U16(Vec<u16>),
     U32(Vec<u32>),
 }
@@ -492,6 +521,7 @@ enum WriteBuf {
 impl WriteBuf {
     fn new(dtype: Dtype) -> Self {
         match dtype {
+            Dtype::U8 => WriteBuf::U8(Vec::with_capacity(IO_CHUNK + 4096)),
             Dtype::U16 => WriteBuf::U16(Vec::with_capacity(IO_CHUNK / 2 + 4096)),
             Dtype::U32 => WriteBuf::U32(Vec::with_capacity(IO_CHUNK / 4 + 4096)),
         }
@@ -499,6 +529,7 @@ impl WriteBuf {
 
     fn bytes(&self) -> &[u8] {
         match self {
+            WriteBuf::U8(b) => b,
             WriteBuf::U16(b) => bytemuck::cast_slice(b),
             WriteBuf::U32(b) => bytemuck::cast_slice(b),
         }
@@ -506,6 +537,7 @@ impl WriteBuf {
 
     fn clear(&mut self) {
         match self {
+            WriteBuf::U8(b) => b.clear(),
             WriteBuf::U16(b) => b.clear(),
             WriteBuf::U32(b) => b.clear(),
         }
@@ -583,6 +615,7 @@ impl TokenFileWriter {
     pub fn push(&mut self, ids: &[u32]) -> Result<()> {
         for part in ids.chunks(IO_CHUNK / 4) {
             match &mut self.buf {
+                WriteBuf::U8(b) => b.extend(part.iter().map(|&id| id as u8)),
                 WriteBuf::U16(b) => b.extend(part.iter().map(|&id| (id as u16).to_le())),
                 WriteBuf::U32(b) => b.extend(part.iter().map(|&id| id.to_le())),
             }
@@ -750,6 +783,7 @@ impl TokenFileHead {
                 .map_err(|e| err(format!("cannot read the tokens: {e}")))?;
             crc.update(&buf[..n]);
             let max = match h.dtype {
+                Dtype::U8 => buf[..n].iter().map(|&b| b as u64).max(),
                 Dtype::U16 => buf[..n]
                     .chunks_exact(2)
                     .map(|c| u16::from_le_bytes([c[0], c[1]]) as u64)
@@ -812,6 +846,7 @@ impl TokenFileHead {
         }
         let bytes = &map[offset..end];
         let aligned = match h.dtype {
+            Dtype::U8 => true,
             Dtype::U16 => bytemuck::try_cast_slice::<u8, u16>(bytes).is_ok(),
             Dtype::U32 => bytemuck::try_cast_slice::<u8, u32>(bytes).is_ok(),
         };
@@ -847,7 +882,7 @@ mod tests {
     #[test]
     fn round_trip_in_both_widths() {
         let d = tempfile::tempdir().unwrap();
-        for vocab in [65, 1 << 16, (1 << 16) + 1] {
+        for vocab in [65, 256, 257, 1 << 16, (1 << 16) + 1] {
             let ids: Vec<u32> = (0..1000).map(|i| (i * 7919) % vocab as u32).collect();
             let p = write_file(d.path(), &ids, vocab, 900);
             let head = read_head(&p).unwrap();
@@ -912,7 +947,7 @@ mod tests {
         bad[off + 2000] ^= 0x01;
         check(&bad, "data checksum");
         let mut bad = good.clone();
-        bad[off + 2001] = 0xFF; // token 1000 becomes >= V
+        bad[off + 1000] = 0xFF; // token 1000 becomes >= V
         check(&bad, "token 1000 holds id");
         std::fs::write(&p, &good).unwrap();
         read_head(&p).unwrap().verify(&mut |_, _| {}).unwrap();
@@ -922,8 +957,7 @@ mod tests {
     fn a_failed_write_is_an_error_and_leaves_no_file() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("x.tokens");
-        let mut w =
-            TokenFileWriter::create_with(&p, 10, [0; 32], b"{}", FailPoint::Write).unwrap();
+        let mut w = TokenFileWriter::create_with(&p, 10, [0; 32], b"{}", FailPoint::Write).unwrap();
         let ids = vec![1u32; IO_CHUNK];
         // The writer thread fails on the first buffer; a later push or the finish says so.
         let e = w

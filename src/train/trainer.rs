@@ -607,6 +607,7 @@ impl Trainer {
     pub fn train_step(&mut self) -> (f64, f64, f32) {
         let p = &mut self.progress;
         match self.train_tokens.view() {
+            TokenView::U8(t) => self.batcher.fill(t, p.window, &mut self.x, &mut self.y),
             TokenView::U16(t) => self.batcher.fill(t, p.window, &mut self.x, &mut self.y),
             TokenView::U32(t) => self.batcher.fill(t, p.window, &mut self.x, &mut self.y),
         }
@@ -651,6 +652,7 @@ impl Trainer {
     pub fn validate(&mut self) -> Option<f64> {
         let (b, t) = (self.config.batch, self.config.seq);
         let (sum, n) = match self.val_tokens.view() {
+            TokenView::U8(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
             TokenView::U16(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
             TokenView::U32(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
         };

@@ -174,6 +174,38 @@ impl Drop for AtomicFile {
     }
 }
 
+/// Temporary files of writes to `target` whose process is gone (it was killed mid-write):
+/// `.NAME.tmp-PID-SEQ` next to it, with no process PID running. Only where running processes
+/// can be listed (`/proc`); elsewhere none.
+pub fn orphaned_temps(target: &Path) -> Vec<PathBuf> {
+    let proc_fs = Path::new("/proc/self");
+    let (Some(name), true) = (target.file_name(), proc_fs.exists()) else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let dir = parent_dir(target);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let pid = file
+                .strip_prefix(&prefix)?
+                .split('-')
+                .next()?
+                .parse::<u32>()
+                .ok()?;
+            let alive =
+                pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+            (!alive).then(|| e.path())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
 /// Writes `bytes` to `path` atomically (see the module docs).
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     write_with(path, bytes, FailPoint::Never)
@@ -242,6 +274,27 @@ mod tests {
             e.to_string().contains("cannot create a temporary file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn temporary_files_of_dead_processes_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x.tokens");
+        // A pid that is not running (pid_max is at most 2^22 on Linux).
+        let dead = dir.path().join(".x.tokens.tmp-4194305-0");
+        let mine = dir
+            .path()
+            .join(format!(".x.tokens.tmp-{}-9", std::process::id()));
+        let other = dir.path().join(".y.tokens.tmp-4194305-0");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"partial").unwrap();
+        }
+        let found = orphaned_temps(&target);
+        if Path::new("/proc/self").exists() {
+            assert_eq!(found, vec![dead]);
+        } else {
+            assert!(found.is_empty());
+        }
     }
 
     #[cfg(unix)]

@@ -69,6 +69,10 @@ pub enum Error {
     #[error("plot: {0}")]
     Plot(String),
 
+    /// The user interrupted a long operation (Ctrl-C); nothing half-done was left behind.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
+
     /// Drawing to or reading keys from the terminal failed (the training dashboard).
     #[error("terminal: {0}")]
     Terminal(#[source] std::io::Error),

@@ -57,7 +57,7 @@ fn decoded(path: &Path) -> (TokenMeta, Tokenizer, Vec<u32>, String) {
     let head = read_head(path).unwrap();
     let meta: TokenMeta = serde_json::from_str(&head.meta).unwrap();
     let tok = Tokenizer::from_json(&meta.tokenizer).unwrap();
-    head.verify(&mut |_, _| {}).unwrap();
+    head.verify(&mut |_, _| Ok(())).unwrap();
     let ids = head.map().unwrap().to_vec();
     let text = tok.decode(&ids);
     (meta, tok, ids, text)

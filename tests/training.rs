@@ -167,6 +167,7 @@ fn run_steps_prepared(
         token_file: Some(dir.join("t.tokens")),
         write_threshold: 0,
         force: false,
+        cancel: None,
     };
     let mut events = Vec::new();
     let p = prepare(&opts, &mut |e| events.push(e.clone())).unwrap();

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -142,6 +144,7 @@ impl CorpusArgs {
             token_file: None,
             write_threshold: 0,
             force: false,
+            cancel: None,
         })
     }
 
@@ -264,6 +267,11 @@ impl PrepareDisplay {
                 };
                 self.line(format!("{kind} tokenizer: V = {vocab}, trained on {what}"));
             }
+            PrepareEvent::RemovedOrphan { path, bytes } => self.line(format!(
+                "removed {} ({}), left by an interrupted run",
+                path.display(),
+                human_bytes(*bytes)
+            )),
             PrepareEvent::Written { path, bytes } => {
                 let secs = self.started.elapsed().as_secs_f64();
                 self.line(format!(
@@ -302,7 +310,25 @@ pub struct PrepareArgs {
     quiet: bool,
 }
 
+/// Whether an error is the user's Ctrl-C (exit status 130, not a failure to report).
+pub fn is_interrupted(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<quill::Error>(),
+        Some(quill::Error::Interrupted(_))
+    )
+}
+
 pub fn run(args: PrepareArgs) -> anyhow::Result<ExitCode> {
+    // Ctrl-C: the first stops at the next piece (no token file is left), a second at once.
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let cancel = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            if cancel.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    }
     let name = args
         .name
         .clone()
@@ -315,11 +341,18 @@ pub fn run(args: PrepareArgs) -> anyhow::Result<ExitCode> {
     let mut opts = args.data.options(args.data.train_plan())?;
     opts.token_file = Some(path.clone());
     opts.force = args.force;
+    opts.cancel = Some(cancel);
     let start = Instant::now();
     let mut display = PrepareDisplay::new(args.quiet);
     let result = prepare(&opts, &mut |e| display.on(e));
     display.finish();
-    let p = result?;
+    let p = match result {
+        Err(e @ quill::Error::Interrupted(_)) => {
+            eprintln!("{e}");
+            return Ok(ExitCode::from(130));
+        }
+        r => r?,
+    };
     summary(&p, start.elapsed().as_secs_f64());
     eprintln!(
         "train on it with the same corpus flags and --out {} (it is found and reused), or with \

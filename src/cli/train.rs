@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
@@ -310,6 +310,7 @@ fn load_data(
     config: &TrainConfig,
     plan: TokenizerPlan,
     resume: Option<(&std::path::Path, &quill::checkpoint::CorpusInfo)>,
+    cancel: &Arc<AtomicBool>,
 ) -> anyhow::Result<(Tokenizer, TrainData)> {
     let mut display = PrepareDisplay::new(args.quiet);
     let result = (|| -> anyhow::Result<(Tokenizer, TrainData)> {
@@ -327,6 +328,7 @@ fn load_data(
             return Ok((tokenizer, data));
         }
         let mut opts = args.data.options(plan)?;
+        opts.cancel = Some(cancel.clone());
         if args.prepare != PrepareMode::Never {
             opts.token_file = Some(config.out.join(format!("{}.tokens", config.name)));
             opts.write_threshold = match args.prepare {
@@ -347,6 +349,37 @@ fn load_data(
 }
 
 pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
+    // Ctrl-C / SIGTERM: while the corpus is prepared, the first stops it (no token file is
+    // left); while training, it finishes the step, saves and exits; a second exits at once
+    // (files are written atomically, so nothing on disk is half-written).
+    let interrupts = Arc::new(AtomicUsize::new(0));
+    let cancel = Arc::new(AtomicBool::new(false));
+    {
+        let interrupts = interrupts.clone();
+        let cancel = cancel.clone();
+        let _ = ctrlc::set_handler(move || {
+            cancel.store(true, Ordering::SeqCst);
+            if interrupts.fetch_add(1, Ordering::SeqCst) >= 1 {
+                terminal::restore();
+                std::process::exit(130);
+            }
+        });
+    }
+    match train(args, matches, interrupts, cancel) {
+        Err(e) if super::prepare::is_interrupted(&e) => {
+            eprintln!("{e:#}");
+            Ok(ExitCode::from(130))
+        }
+        r => r,
+    }
+}
+
+fn train(
+    args: TrainArgs,
+    matches: &clap::ArgMatches,
+    interrupts: Arc<AtomicUsize>,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<ExitCode> {
     let mut config = args.train_config();
     config.validate()?;
     args.check_dashboard_flags()?;
@@ -379,29 +412,17 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCo
             );
             let plan = TokenizerPlan::Use(r.loaded.tokenizer.clone());
             let recorded = r.meta.base.corpus.clone();
-            let (_, data) = load_data(&args, &config, plan, Some((path, &recorded)))?;
+            let (_, data) = load_data(&args, &config, plan, Some((path, &recorded)), &cancel)?;
             Trainer::resume_data(data, r, config)?
         }
         None => {
-            let (tokenizer, data) = load_data(&args, &config, args.data.train_plan(), None)?;
+            let (tokenizer, data) =
+                load_data(&args, &config, args.data.train_plan(), None, &cancel)?;
             let model_config = args.model_config(tokenizer.kind());
             Trainer::from_data(data, tokenizer, model_config, config)
                 .with_context(|| format!("training on {}", corpus_label(&args)))?
         }
     };
-
-    // Ctrl-C / SIGTERM: the first finishes the step, saves and exits; a second exits at once
-    // (checkpoints are written atomically, so nothing on disk is half-written).
-    let interrupts = Arc::new(AtomicUsize::new(0));
-    {
-        let interrupts = interrupts.clone();
-        let _ = ctrlc::set_handler(move || {
-            if interrupts.fetch_add(1, Ordering::SeqCst) >= 1 {
-                terminal::restore();
-                std::process::exit(130);
-            }
-        });
-    }
 
     let use_dashboard =
         args.dashboard && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();

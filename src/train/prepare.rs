@@ -22,6 +22,8 @@
 //! before use. A damaged token file is an error, never silently replaced.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -118,6 +120,20 @@ pub struct PrepareOptions {
     pub write_threshold: u64,
     /// Prepare again even when `token_file` is valid for these options.
     pub force: bool,
+    /// Set (e.g. by a Ctrl-C handler) to stop: preparation ends with [`Error::Interrupted`]
+    /// at the next piece, leaving no token file behind.
+    pub cancel: Option<Arc<AtomicBool>>,
+}
+
+impl PrepareOptions {
+    fn check_cancel(&self) -> Result<()> {
+        match &self.cancel {
+            Some(c) if c.load(Ordering::Relaxed) => Err(Error::Interrupted(
+                "the corpus was being prepared; no token file was written".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A stage of preparation, for progress reports.
@@ -183,6 +199,13 @@ pub enum PrepareEvent {
         of_bytes: u64,
         /// Pieces the sample was made of (0: the whole training part).
         pieces: usize,
+    },
+    /// A temporary token file left by a run that was killed was removed.
+    RemovedOrphan {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
     },
     /// The token file was written.
     Written {
@@ -605,7 +628,8 @@ fn scan_files(
                         stage: Stage::Scan,
                         done: done + read,
                         total: total_bytes,
-                    })
+                    });
+                    opts.check_cancel()
                 },
             )
         };
@@ -637,7 +661,7 @@ fn scan_files(
                     skipped: None,
                 });
             }
-            Err(e) if opts.skip_bad_files => {
+            Err(e) if opts.skip_bad_files && !matches!(e, Error::Interrupted(_)) => {
                 if let (Some(s), Some(m)) = (&mut sample, mark) {
                     s.rollback(m);
                 }
@@ -715,7 +739,7 @@ fn scan_doc(
     at: u64,
     mut chars: Option<&mut CharVocab>,
     mut sample: Option<&mut Sampler>,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<DocScan> {
     let mut r = DocReader::open(&src.path, lossy, true)?;
     let mut text_bytes = 0u64;
@@ -738,7 +762,7 @@ fn scan_doc(
         }
         text_bytes += chunk.len() as u64;
         last = *chunk.as_bytes().last().unwrap_or(&last);
-        progress(r.bytes_read);
+        progress(r.bytes_read)?;
     }
     if let Some(s) = sample {
         s.end_doc();
@@ -773,7 +797,8 @@ impl Scanned {
                         stage: Stage::Verify,
                         done,
                         total,
-                    })
+                    });
+                    opts.check_cancel()
                 })?;
                 let tokens = head.map()?;
                 let data = train_data(
@@ -867,6 +892,15 @@ impl Scanned {
                     .filter(|p| total_bytes >= opts.write_threshold || p.exists());
                 let mut out = match to_file {
                     Some(path) => {
+                        for orphan in crate::atomic::orphaned_temps(path) {
+                            let bytes = std::fs::metadata(&orphan).map_or(0, |m| m.len());
+                            if std::fs::remove_file(&orphan).is_ok() {
+                                on_event(&PrepareEvent::RemovedOrphan {
+                                    path: orphan,
+                                    bytes,
+                                });
+                            }
+                        }
                         let json = serde_json::to_vec(&meta).map_err(|e| Error::TokenFile {
                             path: path.clone(),
                             msg: format!("cannot serialise metadata: {e}"),
@@ -882,13 +916,15 @@ impl Scanned {
                 };
                 let encode_total: u64 = docs.iter().map(|d| d.bytes).sum();
                 let mut done = 0u64;
+                let cancel = opts.clone();
                 let mut progress = |n: u64| {
                     done += n;
                     on_event(&PrepareEvent::Progress {
                         stage: Stage::Encode,
                         done,
                         total: encode_total,
-                    })
+                    });
+                    cancel.check_cancel()
                 };
                 let cut = (opts.val_fraction > 0.0)
                     .then(|| (split_target(train_len, opts.val_fraction), train_len));
@@ -1019,7 +1055,8 @@ pub fn open_token_file(
             stage: Stage::Verify,
             done,
             total,
-        })
+        });
+        Ok(())
     })?;
     let tokens = head.map()?;
     let opts = PrepareOptions {
@@ -1034,6 +1071,7 @@ pub fn open_token_file(
         token_file: Some(path.to_path_buf()),
         write_threshold: 0,
         force: false,
+        cancel: None,
     };
     let data = train_data(
         &tokens,
@@ -1112,7 +1150,7 @@ fn encode_docs<'a>(
     lossy: bool,
     cut: Option<(u64, u64)>,
     out: &mut Out,
-    progress: &mut dyn FnMut(u64),
+    progress: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<(u64, u64)> {
     let start = match out {
         Out::Memory(b) => b.len() as u64,
@@ -1142,7 +1180,7 @@ fn encode_docs<'a>(
         while let Some(chunk) = r.next_chunk()? {
             text_bytes += chunk.len() as u64;
             enc.feed(chunk, out).map_err(wrap)?;
-            progress(r.bytes_read - read);
+            progress(r.bytes_read - read)?;
             read = r.bytes_read;
         }
         if text_bytes != doc.text_bytes {
@@ -1606,6 +1644,62 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn options(dir: &Path) -> PrepareOptions {
+        let corpus = dir.join("c.txt");
+        std::fs::write(&corpus, "some text\n".repeat(100)).unwrap();
+        PrepareOptions {
+            paths: vec![corpus],
+            val_paths: Vec::new(),
+            globs: Vec::new(),
+            separator: None,
+            skip_bad_files: false,
+            lossy: false,
+            val_fraction: 0.1,
+            tokenizer: TokenizerPlan::Train {
+                kind: TokenizerKind::Char,
+                options: TokenizerOptions::for_kind(TokenizerKind::Char),
+                sample_bytes: DEFAULT_TOKENIZER_SAMPLE,
+            },
+            token_file: Some(dir.join("c.tokens")),
+            write_threshold: 0,
+            force: false,
+            cancel: None,
+        }
+    }
+
+    #[test]
+    fn a_cancelled_preparation_leaves_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let mut opts = options(d.path());
+        opts.cancel = Some(Arc::new(AtomicBool::new(true)));
+        let e = prepare(&opts, &mut |_| {}).unwrap_err();
+        assert!(matches!(e, Error::Interrupted(_)), "{e}");
+        let mut names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["c.txt"]);
+    }
+
+    #[test]
+    fn temporary_files_of_killed_runs_are_removed() {
+        let d = tempfile::tempdir().unwrap();
+        let opts = options(d.path());
+        let orphan = d.path().join(".c.tokens.tmp-4194305-0");
+        std::fs::write(&orphan, b"half a token file").unwrap();
+        let mut events = Vec::new();
+        prepare(&opts, &mut |e| events.push(e.clone())).unwrap();
+        if Path::new("/proc/self").exists() {
+            assert!(!orphan.exists());
+            assert!(events.contains(&PrepareEvent::RemovedOrphan {
+                path: orphan,
+                bytes: 17
+            }));
+        }
+        assert!(d.path().join("c.tokens").is_file());
     }
 
     #[test]

@@ -761,8 +761,8 @@ pub fn read_head(path: &Path) -> Result<TokenFileHead> {
 impl TokenFileHead {
     /// Reads all tokens once (plain reads, so nothing stays resident): checks the data
     /// checksum and that every token is `< V`. `progress(done, total)` is called per piece
-    /// with bytes.
-    pub fn verify(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    /// with bytes; an error from it stops the check.
+    pub fn verify(&self, progress: &mut dyn FnMut(u64, u64) -> Result<()>) -> Result<()> {
         let path = &self.path;
         let h = &self.header;
         let err = |msg: String| Error::TokenFile {
@@ -809,7 +809,7 @@ impl TokenFileHead {
                 )));
             }
             done += n as u64;
-            progress(done, total);
+            progress(done, total)?;
         }
         if crc.finalize() != h.data_crc {
             return Err(err("data checksum mismatch: the tokens are damaged".into()));
@@ -892,7 +892,7 @@ mod tests {
             assert_eq!(head.header.tokenizer_sha256, [7; 32]);
             assert_eq!(head.header.dtype, Dtype::for_vocab(vocab));
             assert_eq!(head.header.data_offset % 64, 0);
-            head.verify(&mut |_, _| {}).unwrap();
+            head.verify(&mut |_, _| Ok(())).unwrap();
             let t = head.map().unwrap();
             assert!(t.is_mapped());
             assert_eq!(t.to_vec(), ids);
@@ -920,7 +920,7 @@ mod tests {
         let check = |bytes: &[u8], want: &str| {
             std::fs::write(&p, bytes).unwrap();
             let e = read_head(&p)
-                .and_then(|h| h.verify(&mut |_, _| {}))
+                .and_then(|h| h.verify(&mut |_, _| Ok(())))
                 .unwrap_err()
                 .to_string();
             assert!(e.contains(want) && e.contains("t.tokens"), "{want}: {e}");
@@ -950,7 +950,7 @@ mod tests {
         bad[off + 1000] = 0xFF; // token 1000 becomes >= V
         check(&bad, "token 1000 holds id");
         std::fs::write(&p, &good).unwrap();
-        read_head(&p).unwrap().verify(&mut |_, _| {}).unwrap();
+        read_head(&p).unwrap().verify(&mut |_, _| Ok(())).unwrap();
     }
 
     #[test]

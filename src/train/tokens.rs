@@ -911,6 +911,38 @@ mod tests {
         }
     }
 
+    /// Resident file-backed memory of this process (`RssFile` of /proc/self/status), bytes.
+    #[cfg(target_os = "linux")]
+    fn rss_file() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("RssFile:")).unwrap();
+        let kb: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kb * 1024
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn released_tokens_leave_the_resident_set() {
+        let d = tempfile::tempdir().unwrap();
+        let n = 48 << 20; // 48 MiB of u8 tokens
+        let ids: Vec<u32> = (0..n as u32).map(|i| i % 200).collect();
+        let p = write_file(d.path(), &ids, 200, n as u64);
+        let t = read_head(&p).unwrap().map().unwrap();
+        let before = rss_file();
+        let TokenView::U8(v) = t.view() else {
+            panic!("u8 tokens")
+        };
+        let sum: u64 = v.iter().step_by(1024).map(|&x| x as u64).sum();
+        assert!(sum > 0);
+        let touched = rss_file();
+        assert!(touched >= before + (32 << 20), "{before} -> {touched}");
+        t.release(0..n);
+        let released = rss_file();
+        assert!(released + (32 << 20) <= touched, "{touched} -> {released}");
+        // Still readable: the pages come back from the file.
+        assert_eq!(t.slice(n - 3..n).to_vec(), &ids[n - 3..]);
+    }
+
     #[test]
     fn damaged_files_are_refused_with_the_reason() {
         let d = tempfile::tempdir().unwrap();

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -156,6 +156,15 @@ impl Write for AtomicFile {
     }
 }
 
+/// Seeking lets a writer patch a header once the data behind it is known (token files).
+impl Seek for AtomicFile {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        let file = self.file.as_mut().expect("not yet committed");
+        file.seek(pos)
+            .map_err(|e| step_err(format!("cannot seek in {}", self.tmp.display()), e))
+    }
+}
+
 impl Drop for AtomicFile {
     fn drop(&mut self) {
         if let Some(f) = self.file.take() {
@@ -163,6 +172,38 @@ impl Drop for AtomicFile {
             let _ = fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// Temporary files of writes to `target` whose process is gone (it was killed mid-write):
+/// `.NAME.tmp-PID-SEQ` next to it, with no process PID running. Only where running processes
+/// can be listed (`/proc`); elsewhere none.
+pub fn orphaned_temps(target: &Path) -> Vec<PathBuf> {
+    let proc_fs = Path::new("/proc/self");
+    let (Some(name), true) = (target.file_name(), proc_fs.exists()) else {
+        return Vec::new();
+    };
+    let prefix = format!(".{}.tmp-", name.to_string_lossy());
+    let dir = parent_dir(target);
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = entries
+        .flatten()
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let pid = file
+                .strip_prefix(&prefix)?
+                .split('-')
+                .next()?
+                .parse::<u32>()
+                .ok()?;
+            let alive =
+                pid == std::process::id() || Path::new("/proc").join(pid.to_string()).exists();
+            (!alive).then(|| e.path())
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Writes `bytes` to `path` atomically (see the module docs).
@@ -208,6 +249,13 @@ mod tests {
             assert_eq!(fs::read(&p).unwrap(), b"second", "{fail:?}");
             assert_eq!(dir_names(dir.path()), vec!["a.txt"], "{fail:?}");
         }
+        // a header patched after the data (seek back, overwrite)
+        let mut f = AtomicFile::create(&p).unwrap();
+        f.write_all(b"....data").unwrap();
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(b"HEAD").unwrap();
+        f.commit().unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"HEADdata");
         // dropped uncommitted: nothing left, target untouched
         let mut f = AtomicFile::create(&p).unwrap();
         f.write_all(b"never").unwrap();
@@ -218,6 +266,27 @@ mod tests {
             e.to_string().contains("cannot create a temporary file"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn temporary_files_of_dead_processes_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("x.tokens");
+        // A pid that is not running (pid_max is at most 2^22 on Linux).
+        let dead = dir.path().join(".x.tokens.tmp-4194305-0");
+        let mine = dir
+            .path()
+            .join(format!(".x.tokens.tmp-{}-9", std::process::id()));
+        let other = dir.path().join(".y.tokens.tmp-4194305-0");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"partial").unwrap();
+        }
+        let found = orphaned_temps(&target);
+        if Path::new("/proc/self").exists() {
+            assert_eq!(found, vec![dead]);
+        } else {
+            assert!(found.is_empty());
+        }
     }
 
     #[cfg(unix)]

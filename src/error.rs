@@ -26,6 +26,11 @@ pub enum Error {
     #[error("corpus {path}: {msg}")]
     Corpus { path: PathBuf, msg: String },
 
+    /// A prepared token file (`NAME.tokens`) is damaged, of another version, or does not fit
+    /// what it is used for.
+    #[error("token file {path}: {msg}")]
+    TokenFile { path: PathBuf, msg: String },
+
     /// Text contains tokens the vocabulary does not have.
     #[error("text contains {} character(s) not in the model's vocabulary: {}", .0.len(), fmt_unknown(.0))]
     UnknownChars(Vec<char>),
@@ -63,6 +68,10 @@ pub enum Error {
     /// A plot could not be drawn or encoded.
     #[error("plot: {0}")]
     Plot(String),
+
+    /// The user interrupted a long operation (Ctrl-C); nothing half-done was left behind.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
 
     /// Drawing to or reading keys from the terminal failed (the training dashboard).
     #[error("terminal: {0}")]

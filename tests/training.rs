@@ -8,6 +8,7 @@ use quill::nn::model::ModelConfig;
 use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
 use quill::train::checkpoint;
 use quill::train::corpus::Corpus;
+use quill::train::prepare::{prepare, PrepareEvent, PrepareOptions, TokenizerPlan};
 use quill::train::{Control, Event, TrainConfig, Trainer};
 
 fn corpus(text: &str) -> Corpus {
@@ -120,6 +121,106 @@ fn resume_is_bit_for_bit_identical() {
     assert_eq!(x.state, y.state);
     assert_eq!(x.meta.progress.rng, y.meta.progress.rng);
     assert_eq!(x.meta.progress.best_val, y.meta.progress.best_val);
+}
+
+/// As `run_steps`, on the same text prepared into a token file (written on the first call,
+/// reused and memory-mapped on the next).
+fn run_steps_prepared(
+    dir: &Path,
+    max_steps: u64,
+    this_run: Option<u64>,
+    resume: Option<&Path>,
+) -> PathBuf {
+    let text = TEXT200.repeat(8);
+    let corpus = dir.join("corpus.txt");
+    if !corpus.exists() {
+        std::fs::write(&corpus, &text).unwrap();
+    }
+    let cfg = TrainConfig {
+        batch: 3,
+        seq: 8,
+        val_fraction: 0.1,
+        eval_every: 5,
+        save_every: 7,
+        max_steps: Some(max_steps),
+        out: dir.to_path_buf(),
+        name: "t".into(),
+        ..TrainConfig::default()
+    };
+    let r = resume.map(|p| checkpoint::load_resumable(p).unwrap());
+    let opts = PrepareOptions {
+        paths: vec![corpus],
+        val_paths: Vec::new(),
+        globs: Vec::new(),
+        separator: None,
+        skip_bad_files: false,
+        lossy: false,
+        val_fraction: cfg.val_fraction,
+        tokenizer: match &r {
+            Some(r) => TokenizerPlan::Use(r.loaded.tokenizer.clone()),
+            None => TokenizerPlan::Train {
+                kind: TokenizerKind::Char,
+                options: TokenizerOptions::for_kind(TokenizerKind::Char),
+                sample_bytes: 1 << 20,
+            },
+        },
+        token_file: Some(dir.join("t.tokens")),
+        write_threshold: 0,
+        force: false,
+        cancel: None,
+    };
+    let mut events = Vec::new();
+    let p = prepare(&opts, &mut |e| events.push(e.clone())).unwrap();
+    assert!(p.data.train.is_mapped());
+    assert_eq!(
+        events
+            .iter()
+            .any(|e| matches!(e, PrepareEvent::Reusing { .. })),
+        resume.is_some(),
+        "{events:?}"
+    );
+    let mut tr = match r {
+        Some(r) => Trainer::resume_data(p.data, r, cfg).unwrap(),
+        None => Trainer::from_data(p.data, p.tokenizer, model_cfg(12, 0.2), cfg).unwrap(),
+    };
+    assert!(tr.is_mapped());
+    tr.run(this_run, &mut quiet).unwrap().latest
+}
+
+#[test]
+fn resume_is_bit_for_bit_identical_on_a_prepared_memory_mapped_corpus() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let c = tempfile::tempdir().unwrap();
+    // In memory, straight; prepared and mapped, in two runs with a resume between.
+    let in_memory = run_steps(a.path(), 30, None, None);
+    let half = run_steps_prepared(b.path(), 30, Some(15), None);
+    let resumed = run_steps_prepared(b.path(), 30, None, Some(&half));
+    let straight = run_steps_prepared(c.path(), 30, None, None);
+    let x = checkpoint::load_resumable(&in_memory).unwrap();
+    for other in [&resumed, &straight] {
+        let y = checkpoint::load_resumable(other).unwrap();
+        assert_eq!(y.meta.progress.step, 30);
+        assert_eq!(
+            x.loaded.model.params, y.loaded.model.params,
+            "weights differ"
+        );
+        assert_eq!(x.adam.m, y.adam.m);
+        assert_eq!(x.adam.v, y.adam.v);
+        assert_eq!(x.state, y.state);
+        assert_eq!(x.meta.progress.rng, y.meta.progress.rng);
+        assert_eq!(x.meta.progress.best_val, y.meta.progress.best_val);
+        // The same corpus record: one file's fingerprint is its SHA-256, as before.
+        assert_eq!(
+            x.meta.base.corpus.fingerprint,
+            y.meta.base.corpus.fingerprint
+        );
+        assert_eq!(
+            x.meta.base.corpus.train_tokens,
+            y.meta.base.corpus.train_tokens
+        );
+        assert_eq!(x.meta.base.corpus.val_tokens, y.meta.base.corpus.val_tokens);
+    }
 }
 
 #[test]

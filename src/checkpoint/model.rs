@@ -28,17 +28,28 @@ pub enum CheckpointKind {
     Weights,
 }
 
-/// The corpus a model was trained on.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// The corpus a model was trained on. Checkpoints written before corpora of many files
+/// have only the first four fields; the others default to empty.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct CorpusInfo {
-    /// Path as given to `train`.
+    /// Path as given to `train` (the first, when several were given).
     pub path: PathBuf,
-    /// Hex SHA-256 of its bytes.
+    /// The corpus fingerprint (`train::corpus::combined_fingerprint`): for one file, the hex
+    /// SHA-256 of its bytes; for several, a hash over their hashes in order and the separator.
     pub fingerprint: String,
-    /// Training and validation token counts.
+    /// Training token count.
     pub train_tokens: usize,
     /// Validation token count.
     pub val_tokens: usize,
+    /// Every path given, when there were several (`path` is the first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathBuf>,
+    /// Files with text read, when not exactly one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<usize>,
+    /// The separate validation corpus (`--val-corpus`), if any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_paths: Vec<PathBuf>,
 }
 
 /// The part of a checkpoint's metadata that every checkpoint has and inference reads.

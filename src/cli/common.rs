@@ -26,3 +26,14 @@ pub fn human_count(n: usize) -> String {
         n => n.to_string(),
     }
 }
+
+/// Human-readable byte count in powers of 1000: 990 kB, 6.5 MB, 5.00 GB.
+pub fn human_bytes(n: u64) -> String {
+    let f = n as f64;
+    match n {
+        n if n >= 1_000_000_000 => format!("{:.2} GB", f / 1e9),
+        n if n >= 1_000_000 => format!("{:.1} MB", f / 1e6),
+        n if n >= 1_000 => format!("{:.0} kB", f / 1e3),
+        n => format!("{n} B"),
+    }
+}

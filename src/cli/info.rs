@@ -78,21 +78,33 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
         m.train.seq,
         m.train.lr
     )?;
+    let c = &m.base.corpus;
+    let more = match (c.paths.len(), c.files) {
+        (n, _) if n > 1 => format!(" and {} more path(s)", n - 1),
+        _ => String::new(),
+    };
+    let files = c.files.map_or(String::new(), |f| format!("{f} files, "));
     writeln!(
         out,
-        "corpus       {} ({} train / {} val tokens, sha256 {}…)",
-        shown(&m.base.corpus.path.display().to_string()),
-        m.base.corpus.train_tokens,
-        m.base.corpus.val_tokens,
-        shown(
-            &m.base
-                .corpus
-                .fingerprint
-                .chars()
-                .take(16)
-                .collect::<String>()
-        )
+        "corpus       {}{more} ({files}{} train / {} val tokens, {} {}…)",
+        shown(&c.path.display().to_string()),
+        c.train_tokens,
+        c.val_tokens,
+        if c.files.is_some() {
+            "fingerprint"
+        } else {
+            "sha256"
+        },
+        shown(&c.fingerprint.chars().take(16).collect::<String>())
     )?;
+    if !c.val_paths.is_empty() {
+        let vals: Vec<String> = c
+            .val_paths
+            .iter()
+            .map(|p| shown(&p.display().to_string()))
+            .collect();
+        writeln!(out, "val corpus   {}", vals.join(" "))?;
+    }
     if let Some(h) = p.history.last() {
         writeln!(
             out,

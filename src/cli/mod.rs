@@ -5,6 +5,7 @@ mod common;
 mod eval;
 mod info;
 mod plot;
+mod prepare;
 mod sample;
 mod train;
 mod tui;
@@ -25,6 +26,8 @@ pub struct Cli {
 enum Command {
     /// Train a model on a text corpus (default: the bundled Shakespeare corpus).
     Train(Box<train::TrainArgs>),
+    /// Tokenize a corpus once into a token file that `train` reads memory-mapped.
+    Prepare(Box<prepare::PrepareArgs>),
     /// Generate text from a trained model, streamed to stdout.
     Sample(sample::SampleArgs),
     /// Loss, perplexity and bits per character of a model on a text file.
@@ -46,6 +49,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
     let sub = matches.subcommand().map(|(_, m)| m);
     match cli.command {
         Command::Train(a) => train::run(*a, sub.expect("train has matches")),
+        Command::Prepare(a) => prepare::run(*a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
@@ -62,4 +66,14 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn flags_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -3,7 +3,7 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -12,11 +12,13 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use quill::nn::model::ModelConfig;
 use quill::plot::{write_plot, PlotOptions};
-use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::tokenizer::{Tokenizer, TokenizerKind};
 use quill::train::checkpoint;
-use quill::train::corpus::Corpus;
 use quill::train::metrics::RunMetrics;
 use quill::train::optim::Schedule;
+use quill::train::prepare::{open_token_file, scan, TokenizerPlan, AUTO_TOKEN_FILE_BYTES};
+use quill::train::tokens::TrainData;
+use quill::train::trainer::check_same_corpus;
 use quill::train::{Control, Event, Summary, TrainConfig, Trainer};
 use quill::tui::dashboard::{
     run_ui, Controls, DashboardState, Input, SampleText, TrainHook, UiExit, UiOptions,
@@ -25,30 +27,35 @@ use quill::tui::limits::TEMP_MAX;
 use quill::tui::terminal::{self, TerminalGuard};
 
 use super::common::human_count;
+use super::prepare::{CorpusArgs, PrepareDisplay};
 
-/// Bundled default corpus.
-pub const DEFAULT_CORPUS: &str = "corpora/shakespeare.txt";
+/// The corpus named in messages: the token file or the first corpus path.
+fn corpus_label(args: &TrainArgs) -> String {
+    match &args.tokens {
+        Some(t) => t.display().to_string(),
+        None => args.data.corpus[0].display().to_string(),
+    }
+}
+
 /// Time limit of a `train` with no limit flags, so the default run ends within ~10 minutes.
 const DEFAULT_MINUTES: f64 = 8.0;
 
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
 pub struct TrainArgs {
-    /// Text file to train on.
-    #[arg(long, default_value = DEFAULT_CORPUS)]
-    corpus: PathBuf,
-    /// Replace invalid UTF-8 in the corpus instead of failing.
-    #[arg(long)]
-    lossy: bool,
-    /// Token level [default: char].
-    #[arg(long, value_enum)]
-    tokenizer: Option<TokenizerKind>,
-    /// Vocabulary cap for word/BPE tokenizers [default: 10000 word, 2000 bpe].
-    #[arg(long)]
-    vocab_size: Option<usize>,
-    /// Minimum count for a word/BPE token to enter the vocabulary.
-    #[arg(long, default_value_t = 2)]
-    min_frequency: u64,
+    #[command(flatten)]
+    data: CorpusArgs,
+    /// Train on a prepared token file (from `quill prepare`) as it is, tokenizer included.
+    #[arg(long, conflicts_with_all = [
+        "corpus", "globs", "separator", "skip_bad_files", "lossy", "val_fraction",
+        "val_corpus", "tokenizer", "vocab_size", "min_frequency", "tokenizer_sample", "prepare",
+    ])]
+    tokens: Option<PathBuf>,
+    /// Tokenize into a token file `OUT/NAME.tokens` that later runs reuse and that training
+    /// reads memory-mapped: `auto` for corpora of 50 MB or more, `always`, or `never` (tokens
+    /// in memory). A valid existing file is used in `auto` and `always`.
+    #[arg(long, value_enum, default_value_t = PrepareMode::Auto)]
+    prepare: PrepareMode,
     /// LSTM layers L [default: 2].
     #[arg(long)]
     layers: Option<usize>,
@@ -91,9 +98,6 @@ pub struct TrainArgs {
     /// Random seed (initialisation, dropout).
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Fraction of the corpus (its end) held out for validation.
-    #[arg(long, default_value_t = 0.1)]
-    val_fraction: f32,
     /// Validate every N steps (0 = only at the end).
     #[arg(long, default_value_t = 200)]
     eval_every: u64,
@@ -139,6 +143,17 @@ pub struct TrainArgs {
     sample_temperatures: Vec<f32>,
 }
 
+/// When `quill train` writes a token file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PrepareMode {
+    /// For corpora of 50 MB or more.
+    Auto,
+    /// Always.
+    Always,
+    /// Never: tokens in memory.
+    Never,
+}
+
 impl TrainArgs {
     fn train_config(&self) -> TrainConfig {
         let no_limit =
@@ -153,7 +168,7 @@ impl TrainArgs {
             weight_decay: self.weight_decay,
             clip: self.clip,
             seed: self.seed,
-            val_fraction: self.val_fraction,
+            val_fraction: self.data.effective_val_fraction(),
             eval_every: self.eval_every,
             save_every: self.save_every,
             max_steps: self.max_steps,
@@ -163,24 +178,21 @@ impl TrainArgs {
             } else {
                 self.max_minutes
             },
-            name: self.name.clone().unwrap_or_else(|| {
-                self.corpus
+            name: self.name.clone().unwrap_or_else(|| match &self.tokens {
+                Some(t) => t
                     .file_stem()
                     .and_then(|s| s.to_str())
                     .unwrap_or("model")
-                    .to_string()
+                    .to_string(),
+                None => self.data.default_name(),
             }),
             out: self.out.clone(),
         }
     }
 
-    fn tokenizer_kind(&self) -> TokenizerKind {
-        self.tokenizer.unwrap_or(TokenizerKind::Char)
-    }
-
-    fn model_config(&self) -> ModelConfig {
+    fn model_config(&self, kind: TokenizerKind) -> ModelConfig {
         let hidden = self.hidden.unwrap_or(256);
-        let embed = self.embed.unwrap_or(match self.tokenizer_kind() {
+        let embed = self.embed.unwrap_or(match kind {
             TokenizerKind::Char => 64,
             _ => hidden,
         });
@@ -217,7 +229,7 @@ impl TrainArgs {
                 }
             }
         }
-        if let Some(k) = self.tokenizer {
+        if let Some(k) = self.data.tokenizer {
             if k != kind {
                 anyhow::bail!(
                     "{}: the checkpoint uses the {kind:?} tokenizer, but --tokenizer {k:?} was given",
@@ -291,65 +303,126 @@ impl TrainArgs {
     }
 }
 
+/// Where the corpus's tokens come from: prepared (streamed from the files, into memory or a
+/// token file) or a token file given with --tokens. `plan` is how the tokenizer is obtained.
+fn load_data(
+    args: &TrainArgs,
+    config: &TrainConfig,
+    plan: TokenizerPlan,
+    resume: Option<(&std::path::Path, &quill::checkpoint::CorpusInfo)>,
+    cancel: &Arc<AtomicBool>,
+) -> anyhow::Result<(Tokenizer, TrainData)> {
+    let mut display = PrepareDisplay::new(args.quiet);
+    let result = (|| -> anyhow::Result<(Tokenizer, TrainData)> {
+        if let Some(t) = &args.tokens {
+            let (tokenizer, data, meta) = open_token_file(t, &mut |e| display.on(e))?;
+            if meta.val_fraction != config.val_fraction {
+                anyhow::bail!(
+                    "{}: prepared with a validation fraction of {}; this run asks for {} \
+                     (leave --val-fraction out or prepare again)",
+                    t.display(),
+                    meta.val_fraction,
+                    config.val_fraction
+                );
+            }
+            return Ok((tokenizer, data));
+        }
+        let mut opts = args.data.options(plan)?;
+        opts.cancel = Some(cancel.clone());
+        if args.prepare != PrepareMode::Never {
+            opts.token_file = Some(config.out.join(format!("{}.tokens", config.name)));
+            opts.write_threshold = match args.prepare {
+                PrepareMode::Always => 0,
+                _ => AUTO_TOKEN_FILE_BYTES,
+            };
+            quill::train::check_writable(&config.out)?;
+        }
+        let scanned = scan(&opts, &mut |e| display.on(e))?;
+        if let Some((ck, recorded)) = resume {
+            check_same_corpus(recorded, scanned.fingerprint(), &opts.paths[0], ck)?;
+        }
+        let p = scanned.finish(&mut |e| display.on(e))?;
+        Ok((p.tokenizer, p.data))
+    })();
+    display.finish();
+    result
+}
+
 pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
-    let config = args.train_config();
-    config.validate()?;
-    args.check_dashboard_flags()?;
-    let model_config = args.model_config();
-    if args.resume.is_none() {
-        let mut check = model_config.clone();
-        check.vocab = 1;
-        check.validate()?;
-    }
-    let corpus = Corpus::load(&args.corpus, args.lossy)?;
-
-    let mut trainer = match &args.resume {
-        Some(path) => {
-            let r = checkpoint::load_resumable(path)?;
-            args.check_resume(path, &r.loaded.model.config, r.loaded.tokenizer.kind())?;
-            let config = resumed_config(&args, matches, &r.meta.train);
-            eprintln!(
-                "resuming {} at step {} (epoch {})",
-                path.display(),
-                r.meta.progress.step,
-                r.meta.progress.epoch
-            );
-            Trainer::resume(&corpus, r, config)?
-        }
-        None => {
-            let opts = TokenizerOptions {
-                vocab_size: args.vocab_size.unwrap_or(match args.tokenizer_kind() {
-                    TokenizerKind::Bpe => 2000,
-                    _ => 10_000,
-                }),
-                min_frequency: args.min_frequency,
-            };
-            // A char vocabulary is the corpus's character set; word/BPE vocabularies are
-            // learned from the training split only.
-            let tok_text = match args.tokenizer_kind() {
-                TokenizerKind::Char => corpus.text.as_str(),
-                _ => corpus.split(config.val_fraction).0,
-            };
-            let tokenizer = Tokenizer::train(args.tokenizer_kind(), tok_text, &opts)
-                .with_context(|| format!("training the tokenizer on {}", args.corpus.display()))?;
-            Trainer::new(&corpus, tokenizer, model_config, config)?
-        }
-    };
-    // The trainer holds the tokens; the text is not needed any more.
-    drop(corpus);
-
-    // Ctrl-C / SIGTERM: the first finishes the step, saves and exits; a second exits at once
-    // (checkpoints are written atomically, so nothing on disk is half-written).
+    // Ctrl-C / SIGTERM: while the corpus is prepared, the first stops it (no token file is
+    // left); while training, it finishes the step, saves and exits; a second exits at once
+    // (files are written atomically, so nothing on disk is half-written).
     let interrupts = Arc::new(AtomicUsize::new(0));
+    let cancel = Arc::new(AtomicBool::new(false));
     {
         let interrupts = interrupts.clone();
+        let cancel = cancel.clone();
         let _ = ctrlc::set_handler(move || {
+            cancel.store(true, Ordering::SeqCst);
             if interrupts.fetch_add(1, Ordering::SeqCst) >= 1 {
                 terminal::restore();
                 std::process::exit(130);
             }
         });
     }
+    match train(args, matches, interrupts, cancel) {
+        Err(e) if super::prepare::is_interrupted(&e) => {
+            eprintln!("{e:#}");
+            Ok(ExitCode::from(130))
+        }
+        r => r,
+    }
+}
+
+fn train(
+    args: TrainArgs,
+    matches: &clap::ArgMatches,
+    interrupts: Arc<AtomicUsize>,
+    cancel: Arc<AtomicBool>,
+) -> anyhow::Result<ExitCode> {
+    let mut config = args.train_config();
+    config.validate()?;
+    args.check_dashboard_flags()?;
+    if args.resume.is_none() {
+        let mut check = args.model_config(args.data.tokenizer_kind());
+        check.vocab = 1;
+        check.validate()?;
+    }
+    if let Some(t) = &args.tokens {
+        // The split is the token file's.
+        let head = quill::train::tokens::read_head(t)?;
+        let meta: quill::train::prepare::TokenMeta = serde_json::from_str(&head.meta)
+            .map_err(|e| anyhow::anyhow!("{}: not a quill token file: {e}", t.display()))?;
+        config.val_fraction = meta.val_fraction;
+    }
+
+    let mut trainer = match &args.resume {
+        Some(path) => {
+            let r = checkpoint::load_resumable(path)?;
+            args.check_resume(path, &r.loaded.model.config, r.loaded.tokenizer.kind())?;
+            let mut config = resumed_config(&args, matches, &r.meta.train);
+            if !args.data.val_corpus.is_empty() {
+                config.val_fraction = 0.0;
+            }
+            eprintln!(
+                "resuming {} at step {} (epoch {})",
+                path.display(),
+                r.meta.progress.step,
+                r.meta.progress.epoch
+            );
+            let plan = TokenizerPlan::Use(r.loaded.tokenizer.clone());
+            let recorded = r.meta.base.corpus.clone();
+            let (_, data) = load_data(&args, &config, plan, Some((path, &recorded)), &cancel)?;
+            Trainer::resume_data(data, r, config)?
+        }
+        None => {
+            let (tokenizer, data) =
+                load_data(&args, &config, args.data.train_plan(), None, &cancel)?;
+            let model_config = args.model_config(tokenizer.kind());
+            Trainer::from_data(data, tokenizer, model_config, config)
+                .with_context(|| format!("training on {}", corpus_label(&args)))?
+        }
+    };
 
     let use_dashboard =
         args.dashboard && std::io::stdout().is_terminal() && std::io::stdin().is_terminal();

@@ -57,16 +57,32 @@ impl Batcher {
     }
 
     /// Writes window `w`'s inputs and targets, each (T·B) time-major: entry `t·B + b`.
-    pub fn fill(&self, tokens: &[u32], w: usize, x: &mut [u32], y: &mut [u32]) {
+    /// `tokens` may be stored in any width (u16 or u32).
+    pub fn fill<T: Copy + Into<u32>>(&self, tokens: &[T], w: usize, x: &mut [u32], y: &mut [u32]) {
         let (b_n, t_n, s) = (self.b, self.t, self.stream_len);
         debug_assert!(w < self.windows());
-        for t in 0..t_n {
-            for b in 0..b_n {
-                let pos = b * s + w * t_n + t;
-                x[t * b_n + b] = tokens[pos];
-                y[t * b_n + b] = tokens[pos + 1];
+        for b in 0..b_n {
+            // Stream b's window: T + 1 consecutive tokens (the last is only a target).
+            let start = b * s + w * t_n;
+            let run = &tokens[start..start + t_n + 1];
+            for t in 0..t_n {
+                x[t * b_n + b] = run[t].into();
+                y[t * b_n + b] = run[t + 1].into();
             }
         }
+    }
+
+    /// The token ranges the B streams read in windows `from..to` (each stream's part, in
+    /// stream order): what can be released from memory once those windows are done.
+    pub fn consumed(
+        &self,
+        from: usize,
+        to: usize,
+    ) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+        (0..self.b).map(move |b| {
+            let base = b * self.stream_len;
+            base + from * self.t..base + to * self.t
+        })
     }
 }
 
@@ -89,6 +105,25 @@ mod tests {
         assert_eq!(&x[..4], &[5, 30, 55, 80]);
         assert_eq!(&x[16..], &[9, 34, 59, 84]);
         assert_eq!(&y[16..], &[10, 35, 60, 85]);
+    }
+
+    #[test]
+    fn narrow_tokens_fill_the_same_windows() {
+        let wide: Vec<u32> = (0..100).collect();
+        let narrow: Vec<u16> = (0..100).collect();
+        let byte: Vec<u8> = (0..100).collect();
+        let bt = Batcher::new(100, 4, 5).unwrap();
+        let (mut x1, mut y1, mut x2, mut y2) = (vec![0; 20], vec![0; 20], vec![0; 20], vec![0; 20]);
+        let (mut x3, mut y3) = (vec![0; 20], vec![0; 20]);
+        for w in 0..bt.windows() {
+            bt.fill(&wide, w, &mut x1, &mut y1);
+            bt.fill(&narrow, w, &mut x2, &mut y2);
+            bt.fill(&byte, w, &mut x3, &mut y3);
+            assert_eq!((&x1, &y1), (&x2, &y2));
+            assert_eq!((&x1, &y1), (&x3, &y3));
+        }
+        let ranges: Vec<_> = bt.consumed(1, 3).collect();
+        assert_eq!(ranges, vec![5..15, 30..40, 55..65, 80..90]);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Training: corpus, data batcher, optimizer, the BPTT loop.
+//! Training: corpus (files, documents, fingerprints), preparation (streaming tokenization into
+//! memory or a memory-mapped token file), data batcher, optimizer, the BPTT loop.
 
 pub mod batcher;
 pub mod checkpoint;
@@ -6,6 +7,8 @@ pub mod config;
 pub mod corpus;
 pub mod metrics;
 pub mod optim;
+pub mod prepare;
+pub mod tokens;
 pub mod trainer;
 
 pub use trainer::*;

@@ -22,6 +22,10 @@ use crate::tokenizer::Tokenizer;
 use crate::train::batcher::Batcher;
 use crate::train::corpus::Corpus;
 use crate::train::optim::{clip_grad_norm, Adam, AdamConfig};
+use crate::train::tokens::{TokenView, Tokens, TrainData};
+
+/// Mapped training tokens are released from memory every this many windows.
+const RELEASE_EVERY: usize = 64;
 
 /// Per-step figures sent to the caller.
 #[derive(Clone, Debug, PartialEq)]
@@ -127,10 +131,10 @@ pub struct Summary {
 
 /// Loss of a model over a token sequence, evaluated as B streams in windows of T steps from
 /// a zero state (the last partial window included). Returns (sum of nats, tokens scored).
-pub fn evaluate_tokens(
+pub fn evaluate_tokens<T: Copy + Into<u32>>(
     model: &Model<f32>,
     ws: &mut Workspace<f32>,
-    tokens: &[u32],
+    tokens: &[T],
     b: usize,
     t: usize,
 ) -> (f64, usize) {
@@ -153,8 +157,8 @@ pub fn evaluate_tokens(
         y.clear();
         for k in 0..len {
             for stream in 0..b {
-                x.push(tokens[stream * s + pos + k]);
-                y.push(tokens[stream * s + pos + k + 1]);
+                x.push(tokens[stream * s + pos + k].into());
+                y.push(tokens[stream * s + pos + k + 1].into());
             }
         }
         total += model.eval_window(ws, &x, &y, &mut state);
@@ -181,9 +185,11 @@ pub struct Trainer {
     corpus: CorpusInfo,
     grads: Params<f32>,
     ws: Workspace<f32>,
-    train_tokens: Vec<u32>,
-    val_tokens: Vec<u32>,
+    train_tokens: Tokens,
+    val_tokens: Tokens,
     batcher: Batcher,
+    /// Windows of this epoch whose tokens were released from memory (mapped tokens).
+    released: usize,
     x: Vec<u32>,
     y: Vec<u32>,
     clock: Clock,
@@ -208,18 +214,40 @@ impl std::fmt::Debug for Trainer {
 }
 
 impl Trainer {
-    /// A new session: splits the corpus, encodes both parts with `tokenizer` (already trained
-    /// on the training part) and initialises the model from `config.seed`.
+    /// A new session on an in-memory corpus: splits it, encodes both parts with `tokenizer`
+    /// (already trained on the training part) and initialises the model from `config.seed`.
     pub fn new(
         corpus: &Corpus,
+        tokenizer: Tokenizer,
+        model_config: ModelConfig,
+        config: TrainConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        let data = TrainData::from_text(
+            &corpus.text,
+            CorpusInfo {
+                path: corpus.path.clone(),
+                fingerprint: corpus.fingerprint.clone(),
+                ..CorpusInfo::default()
+            },
+            &tokenizer,
+            config.val_fraction,
+        )?;
+        Self::from_data(data, tokenizer, model_config, config)
+    }
+
+    /// A new session on prepared tokens (`train::prepare`), made with `tokenizer`; the model is
+    /// initialised from `config.seed`.
+    pub fn from_data(
+        data: TrainData,
         tokenizer: Tokenizer,
         mut model_config: ModelConfig,
         config: TrainConfig,
     ) -> Result<Self> {
         config.validate()?;
+        check_tokenizer(&data, &tokenizer)?;
         model_config.vocab = tokenizer.vocab_size();
         model_config.validate()?;
-        let (train_tokens, val_tokens) = encode_split(corpus, &tokenizer, config.val_fraction)?;
         let mut rng = Pcg32::seed_from_u64(config.seed);
         let model = Model::new(model_config, &mut rng)?;
         let adam = Adam::new(
@@ -230,39 +258,46 @@ impl Trainer {
             &model.config,
         );
         let progress = Progress::new(config.seed);
-        Self::assemble(
-            corpus,
-            tokenizer,
-            model,
-            adam,
-            None,
-            progress,
-            config,
-            train_tokens,
-            val_tokens,
-        )
+        Self::assemble(data, tokenizer, model, adam, None, progress, config)
     }
 
-    /// Continues from a full checkpoint. The corpus must be the one it was trained on (same
-    /// fingerprint); `config` may change run limits, intervals and output, but not the shapes
-    /// of the data (batch, seq, val-fraction) or the seed.
+    /// Continues from a full checkpoint on an in-memory corpus, which must be the one it was
+    /// trained on (same fingerprint); see [`Trainer::resume_data`].
     pub fn resume(corpus: &Corpus, r: Resumable, config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        check_same_corpus(
+            &r.meta.base.corpus,
+            &corpus.fingerprint,
+            &corpus.path,
+            &r.loaded.path,
+        )?;
+        let data = TrainData::from_text(
+            &corpus.text,
+            CorpusInfo {
+                path: corpus.path.clone(),
+                fingerprint: corpus.fingerprint.clone(),
+                ..CorpusInfo::default()
+            },
+            &r.loaded.tokenizer,
+            config.val_fraction,
+        )?;
+        Self::resume_data(data, r, config)
+    }
+
+    /// Continues from a full checkpoint on prepared tokens, which must come from the corpus it
+    /// was trained on (same fingerprint) through its tokenizer; `config` may change run
+    /// limits, intervals and output, but not the shapes of the data (batch, seq,
+    /// val-fraction) or the seed.
+    pub fn resume_data(data: TrainData, r: Resumable, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
         let meta = &r.meta;
-        let recorded = &meta.base.corpus;
-        if corpus.fingerprint != recorded.fingerprint {
-            return Err(Error::Checkpoint {
-                path: r.loaded.path.clone(),
-                msg: format!(
-                    "was trained on a different corpus ({} has fingerprint {}…, the checkpoint expects {}… from {}); \
-                     resume with the original corpus",
-                    corpus.path.display(),
-                    short(&corpus.fingerprint),
-                    short(&recorded.fingerprint),
-                    recorded.path.display()
-                ),
-            });
-        }
+        check_same_corpus(
+            &meta.base.corpus,
+            &data.corpus.fingerprint,
+            &data.corpus.path,
+            &r.loaded.path,
+        )?;
+        check_tokenizer(&data, &r.loaded.tokenizer)?;
         let old = &meta.train;
         for (name, a, b) in [
             ("batch", old.batch as f64, config.batch as f64),
@@ -281,43 +316,51 @@ impl Trainer {
                 });
             }
         }
-        let (train_tokens, val_tokens) =
-            encode_split(corpus, &r.loaded.tokenizer, config.val_fraction)?;
+        let rec = &meta.base.corpus;
+        if (rec.train_tokens, rec.val_tokens) != (data.train.len(), data.val.len()) {
+            return Err(Error::Checkpoint {
+                path: r.loaded.path.clone(),
+                msg: format!(
+                    "was trained on {} training and {} validation tokens, but the corpus now \
+                     gives {} and {} (another separator, validation split or corpus order?); \
+                     resume with the options it was trained with",
+                    rec.train_tokens,
+                    rec.val_tokens,
+                    data.train.len(),
+                    data.val.len()
+                ),
+            });
+        }
         let progress = meta.progress.clone();
         Self::assemble(
-            corpus,
+            data,
             r.loaded.tokenizer,
             r.loaded.model,
             r.adam,
             Some(r.state),
             progress,
             config,
-            train_tokens,
-            val_tokens,
         )
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn assemble(
-        corpus: &Corpus,
+        data: TrainData,
         tokenizer: Tokenizer,
         model: Model<f32>,
         adam: Adam,
         state: Option<LstmState<f32>>,
         progress: Progress,
         config: TrainConfig,
-        train_tokens: Vec<u32>,
-        val_tokens: Vec<u32>,
     ) -> Result<Self> {
-        let batcher = Batcher::new(train_tokens.len(), config.batch, config.seq).map_err(|e| {
+        let batcher = Batcher::new(data.train.len(), config.batch, config.seq).map_err(|e| {
             Error::Corpus {
-                path: corpus.path.clone(),
+                path: data.corpus.path.clone(),
                 msg: format!("training split: {e}"),
             }
         })?;
         if progress.window >= batcher.windows() {
             return Err(Error::Corpus {
-                path: corpus.path.clone(),
+                path: data.corpus.path.clone(),
                 msg: format!(
                     "the checkpoint's data cursor (window {}) lies past this corpus's {} windows \
                      per epoch",
@@ -328,13 +371,13 @@ impl Trainer {
         }
         let state = state.unwrap_or_else(|| LstmState::zeros(&model.config, config.batch));
         let n = config.batch * config.seq;
+        let released = progress.window;
         Ok(Trainer {
             grads: Params::zeros(&model.config),
             corpus: CorpusInfo {
-                path: corpus.path.clone(),
-                fingerprint: corpus.fingerprint.clone(),
-                train_tokens: train_tokens.len(),
-                val_tokens: val_tokens.len(),
+                train_tokens: data.train.len(),
+                val_tokens: data.val.len(),
+                ..data.corpus
             },
             model,
             adam,
@@ -343,13 +386,24 @@ impl Trainer {
             config,
             tokenizer,
             ws: Workspace::default(),
-            train_tokens,
-            val_tokens,
+            train_tokens: data.train,
+            val_tokens: data.val,
             batcher,
+            released,
             x: vec![0; n],
             y: vec![0; n],
             clock: wall_clock(),
         })
+    }
+
+    /// What the checkpoints record about the corpus.
+    pub fn corpus(&self) -> &CorpusInfo {
+        &self.corpus
+    }
+
+    /// Whether the training tokens are read from a memory-mapped token file.
+    pub fn is_mapped(&self) -> bool {
+        self.train_tokens.is_mapped()
     }
 
     /// Windows per epoch.
@@ -389,8 +443,11 @@ impl Trainer {
     /// a non-finite loss or gradient skips the update (see [`Trainer::run`]).
     pub fn train_step(&mut self) -> (f64, f64, f32) {
         let p = &mut self.progress;
-        self.batcher
-            .fill(&self.train_tokens, p.window, &mut self.x, &mut self.y);
+        match self.train_tokens.view() {
+            TokenView::U8(t) => self.batcher.fill(t, p.window, &mut self.x, &mut self.y),
+            TokenView::U16(t) => self.batcher.fill(t, p.window, &mut self.x, &mut self.y),
+            TokenView::U32(t) => self.batcher.fill(t, p.window, &mut self.x, &mut self.y),
+        }
         self.grads.zero();
         let loss = self.model.forward_backward(
             &mut self.ws,
@@ -410,9 +467,19 @@ impl Trainer {
         p.step += 1;
         p.tokens_seen += self.x.len() as u64;
         p.window += 1;
-        if p.window >= self.batcher.windows() {
+        let epoch_done = p.window >= self.batcher.windows();
+        if epoch_done || p.window - self.released >= RELEASE_EVERY {
+            // Mapped tokens the streams have read leave the resident set, so memory stays flat
+            // however long the corpus is.
+            for r in self.batcher.consumed(self.released, p.window) {
+                self.train_tokens.release(r);
+            }
+            self.released = p.window;
+        }
+        if epoch_done {
             p.window = 0;
             p.epoch += 1;
+            self.released = 0;
             self.state.reset();
         }
         (loss, norm, lr)
@@ -420,13 +487,13 @@ impl Trainer {
 
     /// Validation loss (nats/token) over the held-out split, or `None` without one.
     pub fn validate(&mut self) -> Option<f64> {
-        let (sum, n) = evaluate_tokens(
-            &self.model,
-            &mut self.ws,
-            &self.val_tokens,
-            self.config.batch,
-            self.config.seq,
-        );
+        let (b, t) = (self.config.batch, self.config.seq);
+        let (sum, n) = match self.val_tokens.view() {
+            TokenView::U8(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
+            TokenView::U16(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
+            TokenView::U32(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
+        };
+        self.val_tokens.release(0..self.val_tokens.len());
         (n > 0).then(|| sum / n as f64)
     }
 
@@ -714,18 +781,42 @@ fn short(fingerprint: &str) -> String {
     fingerprint.chars().take(12).collect()
 }
 
-/// Encodes the training and validation splits of a corpus.
-fn encode_split(
-    corpus: &Corpus,
-    tok: &Tokenizer,
-    val_fraction: f32,
-) -> Result<(Vec<u32>, Vec<u32>)> {
-    let (train, val) = corpus.split(val_fraction);
-    let wrap = |e: Error| Error::Corpus {
-        path: corpus.path.clone(),
-        msg: e.to_string(),
-    };
-    let train_tokens = tok.encode(train).map_err(wrap)?;
-    let val_tokens = tok.encode(val).map_err(wrap)?;
-    Ok((train_tokens, val_tokens))
+/// The check that a resumed run continues on the corpus its checkpoint (at `checkpoint`) was
+/// trained on: `fingerprint` is the corpus's now, `path` where it was read from.
+pub fn check_same_corpus(
+    recorded: &CorpusInfo,
+    fingerprint: &str,
+    path: &Path,
+    checkpoint: &Path,
+) -> Result<()> {
+    if fingerprint == recorded.fingerprint {
+        return Ok(());
+    }
+    Err(Error::Checkpoint {
+        path: checkpoint.to_path_buf(),
+        msg: format!(
+            "was trained on a different corpus ({} has fingerprint {}…, the checkpoint expects \
+             {}… from {}); resume with the original corpus",
+            path.display(),
+            short(fingerprint),
+            short(&recorded.fingerprint),
+            recorded.path.display()
+        ),
+    })
+}
+
+/// Prepared tokens must come from this very tokenizer.
+fn check_tokenizer(data: &TrainData, tokenizer: &Tokenizer) -> Result<()> {
+    if data.tokenizer_sha256 != tokenizer.sha256() || data.train.vocab() != tokenizer.vocab_size() {
+        return Err(Error::Corpus {
+            path: data.corpus.path.clone(),
+            msg: format!(
+                "the tokens were made with another tokenizer (V = {}) than the model's (V = {}); \
+                 prepare the corpus again",
+                data.train.vocab(),
+                tokenizer.vocab_size()
+            ),
+        });
+    }
+    Ok(())
 }

@@ -64,6 +64,10 @@ pub enum Error {
     #[error("plot: {0}")]
     Plot(String),
 
+    /// The HTTP server could not start or run (`quill serve`), e.g. the address is taken.
+    #[error("server: {0}")]
+    Serve(String),
+
     /// Drawing to or reading keys from the terminal failed (the training dashboard).
     #[error("terminal: {0}")]
     Terminal(#[source] std::io::Error),

@@ -11,6 +11,7 @@ pub mod error;
 pub mod generate;
 pub mod nn;
 pub mod plot;
+pub mod serve;
 pub mod tokenizer;
 pub mod train;
 pub mod tui;

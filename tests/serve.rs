@@ -15,6 +15,9 @@ use std::time::Duration;
 use quill::serve::{self, Limits, ServeConfig, ServedModel, Server};
 use serde_json::{json, Value};
 
+mod common;
+use common::Events;
+
 fn bundled() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("checkpoints/shakespeare-small.safetensors")
 }
@@ -95,67 +98,16 @@ async fn post(c: &reqwest::Client, s: &TestServer, body: &Value) -> (u16, Value)
     (status, r.json().await.unwrap())
 }
 
-/// Reads server-sent events: the data of each event, up to and without `[DONE]`, parsed.
-struct Events {
-    resp: reqwest::Response,
-    buf: String,
-}
-
-impl Events {
-    fn new(resp: reqwest::Response) -> Self {
-        assert_eq!(resp.status().as_u16(), 200);
-        let ct = resp.headers()["content-type"].to_str().unwrap().to_string();
-        assert!(ct.starts_with("text/event-stream"), "{ct}");
-        Events {
-            resp,
-            buf: String::new(),
-        }
-    }
-
-    /// The next event's data (`None` after `[DONE]` or at the end of the body).
-    async fn next(&mut self) -> Option<Value> {
-        loop {
-            if let Some(end) = self.buf.find("\n\n") {
-                let block: String = self.buf.drain(..end + 2).collect();
-                let data: Vec<&str> = block
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("data: "))
-                    .collect();
-                if data.is_empty() {
-                    continue; // a keep-alive comment
-                }
-                let data = data.join("\n");
-                if data == "[DONE]" {
-                    return None;
-                }
-                return Some(serde_json::from_str(&data).unwrap());
-            }
-            match self.resp.chunk().await.unwrap() {
-                Some(b) => self.buf.push_str(std::str::from_utf8(&b).unwrap()),
-                None => return None,
-            }
-        }
-    }
-
-    async fn all(mut self) -> Vec<Value> {
-        let mut out = Vec::new();
-        while let Some(e) = self.next().await {
-            out.push(e);
-        }
-        out
-    }
-}
-
 async fn stream(c: &reqwest::Client, s: &TestServer, body: &Value) -> Events {
     let mut body = body.clone();
     body["stream"] = json!(true);
-    Events::new(
-        c.post(s.url("/v1/completions"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap(),
-    )
+    let resp = c
+        .post(s.url("/v1/completions"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    Events::open(resp).await.unwrap()
 }
 
 /// Joins streamed pieces per choice index; returns texts and finish reasons.

@@ -449,6 +449,95 @@ fn bad_requests_get_a_4xx_naming_the_field() {
     });
 }
 
+/// Random bodies built from awkward values: every answer is a 200 or a 4xx with an error
+/// object, never a 5xx, and the server stays healthy.
+#[test]
+fn random_bodies_never_get_a_server_error() {
+    use rand::{Rng, SeedableRng};
+    let s = TestServer::start(Limits {
+        max_tokens: 3,
+        max_streams: 8,
+        ..Limits::default()
+    });
+    let c = client();
+    let fields = [
+        "model",
+        "prompt",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "top_k",
+        "seed",
+        "stop",
+        "n",
+        "stream",
+        "stream_options",
+        "user",
+        "unknown",
+        "echo",
+        "logprobs",
+        "best_of",
+        "presence_penalty",
+        "logit_bias",
+        "suffix",
+        "bogus",
+    ];
+    let values = [
+        json!(null),
+        json!(true),
+        json!(-1),
+        json!(0),
+        json!(1),
+        json!(3),
+        json!(0.5),
+        json!(1.5),
+        json!(1e300),
+        json!(4294967296u64),
+        json!(""),
+        json!("a"),
+        json!("shakespeare-small"),
+        json!("skip"),
+        json!([]),
+        json!([1]),
+        json!([[1], [2]]),
+        json!(["a", ""]),
+        json!({}),
+        json!({"include_usage": true}),
+        json!("\u{0}\u{1F600}"),
+    ];
+    let mut rng = rand_pcg::Pcg64::seed_from_u64(17);
+    rt().block_on(async {
+        for _ in 0..300 {
+            let mut body = serde_json::Map::new();
+            for _ in 0..rng.random_range(0..6) {
+                let f = fields[rng.random_range(0..fields.len())];
+                body.insert(f.into(), values[rng.random_range(0..values.len())].clone());
+            }
+            let r = c
+                .post(s.url("/v1/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+            if ct.starts_with("text/event-stream") {
+                assert_eq!(status, 200);
+                Events::open(r).await.unwrap().all().await;
+                continue;
+            }
+            let v: Value = r.json().await.unwrap();
+            match status {
+                200 => assert_eq!(v["object"], "text_completion", "{v}"),
+                400..=499 => assert!(v["error"]["message"].is_string(), "{v}"),
+                _ => panic!("{status} for {}: {v}", Value::Object(body)),
+            }
+        }
+        let h = c.get(s.url("/health")).send().await.unwrap();
+        assert_eq!(h.status().as_u16(), 200);
+    });
+}
+
 /// One row and one queue place: a second request waits, a third is refused with 429 and
 /// Retry-After; a client that goes away mid-stream frees the row for the waiting one.
 #[test]
@@ -659,8 +748,9 @@ fn metrics_health_and_the_playground_are_served() {
     });
 }
 
-/// The binary with `args`, its address read from its first lines.
-fn spawn_binary(args: &[&str]) -> (Child, String) {
+/// The binary with `args`; its address (read from its first lines) and the rest of its
+/// stderr, line by line.
+fn spawn_binary(args: &[&str]) -> (Child, String, std::sync::mpsc::Receiver<String>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))
         .arg("serve")
         .arg(bundled())
@@ -680,9 +770,15 @@ fn spawn_binary(args: &[&str]) -> (Child, String) {
             break rest.split_whitespace().next().unwrap().to_string();
         }
     };
-    // Keep draining stderr so the server never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    (child, format!("http://{addr}"))
+    // Keep reading stderr so the server never blocks on a full pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in err.lines() {
+            let Ok(l) = l else { return };
+            let _ = tx.send(l);
+        }
+    });
+    (child, format!("http://{addr}"), rx)
 }
 
 fn signal(child: &Child, sig: &str) {
@@ -694,25 +790,38 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok, "kill {sig}");
 }
 
-/// SIGTERM with grace: running texts finish normally, then the process exits 0 and no
-/// longer accepts connections. SIGINT without grace: a running text ends at the next step
-/// with an error event and `[DONE]`.
+/// SIGTERM with grace: no new requests are taken, the running text finishes normally, then
+/// the process exits 0 and no longer accepts connections. SIGINT without grace: a running
+/// text ends at the next step with an error event and `[DONE]`.
 #[test]
 fn signals_stop_accepting_and_end_streams_cleanly() {
-    let c = client();
     let rt = rt();
     for (sig, grace) in [("-TERM", "60"), ("-INT", "0")] {
-        let (mut child, base) =
+        let c = client();
+        let (mut child, base, stderr) =
             spawn_binary(&["--shutdown-grace", grace, "--max-tokens", "100000"]);
         let s = TestServer {
             server: None,
             base: base.clone(),
         };
-        let max_tokens = if grace == "0" { 100_000 } else { 400 };
+        let max_tokens = if grace == "0" { 100_000 } else { 5_000 };
         rt.block_on(async {
             let mut events = stream(&c, &s, &json!({"max_tokens": max_tokens, "seed": 9})).await;
             assert!(events.next().await.is_some());
             signal(&child, sig);
+            let said = stderr.recv().unwrap();
+            assert!(said.starts_with("stopping"), "{said}");
+            // A new request is refused: no connection, or a 503 on a connection accepted just
+            // before the listener closed.
+            let late = client()
+                .post(s.url("/v1/completions"))
+                .json(&json!({"max_tokens": 5}))
+                .send()
+                .await;
+            if let Ok(r) = late {
+                assert_eq!(r.status().as_u16(), 503, "a request during shutdown");
+                assert!(r.headers().contains_key("retry-after"));
+            }
             let mut last = None;
             while let Some(e) = events.next().await {
                 last = Some(e);
@@ -722,12 +831,12 @@ fn signals_stop_accepting_and_end_streams_cleanly() {
                 assert_eq!(last["error"]["code"], "shutting_down", "{last}");
             } else {
                 assert_eq!(last["choices"][0]["finish_reason"], "length", "{last}");
-                assert_eq!(last["usage"]["completion_tokens"], 400);
+                assert_eq!(last["usage"]["completion_tokens"], 5_000);
             }
         });
         let status = child.wait().unwrap();
         assert!(status.success(), "{sig}: {status:?}");
-        let refused = rt.block_on(c.get(format!("{base}/health")).send());
+        let refused = rt.block_on(client().get(format!("{base}/health")).send());
         assert!(refused.is_err(), "still accepting after {sig}");
     }
 }

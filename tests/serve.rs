@@ -255,6 +255,12 @@ fn n_choices_prompt_lists_stop_strings_and_seeds() {
         let (_, v) = post(&c, &s, &by_ids).await;
         assert_eq!(texts(&v), texts(&one));
 
+        // A long prompt (checked off the async workers) is checked all the same.
+        let big = format!("{}\u{1F600}", "the ".repeat(20_000));
+        let (status, v) = post(&c, &s, &json!({"prompt": big})).await;
+        assert_eq!(status, 400);
+        assert_eq!(v["error"]["param"], "prompt");
+
         // Stop strings: the text ends before the first one, finish_reason "stop".
         let long = json!({"prompt": "ROMEO:", "max_tokens": 300, "seed": 4});
         let (_, full) = post(&c, &s, &long).await;

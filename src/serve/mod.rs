@@ -160,6 +160,9 @@ struct AppState {
     page_js: String,
 }
 
+/// Request bodies longer than this are checked (prompts encoded) off the async workers.
+const BIG_BODY: usize = 64 << 10;
+
 /// The playground page.
 const PAGE_HTML: &str = include_str!("playground/index.html");
 const PAGE_CSS: &str = include_str!("playground/playground.css");
@@ -552,13 +555,16 @@ async fn completions_inner(
     })?;
     let req = api::parse_request(&body)?;
     let m = st.model(req.model.as_deref())?;
-    let c = req.check(
-        &m.tokenizer,
-        &RequestLimits {
-            max_tokens: st.limits.max_tokens,
-            max_choices: st.limits.max_streams,
-        },
-    )?;
+    let limits = RequestLimits {
+        max_tokens: st.limits.max_tokens,
+        max_choices: st.limits.max_streams,
+    };
+    // Encoding a long prompt (up to --max-body) takes a while: off the async workers then.
+    let c = if body.len() > BIG_BODY {
+        tokio::task::block_in_place(|| req.check(&m.tokenizer, &limits))
+    } else {
+        req.check(&m.tokenizer, &limits)
+    }?;
     let seed = c.seed.unwrap_or_else(rand::random);
     let mut streams = Vec::with_capacity(c.prompts.len() * c.n);
     for p in &c.prompts {

@@ -72,6 +72,9 @@ pub enum Error {
     /// The user interrupted a long operation (Ctrl-C); nothing half-done was left behind.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// The HTTP server could not start or run (`quill serve`), e.g. the address is taken.
+    #[error("server: {0}")]
+    Serve(String),
 
     /// Drawing to or reading keys from the terminal failed (the training dashboard).
     #[error("terminal: {0}")]

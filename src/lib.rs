@@ -38,6 +38,7 @@ pub mod fuzzing;
 pub mod generate;
 pub mod nn;
 pub mod plot;
+pub mod serve;
 #[cfg(test)]
 mod testutil;
 pub mod tokenizer;

@@ -7,6 +7,7 @@ mod info;
 mod plot;
 mod prepare;
 mod sample;
+mod serve;
 mod train;
 mod tui;
 
@@ -42,6 +43,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Draw loss curves (train and validation per step) from metrics logs to a PNG or SVG.
     Plot(plot::PlotArgs),
+    /// Serve models over HTTP: OpenAI-style completions API, continuous batching, playground page.
+    Serve(serve::ServeArgs),
 }
 
 /// Runs the parsed command.
@@ -57,6 +60,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Tui(a) => tui::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Plot(a) => plot::run(a),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

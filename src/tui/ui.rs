@@ -88,15 +88,27 @@ pub const HELP: &[(&str, &[(&str, &str)])] = &[
     ("Other", &[("? F1", "this help"), ("q Ctrl-C", "quit")]),
 ];
 
+/// Lower bounds of the probability bands generated text is coloured by, most probable first;
+/// below the last is a fifth band. The server's playground page colours by the same bands.
+pub const PROB_BANDS: [f32; 4] = [0.8, 0.5, 0.25, 0.1];
+
+/// The band (0..=4, see [`PROB_BANDS`]) of a token sampled with probability `p`; NaN is 4.
+pub fn prob_band(p: f32) -> usize {
+    PROB_BANDS
+        .iter()
+        .position(|&b| p >= b)
+        .unwrap_or(PROB_BANDS.len())
+}
+
 /// Colour of a generated token sampled with probability `p`.
 pub fn prob_colour(p: f32) -> Color {
-    match p {
-        p if p >= 0.8 => Color::Green,
-        p if p >= 0.5 => Color::LightGreen,
-        p if p >= 0.25 => Color::Yellow,
-        p if p >= 0.1 => Color::LightRed,
-        _ => Color::Red,
-    }
+    [
+        Color::Green,
+        Color::LightGreen,
+        Color::Yellow,
+        Color::LightRed,
+        Color::Red,
+    ][prob_band(p)]
 }
 
 /// Draws the whole screen.

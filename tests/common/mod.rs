@@ -1,0 +1,79 @@
+//! Reading server-sent events from an HTTP response: shared by the server tests
+//! (`tests/serve.rs`) and the serving benchmark (`benches/serve.rs`).
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+
+/// The data of each event of a response, up to (without) `[DONE]`, parsed as JSON.
+pub struct Events {
+    resp: reqwest::Response,
+    buf: Vec<u8>,
+}
+
+impl Events {
+    /// Checks that `resp` is a 200 event stream. Errors name the status and the body.
+    pub async fn open(resp: reqwest::Response) -> Result<Self, String> {
+        let status = resp.status();
+        if status != reqwest::StatusCode::OK {
+            let body = resp.text().await.unwrap_or_default();
+            return Err(format!("HTTP {status}: {body}"));
+        }
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        if !ct.starts_with("text/event-stream") {
+            return Err(format!("content-type {ct}, not an event stream"));
+        }
+        Ok(Events {
+            resp,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next event's data; `None` after `[DONE]` or at the end of the body.
+    pub async fn try_next(&mut self) -> Result<Option<Value>, String> {
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buf.drain(..end + 2).collect();
+                let block = std::str::from_utf8(&block).map_err(|e| e.to_string())?;
+                let data: Vec<&str> = block
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.strip_prefix(' ').unwrap_or(d))
+                    .collect();
+                if data.is_empty() {
+                    continue; // a comment (keep-alive)
+                }
+                let data = data.join("\n");
+                if data == "[DONE]" {
+                    return Ok(None);
+                }
+                return serde_json::from_str(&data)
+                    .map(Some)
+                    .map_err(|e| format!("event data {data:?}: {e}"));
+            }
+            match self.resp.chunk().await.map_err(|e| e.to_string())? {
+                Some(b) => self.buf.extend_from_slice(&b),
+                None => return Ok(None),
+            }
+        }
+    }
+
+    /// [`Events::try_next`], panicking on errors (for tests).
+    pub async fn next(&mut self) -> Option<Value> {
+        self.try_next().await.unwrap()
+    }
+
+    /// Every remaining event (for tests).
+    pub async fn all(mut self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next().await {
+            out.push(e);
+        }
+        out
+    }
+}

@@ -796,7 +796,8 @@ pub fn check_same_corpus(
         path: checkpoint.to_path_buf(),
         msg: format!(
             "was trained on a different corpus ({} has fingerprint {}…, the checkpoint expects \
-             {}… from {}); resume with the original corpus",
+             {}… from {}); resume with the original corpus (the same files, and the --glob, \
+             --separator and --val-corpus flags it was read with)",
             path.display(),
             short(fingerprint),
             short(&recorded.fingerprint),

@@ -262,7 +262,7 @@ pub fn gemm_cols<F: Float>(
 ) {
     assert!(a.ld >= b.k, "gemm: leading dimension of A");
     assert!(
-        cols.start % NR == 0 && cols.start <= cols.end && cols.end <= b.n,
+        cols.start.is_multiple_of(NR) && cols.start <= cols.end && cols.end <= b.n,
         "gemm: column block"
     );
     let av = View::rows(a.data, m, b.k, a.ld);
@@ -297,7 +297,7 @@ pub(crate) unsafe fn gemm_cols_ptr<F: Float>(
 ) {
     assert!(a.ld >= b.k, "gemm: leading dimension of A");
     assert!(
-        cols.start % NR == 0 && cols.start <= cols.end && cols.end <= b.n,
+        cols.start.is_multiple_of(NR) && cols.start <= cols.end && cols.end <= b.n,
         "gemm: column block"
     );
     let av = View::rows(a.data, m, b.k, a.ld);
@@ -489,7 +489,7 @@ unsafe fn pack_b_slice<F: Float>(b: &View<'_, F>, k0: usize, kc: usize, dst: *mu
         let n = b.cols;
         let np = n.div_ceil(NR);
         let base = b.data.as_ptr();
-        if n % NR != 0 {
+        if !n.is_multiple_of(NR) {
             let p = np - 1;
             for kk in 0..kc {
                 for j in n - p * NR..NR {

@@ -671,7 +671,7 @@ impl Trainer {
                 progress: self.planned_fraction(),
                 elapsed_secs: self.progress.elapsed_secs,
             };
-            if step % 10 == 0 {
+            if step.is_multiple_of(10) {
                 if let Err(e) = self.log_metrics(&Line::Train {
                     step,
                     epoch: info.epoch,
@@ -687,10 +687,10 @@ impl Trainer {
             let hook_start = clock();
             let mut control = on_event(&Event::Step(info));
             hook_secs += since(hook_start);
-            if self.config.eval_every > 0 && step % self.config.eval_every == 0 {
+            if self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every) {
                 last_val = self.eval_and_record(on_event)?;
             }
-            if self.config.save_every > 0 && step % self.config.save_every == 0 {
+            if self.config.save_every > 0 && step.is_multiple_of(self.config.save_every) {
                 control = match control {
                     Control::SaveNow => Control::Continue,
                     c => c,

@@ -952,7 +952,7 @@ mod tests {
         let mut rng = Pcg64::seed_from_u64(3);
         // Smaller under Miri: the same code paths, K still just over one KC block.
         let (rows, k, n) = if cfg!(miri) {
-            (12, KC + 8, 20)
+            (20, KC + 8, 20)
         } else {
             (200, 600, 70)
         };

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The PyTorch round trip, checked on CPU with the python3 on the PATH (which must import torch
+# and numpy): quill prepares a corpus; python/quill_torch trains a small model on it with
+# 1 process and with 2 gloo processes (same global batch) and the losses must agree within
+# 1e-4; quill opens the checkpoint (info, sample) and `quill eval` must equal PyTorch's loss on
+# the same tokens within 1e-4; `quill train --resume` continues the PyTorch run and must track
+# PyTorch's own continuation; PyTorch resumes its own run exactly.
+#
+#   scripts/check_torch_roundtrip.sh [WORKDIR]        (QUILL=path/to/quill, default target/release/quill)
+#
+# Exit status 0 when every check passes; each check prints its figures.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUILL=${QUILL:-$ROOT/target/release/quill}
+W=${1:-$(mktemp -d)}
+mkdir -p "$W"
+export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
+export GLOO_SOCKET_IFNAME=lo
+PY=python3
+[ -x "$QUILL" ] || { echo "error: no quill binary at $QUILL (cargo build --release, or set QUILL)" >&2; exit 1; }
+$PY -c 'import torch, numpy' || { echo "error: $PY cannot import torch and numpy" >&2; exit 1; }
+echo "torch $($PY -c 'import torch; print(torch.__version__)'), work dir $W"
+
+TOK=$W/shk.tokens
+"$QUILL" prepare --corpus "$ROOT/corpora/shakespeare.txt" --val-fraction 0.01 --out "$W" --name shk >/dev/null 2>"$W/prepare.log"
+MODEL=(--tokens "$TOK" --layers 2 --hidden 64 --embed 16 --dropout 0 --batch 8 --seq 32 --lr 3e-3
+       --warmup 5 --eval-every 20 --save-every 20 --log-every 0 --device cpu)
+
+# Compares the `kind` records of two metrics logs at the steps both have: max |a - b| of `key`.
+compare() { # compare LOG_A LOG_B KIND KEY TOL LABEL [FROM_STEP]
+    $PY - "$@" <<'EOF'
+import json, sys
+a, b, kind, key, tol, label = sys.argv[1:7]
+start = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+def read(p):
+    return {r["step"]: r[key] for r in map(json.loads, open(p)) if r["kind"] == kind and r["step"] > start}
+ra, rb = read(a), read(b)
+steps = sorted(set(ra) & set(rb))
+assert steps, f"{label}: no common {kind} records"
+diff = max(abs(ra[s] - rb[s]) for s in steps)
+print(f"{label}: {kind} {key} at steps {steps}: max |diff| = {diff:.2e} (tolerance {tol})")
+for s in steps:
+    print(f"    step {s}: {ra[s]:.6f} vs {rb[s]:.6f}")
+sys.exit(0 if diff <= float(tol) else 1)
+EOF
+}
+
+echo "== 1 process vs 2 gloo processes, global batch 8, 40 steps"
+$PY -m quill_torch.train "${MODEL[@]}" --max-steps 40 --out "$W/p1" 2>"$W/p1.log"
+tail -n 3 "$W/p1.log"
+$PY -m torch.distributed.run --standalone --nproc-per-node 2 -m quill_torch.train "${MODEL[@]}" \
+    --max-steps 40 --out "$W/p2" 2>"$W/p2.log"
+grep -E "^(model|done)" "$W/p2.log"
+compare "$W/p1/shk-metrics.jsonl" "$W/p2/shk-metrics.jsonl" train loss 1e-4 "1 vs 2 processes"
+compare "$W/p1/shk-metrics.jsonl" "$W/p2/shk-metrics.jsonl" eval val_loss 1e-4 "1 vs 2 processes"
+
+CK=$W/p2/shk-latest.safetensors
+echo "== quill opens the PyTorch checkpoint"
+"$QUILL" info "$CK"
+"$QUILL" sample -c "$CK" --prime "ROMEO:" --length 80 --seed 1 >"$W/sample.txt"
+echo "sample: $(head -c 80 "$W/sample.txt" | tr '\n' '|')"
+
+echo "== quill eval vs PyTorch on the same tokens (validation split)"
+q=$("$QUILL" eval -c "$CK" --tokens "$TOK" --split val --json)
+t=$($PY -m quill_torch.eval -c "$CK" --tokens "$TOK" --split val --json)
+# The trainer's last validation (B = 8, T = 32) against quill eval with the same B and T.
+q8=$("$QUILL" eval -c "$CK" --tokens "$TOK" --split val --batch 8 --seq 32 --json)
+$PY - "$q" "$t" "$q8" "$W/p2/shk-metrics.jsonl" <<'EOF'
+import json, sys
+q, t, q8 = (json.loads(s) for s in sys.argv[1:4])
+last = [r for r in map(json.loads, open(sys.argv[4])) if r["kind"] == "eval"][-1]["val_loss"]
+d1 = abs(q["loss_per_token"] - t["loss_per_token"])
+d2 = abs(q8["loss_per_token"] - last)
+print(f"quill eval {q['loss_per_token']:.6f}, PyTorch {t['loss_per_token']:.6f} over {q['tokens']} tokens: |diff| = {d1:.2e} (tolerance 1e-4)")
+print(f"quill eval (B 8, T 32) {q8['loss_per_token']:.6f}, the trainer's validation {last:.6f}: |diff| = {d2:.2e} (tolerance 1e-4)")
+assert q["tokens"] == t["tokens"]
+sys.exit(0 if d1 <= 1e-4 and d2 <= 1e-4 else 1)
+EOF
+
+echo "== quill train --resume continues the 2-process run to step 60; PyTorch continues it too"
+"$QUILL" train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/q" --quiet 2>"$W/q.log"
+grep -E "^(resuming|done)" "$W/q.log"
+grep -q "resuming .* at step 40" "$W/q.log"
+grep -q "^done: 60 steps (20 this run" "$W/q.log"
+$PY -m quill_torch.train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/p2c" --log-every 0 2>"$W/p2c.log"
+compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" train loss 1e-4 "quill vs PyTorch continuation" 40
+compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch continuation" 40
+
+echo "== PyTorch resumes its own run (stopped at step 20 of 40) exactly"
+$PY -m quill_torch.train "${MODEL[@]}" --max-steps 40 --steps-this-run 20 --out "$W/p1r" 2>"$W/p1r.log"
+$PY -m quill_torch.train --tokens "$TOK" --resume "$W/p1r/shk-latest.safetensors" --device cpu --log-every 0 2>>"$W/p1r.log"
+grep -E "^done" "$W/p1r.log"
+compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" train loss 1e-5 "uninterrupted vs resumed" 20
+compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" eval val_loss 1e-5 "uninterrupted vs resumed" 20
+
+echo "all PyTorch round-trip checks passed"

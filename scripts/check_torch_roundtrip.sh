@@ -4,7 +4,8 @@
 # 1 process and with 2 gloo processes (same global batch) and the losses must agree within
 # 1e-4; quill opens the checkpoint (info, sample) and `quill eval` must equal PyTorch's loss on
 # the same tokens within 1e-4; `quill train --resume` continues the PyTorch run and must track
-# PyTorch's own continuation; PyTorch resumes its own run exactly.
+# PyTorch's own continuation within 1e-4, and PyTorch continues a quill run as quill does;
+# PyTorch resumes its own run exactly.
 #
 #   scripts/check_torch_roundtrip.sh [WORKDIR]        (QUILL=path/to/quill, default target/release/quill)
 #
@@ -23,8 +24,10 @@ echo "torch $($PY -c 'import torch; print(torch.__version__)'), work dir $W"
 
 TOK=$W/shk.tokens
 "$QUILL" prepare --corpus "$ROOT/corpora/shakespeare.txt" --val-fraction 0.01 --out "$W" --name shk >/dev/null 2>"$W/prepare.log"
+# The same flags for quill train and quill_torch.train, and the trainer's own.
 MODEL=(--tokens "$TOK" --layers 2 --hidden 64 --embed 16 --dropout 0 --batch 8 --seq 32 --lr 3e-3
-       --warmup 5 --eval-every 20 --save-every 20 --log-every 0 --device cpu)
+       --warmup 5 --eval-every 20 --save-every 20)
+TORCH=(--log-every 0 --device cpu)
 
 # Compares the `kind` records of two metrics logs at the steps both have: max |a - b| of `key`.
 compare() { # compare LOG_A LOG_B KIND KEY TOL LABEL [FROM_STEP]
@@ -46,9 +49,9 @@ EOF
 }
 
 echo "== 1 process vs 2 gloo processes, global batch 8, 40 steps"
-$PY -m quill_torch.train "${MODEL[@]}" --max-steps 40 --out "$W/p1" 2>"$W/p1.log"
+$PY -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" --max-steps 40 --out "$W/p1" 2>"$W/p1.log"
 tail -n 3 "$W/p1.log"
-$PY -m torch.distributed.run --standalone --nproc-per-node 2 -m quill_torch.train "${MODEL[@]}" \
+$PY -m torch.distributed.run --standalone --nproc-per-node 2 -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" \
     --max-steps 40 --out "$W/p2" 2>"$W/p2.log"
 grep -E "^(model|done)" "$W/p2.log"
 compare "$W/p1/shk-metrics.jsonl" "$W/p2/shk-metrics.jsonl" train loss 1e-4 "1 vs 2 processes"
@@ -86,8 +89,16 @@ $PY -m quill_torch.train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W
 compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" train loss 1e-4 "quill vs PyTorch continuation" 40
 compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch continuation" 40
 
+echo "== PyTorch continues a quill train run (stopped at step 20 of 40) as quill does"
+"$QUILL" train "${MODEL[@]}" --max-steps 40 --steps-this-run 20 --out "$W/qa" --quiet 2>"$W/qa.log"
+cp "$W/qa/shk-latest.safetensors" "$W/qa-step20.safetensors"
+"$QUILL" train --tokens "$TOK" --resume "$W/qa/shk-latest.safetensors" --quiet 2>>"$W/qa.log"
+$PY -m quill_torch.train --tokens "$TOK" --resume "$W/qa-step20.safetensors" --out "$W/pa" --device cpu --log-every 0 2>"$W/pa.log"
+compare "$W/qa/shk-metrics.jsonl" "$W/pa/shk-metrics.jsonl" train loss 1e-4 "quill vs PyTorch continuation of a quill run" 20
+compare "$W/qa/shk-metrics.jsonl" "$W/pa/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch continuation of a quill run" 20
+
 echo "== PyTorch resumes its own run (stopped at step 20 of 40) exactly"
-$PY -m quill_torch.train "${MODEL[@]}" --max-steps 40 --steps-this-run 20 --out "$W/p1r" 2>"$W/p1r.log"
+$PY -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" --max-steps 40 --steps-this-run 20 --out "$W/p1r" 2>"$W/p1r.log"
 $PY -m quill_torch.train --tokens "$TOK" --resume "$W/p1r/shk-latest.safetensors" --device cpu --log-every 0 2>>"$W/p1r.log"
 grep -E "^done" "$W/p1r.log"
 compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" train loss 1e-5 "uninterrupted vs resumed" 20

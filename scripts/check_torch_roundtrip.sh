@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The PyTorch round trip, checked on CPU with the python3 on the PATH (which must import torch
-# and numpy): quill prepares a corpus; python/quill_torch trains a small model on it with
+# The PyTorch round trip, checked on CPU with the python3 on the PATH (which must import torch,
+# numpy and safetensors): quill prepares a corpus; python/quill_torch trains a small model on it with
 # 1 process and with 2 gloo processes (same global batch) and the losses must agree within
 # 1e-4; quill opens the checkpoint (info, sample) and `quill eval` must equal PyTorch's loss on
 # the same tokens within 1e-4; `quill train --resume` continues the PyTorch run and must track
 # PyTorch's own continuation within 1e-4, and PyTorch continues a quill run as quill does;
-# PyTorch resumes its own run exactly.
+# PyTorch resumes its own run exactly; a word_language_model-style model saved by PyTorch is
+# imported by `quill import` and `quill eval` equals PyTorch's loss on a text within 1e-4.
 #
 #   scripts/check_torch_roundtrip.sh [WORKDIR]        (QUILL=path/to/quill, default target/release/quill)
 #
@@ -17,9 +18,12 @@ W=${1:-$(mktemp -d)}
 mkdir -p "$W"
 export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 export GLOO_SOCKET_IFNAME=lo
+# One thread per process (what torchrun sets for several): on a busy machine a second OpenMP
+# thread per process costs far more than it gives at these sizes.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PY=python3
 [ -x "$QUILL" ] || { echo "error: no quill binary at $QUILL (cargo build --release, or set QUILL)" >&2; exit 1; }
-$PY -c 'import torch, numpy' || { echo "error: $PY cannot import torch and numpy" >&2; exit 1; }
+$PY -c 'import torch, numpy, safetensors' || { echo "error: $PY cannot import torch, numpy and safetensors" >&2; exit 1; }
 echo "torch $($PY -c 'import torch; print(torch.__version__)'), work dir $W"
 
 TOK=$W/shk.tokens
@@ -103,5 +107,42 @@ $PY -m quill_torch.train --tokens "$TOK" --resume "$W/p1r/shk-latest.safetensors
 grep -E "^done" "$W/p1r.log"
 compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" train loss 1e-5 "uninterrupted vs resumed" 20
 compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" eval val_loss 1e-5 "uninterrupted vs resumed" 20
+
+echo "== quill import of a word_language_model-style model saved by PyTorch; quill eval vs PyTorch"
+$PY - "$W/wlm" <<'EOF'
+import os, sys, torch, torch.nn as nn, torch.nn.functional as F
+from safetensors.torch import save_file
+d = sys.argv[1]; os.makedirs(d, exist_ok=True)
+torch.manual_seed(3)
+# pytorch/examples word_language_model's RNNModel('LSTM', ntoken, 16, 24, 2): encoder, rnn, decoder.
+words = "the cat dog sat ran on a mat log and big small".split()
+idx2word = ["<unk>"] + words + ["<eos>"]
+V = len(idx2word)
+encoder, rnn, decoder = nn.Embedding(V, 16), nn.LSTM(16, 24, 2), nn.Linear(24, V)
+for p in list(encoder.parameters()) + list(rnn.parameters()) + list(decoder.parameters()):
+    nn.init.uniform_(p, -0.4, 0.4)
+sd = {f"{n}.{k}": v.detach().contiguous() for n, m in (("encoder", encoder), ("rnn", rnn), ("decoder", decoder))
+      for k, v in m.state_dict().items()}
+save_file(sd, f"{d}/model.safetensors")
+open(f"{d}/vocab.txt", "w").write("\n".join(idx2word) + "\n")
+g = torch.Generator().manual_seed(5)
+lines = [" ".join(words[i] for i in torch.randint(0, len(words), (int(n),), generator=g))
+         for n in torch.randint(3, 9, (40,), generator=g)]
+open(f"{d}/text.txt", "w").write("\n".join(lines) + "\n")
+# word_language_model's tokenisation: words by whitespace, <eos> at each line end; one stream.
+ids = torch.tensor([idx2word.index(w) for l in lines for w in l.split() + ["<eos>"]])
+with torch.no_grad():
+    y, _ = rnn(encoder(ids[:-1, None]))
+    loss = F.cross_entropy(decoder(y)[:, 0], ids[1:])
+open(f"{d}/torch_loss.txt", "w").write(f"{loss.item():.10f}\n")
+EOF
+"$QUILL" import --weights "$W/wlm/model.safetensors" --vocab "$W/wlm/vocab.txt" --out "$W/wlm/imported.safetensors"
+qi=$("$QUILL" eval -c "$W/wlm/imported.safetensors" --file "$W/wlm/text.txt" --batch 1 --seq 100000 --json)
+$PY - "$qi" "$(cat "$W/wlm/torch_loss.txt")" <<'EOF'
+import json, sys
+q, t = json.loads(sys.argv[1])["loss_per_token"], float(sys.argv[2])
+print(f"imported model: quill eval {q:.6f}, PyTorch {t:.6f}: |diff| = {abs(q - t):.2e} (tolerance 1e-4)")
+sys.exit(0 if abs(q - t) <= 1e-4 else 1)
+EOF
 
 echo "all PyTorch round-trip checks passed"

@@ -268,7 +268,7 @@ impl Tokenizer {
     /// A word tokenizer with a given vocabulary, id `i` being `pieces[i]` (a model trained
     /// elsewhere, see `checkpoint::import`). It must hold the special tokens `<unk>`, `<eos>`
     /// and `<eol>`; entries must be distinct, non-empty and free of whitespace. Text is split
-    /// with quill's word pattern, so an entry that pattern never yields whole (`n't`, `U.S.`)
+    /// with quill's word pattern, so an entry that pattern never yields whole (`'s`, `U.S.`)
     /// can be decoded but is never produced by encoding ([`Tokenizer::word_splits_whole`]).
     pub fn word_from_vocab(pieces: &[String]) -> Result<Self> {
         if pieces.len() > u32::MAX as usize {
@@ -309,7 +309,7 @@ impl Tokenizer {
     }
 
     /// Whether quill's word pattern yields `piece` as one whole token (what encoding can
-    /// produce); false for entries such as `n't` or `U.S.` that it splits.
+    /// produce); false for entries such as `'s` or `U.S.` that it splits.
     pub fn word_splits_whole(piece: &str) -> bool {
         static RE: std::sync::OnceLock<Option<SysRegex>> = std::sync::OnceLock::new();
         RE.get_or_init(|| SysRegex::new(WORD_PATTERN).ok())

@@ -262,6 +262,7 @@ fn word_language_model_imports_and_evaluates_as_pytorch_computes() {
         "{err}"
     );
     assert!(err.contains("added <eos>"), "{err}");
+    assert!(!err.contains("never produced"), "{err}");
 
     // The tokenizer: the source's ids, `<eos>` renamed `<eol>`, quill's `<eos>` appended.
     let lm = quill::checkpoint::load_model(&c.out).unwrap();
@@ -367,6 +368,22 @@ fn half_precision_tied_model_under_a_ddp_prefix_imports() {
             "{dtype}: quill eval {got}, PyTorch equations {want}"
         );
     }
+}
+
+#[test]
+fn entries_the_word_splitter_cuts_are_named() {
+    let c = case(
+        &word_lm(1, false),
+        Dtype::F32,
+        "<unk>\nthe\n's\nU.S.\n.\n<eos>\n",
+    );
+    let o = run_import(&c, &[]);
+    let err = text(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: 2 vocabulary entries are never produced") && err.contains("'s U.S."),
+        "{err}"
+    );
 }
 
 /// The message of a failed import, checking that it failed cleanly and wrote nothing.

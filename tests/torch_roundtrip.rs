@@ -1,7 +1,7 @@
 //! The PyTorch round trip (`scripts/check_torch_roundtrip.sh`): trains with python/quill_torch
 //! on 1 and 2 gloo processes, then quill opens, evaluates and resumes the result.
 //!
-//! PyTorch is a multi-GB install that CI does not have: when `python3 -c 'import torch'`
+//! PyTorch is a multi-GB install that CI does not have: when `python3 -c 'import torch, numpy, safetensors'`
 //! fails, this one test prints that it was skipped and why (uncaptured, so it shows in CI's
 //! log), and passes. Every other test runs everywhere.
 
@@ -10,7 +10,7 @@ use std::process::Command;
 #[test]
 fn pytorch_round_trip_when_torch_is_installed() {
     let has_torch = Command::new("python3")
-        .args(["-c", "import torch, numpy"])
+        .args(["-c", "import torch, numpy, safetensors"])
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_torch {
@@ -19,8 +19,8 @@ fn pytorch_round_trip_when_torch_is_installed() {
         use std::io::Write;
         let _ = writeln!(
             std::io::stderr(),
-            "SKIPPED pytorch_round_trip_when_torch_is_installed: python3 cannot import torch and \
-             numpy (see README, \"Training on GPUs and clusters\"; run \
+            "SKIPPED pytorch_round_trip_when_torch_is_installed: python3 cannot import torch, numpy and \
+             safetensors (see README, \"Training on GPUs and clusters\"; run \
              scripts/check_torch_roundtrip.sh with a python3 that has them)"
         );
         return;

@@ -465,7 +465,10 @@ pub fn import(weights: &Path, vocab: &Path, opts: &ImportOptions) -> Result<Impo
     })?;
     let not_whole = words[..v]
         .iter()
-        .filter(|w| *w != EOL_TOKEN && !Tokenizer::word_splits_whole(w))
+        .filter(|w| {
+            ![UNK_TOKEN, EOS_TOKEN, EOL_TOKEN].contains(&w.as_str())
+                && !Tokenizer::word_splits_whole(w)
+        })
         .cloned()
         .collect();
 

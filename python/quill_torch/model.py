@@ -14,6 +14,7 @@ Semantics kept identical to quill (src/nn/model.rs):
 
 import math
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -111,7 +112,6 @@ def evaluate(model, tokens, b, t, device, streams=None):
     S = len // b tokens, windows of t steps from a zero state, the last partial window
     included. `streams` (a range) evaluates only those streams (a rank's share). Returns
     (sum of nats, tokens scored) over those streams."""
-    import numpy as np
     n = len(tokens)
     if n < 2:
         return 0.0, 0

@@ -2069,4 +2069,36 @@ mod tests {
             assert_eq!(t.decode(&[v + 7]), "\u{FFFD}", "{kind}");
         }
     }
+
+    #[test]
+    fn word_tokenizer_from_a_given_vocabulary() {
+        let words: Vec<String> = ["<unk>", "the", "cat", "<eol>", ".", "<eos>"]
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
+        let t = Tokenizer::word_from_vocab(&words).unwrap();
+        assert_eq!(t.kind(), TokenizerKind::Word);
+        assert_eq!(t.vocab_size(), 6);
+        assert_eq!(
+            t.encode("the cat.\nthe dog\n").unwrap(),
+            vec![1, 2, 4, 3, 1, 0, 3]
+        );
+        assert_eq!(t.eos_id(), Some(5));
+        // It survives the checkpoint's JSON round trip with the same ids.
+        let back = Tokenizer::from_json(&t.to_json()).unwrap();
+        assert_eq!(back.encode("cat the").unwrap(), vec![2, 1]);
+        let err = |ws: &[&str]| {
+            let v: Vec<String> = ws.iter().map(|w| w.to_string()).collect();
+            Tokenizer::word_from_vocab(&v).unwrap_err().to_string()
+        };
+        assert!(err(&["<unk>", "<eos>", "the"]).contains("no <eol>"));
+        assert!(err(&["<unk>", "<eos>", "<eol>", "a", "a"]).contains("repeats entry 3"));
+        assert!(err(&["<unk>", "<eos>", "<eol>", "a b"]).contains("whitespace"));
+        assert!(err(&["<unk>", "<eos>", "<eol>", ""]).contains("empty"));
+        assert!(Tokenizer::word_splits_whole("don't"));
+        assert!(Tokenizer::word_splits_whole("3.14"));
+        assert!(!Tokenizer::word_splits_whole("'s"));
+        assert!(!Tokenizer::word_splits_whole("U.S."));
+        assert!(!Tokenizer::word_splits_whole("<unk>"));
+    }
 }

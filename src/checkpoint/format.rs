@@ -1530,4 +1530,47 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn foreign_tensors_borrow_any_float_dtype_and_refuse_the_rest() {
+        let f16 = [0u8, 0x3c, 0, 0xc0]; // 1.0, -2.0
+        let f64b: Vec<u8> = [0.5f64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let i32b = [1u8, 0, 0, 0];
+        let views = vec![
+            (
+                "a".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F16, vec![2], &f16).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F64, vec![1, 1], &f64b).unwrap(),
+            ),
+        ];
+        let bytes = safetensors::serialize(views, None).unwrap();
+        let t = foreign_tensors(&bytes, p()).unwrap();
+        assert_eq!(t["a"].dtype, Dtype::F16);
+        assert_eq!(t["a"].data, &f16);
+        assert_eq!(t["b"].shape, vec![1, 1]);
+        assert_eq!(float_dtype_size(Dtype::BF16), Some(2));
+        // A quill checkpoint is a safetensors file too.
+        assert_eq!(
+            foreign_tensors(&sample().to_bytes().unwrap(), p())
+                .unwrap()
+                .len(),
+            5
+        );
+        let ints = safetensors::serialize(
+            vec![(
+                "n".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::I32, vec![1], &i32b).unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        let e = foreign_tensors(&ints, p()).unwrap_err().to_string();
+        assert!(e.contains("\"n\"") && e.contains("I32"), "{e}");
+        for cut in 0..bytes.len() {
+            assert!(foreign_tensors(&bytes[..cut], p()).is_err(), "cut {cut}");
+        }
+    }
 }

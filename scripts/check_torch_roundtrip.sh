@@ -7,6 +7,7 @@
 # PyTorch's own continuation within 1e-4, and PyTorch continues a quill run as quill does;
 # PyTorch resumes its own run exactly; a word_language_model-style model saved by PyTorch is
 # imported by `quill import` and `quill eval` equals PyTorch's loss on a text within 1e-4.
+# Finally, bad input to the trainer gets one `error:` line naming it.
 #
 #   scripts/check_torch_roundtrip.sh [WORKDIR]        (QUILL=path/to/quill, default target/release/quill)
 #
@@ -144,5 +145,30 @@ q, t = json.loads(sys.argv[1])["loss_per_token"], float(sys.argv[2])
 print(f"imported model: quill eval {q:.6f}, PyTorch {t:.6f}: |diff| = {abs(q - t):.2e} (tolerance 1e-4)")
 sys.exit(0 if abs(q - t) <= 1e-4 else 1)
 EOF
+
+echo "== quill_torch refuses bad input with one error line naming it"
+refuse() { # refuse EXPECTED_TEXT ARGS...: the trainer must exit 1 with "error: ...EXPECTED_TEXT..."
+    local want=$1; shift
+    local out rc=0
+    out=$($PY -m quill_torch.train "$@" 2>&1 >/dev/null) || rc=$?
+    local line
+    line=$(printf '%s\n' "$out" | tail -n 1)
+    if [ "$rc" != 1 ] || [[ "$line" != error:*"$want"* ]]; then
+        echo "FAILED: expected exit 1 and an error with '$want', got $rc: $out"; exit 1
+    fi
+    echo "refused: $line"
+}
+head -c 5000 "$TOK" >"$W/cut.tokens"
+cp "$TOK" "$W/flipped.tokens"
+printf '\x07' | dd of="$W/flipped.tokens" bs=1 seek=3000 conv=notrunc 2>/dev/null
+refuse "truncated or damaged" --tokens "$W/cut.tokens" --max-steps 2 --out "$W/e"
+refuse "data checksum mismatch" --tokens "$W/flipped.tokens" --max-steps 2 --out "$W/e"
+refuse "give a limit" --tokens "$TOK" --out "$W/e"
+refuse "holds weights only" --tokens "$TOK" --resume "$W/wlm/imported.safetensors" --out "$W/e"
+refuse "was trained with batch 8" --tokens "$TOK" --resume "$CK" --batch 16 --out "$W/e"
+cp "$CK" "$W/flipped.safetensors"
+printf '\x01' | dd of="$W/flipped.safetensors" bs=1 seek=$(( $(stat -c %s "$CK") - 100 )) conv=notrunc 2>/dev/null
+refuse "checksum mismatch" --tokens "$TOK" --resume "$W/flipped.safetensors" --out "$W/e"
+refuse "invalid dropout" --tokens "$TOK" --dropout 1.5 --max-steps 2 --out "$W/e"
 
 echo "all PyTorch round-trip checks passed"

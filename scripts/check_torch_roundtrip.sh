@@ -97,14 +97,14 @@ compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" eval val_loss 1e-4 "
 echo "== PyTorch continues a quill train run (stopped at step 20 of 40) as quill does"
 "$QUILL" train "${MODEL[@]}" --max-steps 40 --steps-this-run 20 --out "$W/qa" --quiet 2>"$W/qa.log"
 cp "$W/qa/shk-latest.safetensors" "$W/qa-step20.safetensors"
-"$QUILL" train --tokens "$TOK" --resume "$W/qa/shk-latest.safetensors" --quiet 2>>"$W/qa.log"
+"$QUILL" train --tokens "$TOK" --resume "$W/qa/shk-latest.safetensors" --out "$W/qa" --quiet 2>>"$W/qa.log"
 $PY -m quill_torch.train --tokens "$TOK" --resume "$W/qa-step20.safetensors" --out "$W/pa" --device cpu --log-every 0 2>"$W/pa.log"
 compare "$W/qa/shk-metrics.jsonl" "$W/pa/shk-metrics.jsonl" train loss 1e-4 "quill vs PyTorch continuation of a quill run" 20
 compare "$W/qa/shk-metrics.jsonl" "$W/pa/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch continuation of a quill run" 20
 
 echo "== PyTorch resumes its own run (stopped at step 20 of 40) exactly"
 $PY -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" --max-steps 40 --steps-this-run 20 --out "$W/p1r" 2>"$W/p1r.log"
-$PY -m quill_torch.train --tokens "$TOK" --resume "$W/p1r/shk-latest.safetensors" --device cpu --log-every 0 2>>"$W/p1r.log"
+$PY -m quill_torch.train --tokens "$TOK" --resume "$W/p1r/shk-latest.safetensors" --out "$W/p1r" --device cpu --log-every 0 2>>"$W/p1r.log"
 grep -E "^done" "$W/p1r.log"
 compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" train loss 1e-5 "uninterrupted vs resumed" 20
 compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" eval val_loss 1e-5 "uninterrupted vs resumed" 20

@@ -11,7 +11,8 @@
 //!   trainer. Special tokens: `<unk>` (id 0), `<eos>` (id 1), `<eol>` (id 2); the rest of the
 //!   vocabulary is the most frequent words (ties broken alphabetically), capped at
 //!   `vocab_size` entries in total including the specials. Words outside the vocabulary encode
-//!   as `<unk>`.
+//!   as `<unk>`, and so does a literal `<unk>` in the text (a corpus already tokenized with
+//!   `<unk>` markers, Penn Treebank style, keeps them as one token).
 //! * **bpe**: byte-level BPE (GPT-2 style byte alphabet, no prefix space), trained with the
 //!   `tokenizers` BPE trainer. All 256 bytes are always in the vocabulary, so any UTF-8 text
 //!   encodes and `decode(encode(s)) == s` exactly (newlines, runs of spaces, non-ASCII).
@@ -21,7 +22,8 @@
 //! both for training and for encoding, so encoding is the same whether a corpus is encoded whole
 //! or line by line. Special tokens are never produced by encoding: literal text such as `<eos>`
 //! in a corpus is encoded as ordinary text, and `<eos>` only exists for the caller to append
-//! (between documents) and for generation to stop on ([`Tokenizer::eos_id`]).
+//! (between documents) and for generation to stop on ([`Tokenizer::eos_id`]). The one
+//! exception is a word tokenizer's `<unk>`, which a literal `<unk>` in the text encodes to.
 //!
 //! Word and BPE training and encoding use the `tokenizers` trainers and models, but do the
 //! (regex) pre-tokenization here rather than through `tokenizers`' per-byte alignment
@@ -86,8 +88,13 @@ pub const EOS_TOKEN: &str = "<eos>";
 pub const EOL_TOKEN: &str = "<eol>";
 
 /// Regex of the word pre-tokenizer (matches the tokens; everything else, i.e. whitespace, is
-/// dropped). See the module documentation.
-const WORD_PATTERN: &str = r"\d+(?:[.,:]\d+)+|\w+(?:[-'’]\w+)*|[^\w\s]";
+/// dropped). See the module documentation. A literal `<unk>` (corpora such as the Penn
+/// Treebank mark rare words with it) is one piece, which encodes as the `<unk>` token.
+const WORD_PATTERN: &str = r"<unk>|\d+(?:[.,:]\d+)+|\w+(?:[-'’]\w+)*|[^\w\s]";
+
+/// The pattern of word tokenizers made before `<unk>` was one piece (quill 0.1 until
+/// 2026-11-27): their checkpoints still load and encode as they were trained.
+const WORD_PATTERN_V1: &str = r"\d+(?:[.,:]\d+)+|\w+(?:[-'’]\w+)*|[^\w\s]";
 
 /// Chars that take no space before them when a word tokenizer decodes.
 const NO_SPACE_BEFORE: &[char] = &[
@@ -904,13 +911,16 @@ impl WordModel {
             .build()
             .map_err(|e| tok_err(format!("word trainer: {e}")))?;
         // Same as `TokenizerImpl::train` with this pre-tokenizer (tested), without the cost of
-        // `NormalizedString` alignment bookkeeping.
+        // `NormalizedString` alignment bookkeeping. A literal `<unk>` is the special token
+        // already, not a word to count (the trainer would enter it twice).
         let regex = &split.regex;
         trainer
             .feed(text.lines(), |line| {
                 Ok(regex
                     .find_iter(line)
-                    .map(|(a, b)| line[a..b].to_string())
+                    .map(|(a, b)| &line[a..b])
+                    .filter(|w| *w != UNK_TOKEN)
+                    .map(str::to_string)
                     .collect())
             })
             .map_err(hf_err("word tokenizer training failed"))?;
@@ -942,11 +952,13 @@ impl WordModel {
             Some(pt)
                 if pt.invert
                     && pt.behavior == SplitDelimiterBehavior::Removed
-                    && matches!(&pt.pattern, SplitPattern::Regex(r) if r == WORD_PATTERN) => {}
+                    && matches!(&pt.pattern, SplitPattern::Regex(r)
+                        if r == WORD_PATTERN || r == WORD_PATTERN_V1) => {}
             _ => {
                 return Err(tok_err(format!(
-                    "word tokenizer must split with quill's pattern {WORD_PATTERN:?} \
-                     (an inverted, removing regex split pre-tokenizer); this one does not"
+                    "word tokenizer must split with quill's pattern {WORD_PATTERN:?} (or the \
+                     earlier {WORD_PATTERN_V1:?}; an inverted, removing regex split \
+                     pre-tokenizer); this one does not"
                 )))
             }
         }
@@ -1601,6 +1613,42 @@ mod tests {
     }
 
     #[test]
+    fn word_literal_unk_is_one_token_and_the_earlier_pattern_still_loads() {
+        // A corpus already tokenized Penn Treebank style, with `<unk>` for rare words.
+        let ptb = "the <unk> said the market fell <unk> points\nthe <unk> rose\n".repeat(20);
+        let t = train(TokenizerKind::Word, &ptb);
+        let unk = t.token_id(UNK_TOKEN).unwrap();
+        assert_eq!(
+            (t.token_id("<"), t.token_id("unk"), t.token_id(">")),
+            (None, None, None)
+        );
+        let shown: Vec<String> = (0..t.vocab_size() as u32)
+            .map(|i| t.token_display(i))
+            .collect();
+        assert_eq!(
+            shown.iter().filter(|s| *s == UNK_TOKEN).count(),
+            1,
+            "{shown:?}"
+        );
+        let ids = t.encode("the <unk> said").unwrap();
+        assert_eq!(
+            ids,
+            vec![t.token_id("the").unwrap(), unk, t.token_id("said").unwrap()]
+        );
+        assert_eq!(t.decode(&ids), "the <unk> said");
+        let (pids, unknown) = t
+            .encode_prime("the <unk> said", UnknownPolicy::Error)
+            .unwrap();
+        assert_eq!((pids, unknown), (ids, Vec::<String>::new()));
+
+        // A tokenizer saved with the earlier pattern loads and splits as it was trained.
+        let mut v: serde_json::Value = serde_json::from_str(&t.to_json()).unwrap();
+        v["hf"]["pre_tokenizer"]["pattern"]["Regex"] = serde_json::json!(WORD_PATTERN_V1);
+        let old = Tokenizer::from_json(&v.to_string()).unwrap();
+        assert_eq!(old.encode("the <unk> said").unwrap().len(), 5);
+    }
+
+    #[test]
     fn word_specials_and_eos() {
         let t = train(TokenizerKind::Word, PROSE);
         assert_eq!(t.token_id(UNK_TOKEN), Some(0));
@@ -2099,6 +2147,6 @@ mod tests {
         assert!(Tokenizer::word_splits_whole("3.14"));
         assert!(!Tokenizer::word_splits_whole("'s"));
         assert!(!Tokenizer::word_splits_whole("U.S."));
-        assert!(!Tokenizer::word_splits_whole("<unk>"));
+        assert!(Tokenizer::word_splits_whole("<unk>"));
     }
 }

@@ -249,9 +249,127 @@ fn resume_refuses_other_architecture_or_tokenizer() {
     assert!(o.status.success(), "{}", text(&o.stderr));
 }
 
+/// An output directory that cannot be made is an error before any training (and before the
+/// corpus is prepared), naming the directory.
 #[test]
-fn a_closed_stdout_ends_info_and_eval_quietly() {
-    // `quill info X | head -1`: the reader is gone before quill writes. Printing must end
+fn an_unwritable_out_stops_train_before_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    tiny_corpus(d);
+    std::fs::write(d.join("plain"), "a file, not a directory").unwrap();
+    let o = quill(
+        &[
+            "train",
+            "--corpus",
+            "tiny.txt",
+            "--out",
+            "plain/out",
+            "--hidden",
+            "16",
+            "--batch",
+            "2",
+            "--seq",
+            "8",
+            "--max-steps",
+            "3",
+            "--quiet",
+        ],
+        d,
+    );
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("plain/out") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!err.contains("step"), "training started: {err}");
+}
+
+/// A resumed run never writes where a checkpoint says (it may come from anyone): without
+/// --out it writes to checkpoints/. Without --corpus it trains on the corpus the checkpoint
+/// records when that is still there, and says which corpus to pass when it is not. A missing
+/// checkpoint is named as such (not the default corpus).
+#[test]
+fn resume_takes_its_paths_from_the_command_line_and_the_recorded_corpus() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("texts")).unwrap();
+    std::fs::rename(tiny_corpus(d), d.join("texts/tiny.txt")).unwrap();
+    let small = [
+        "--hidden", "16", "--embed", "8", "--batch", "2", "--seq", "8", "--quiet",
+    ];
+    let run = |extra: &[&str]| {
+        let mut a = vec!["train"];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&small);
+        quill(&a, d)
+    };
+    let o = run(&[
+        "--corpus",
+        "texts/tiny.txt",
+        "--out",
+        "runs",
+        "--max-steps",
+        "3",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let ck = "runs/tiny-latest.safetensors";
+    let before = std::fs::read(d.join(ck)).unwrap();
+
+    // no --corpus, no --out: the recorded corpus, and checkpoints/ (not runs/)
+    let o = run(&["--resume", ck, "--max-steps", "5"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("the corpus the checkpoint records: texts/tiny.txt"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(d.join("checkpoints/tiny-latest.safetensors").is_file());
+    assert_eq!(
+        std::fs::read(d.join(ck)).unwrap(),
+        before,
+        "runs/ was written"
+    );
+    let info = quill(&["info", "checkpoints/tiny-latest.safetensors"], d);
+    assert!(
+        text(&info.stdout).contains("step 5"),
+        "{}",
+        text(&info.stdout)
+    );
+
+    // the recorded corpus is gone: the error names the checkpoint and asks for --corpus
+    std::fs::rename(d.join("texts"), d.join("moved")).unwrap();
+    let o = run(&["--resume", ck, "--max-steps", "5"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains(ck) && err.contains("texts/tiny.txt") && err.contains("--corpus"),
+        "{err}"
+    );
+    // ... and --corpus points to where it is now
+    let o = run(&[
+        "--resume",
+        ck,
+        "--corpus",
+        "moved/tiny.txt",
+        "--max-steps",
+        "5",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+
+    // a missing checkpoint is named, before any corpus is looked at
+    let o = run(&["--resume", "runs/nothere.safetensors", "--max-steps", "5"]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = text(&o.stderr);
+    assert!(
+        err.contains("runs/nothere.safetensors") && !err.contains("shakespeare"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_closed_stdout_ends_info_eval_and_sample_quietly() {
+    // `quill info X | head -1`, `quill sample | head`: the reader is gone before quill writes. Printing must end
     // the command with success, not a panic and a backtrace.
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let ckpt = root.join("checkpoints/shakespeare-small.safetensors");
@@ -270,6 +388,15 @@ fn a_closed_stdout_ends_info_and_eval_quietly() {
             ckpt.to_str().unwrap(),
             "--file",
             corpus.to_str().unwrap(),
+        ],
+        vec![
+            "sample",
+            "-c",
+            ckpt.to_str().unwrap(),
+            "--length",
+            "2000",
+            "--seed",
+            "1",
         ],
     ] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_quill"))

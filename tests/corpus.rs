@@ -2,25 +2,16 @@
 //! and --glob, separators, bad files named or left out, token file reuse and invalidation, a
 //! damaged token file refused, and training and resuming on a prepared corpus.
 
+mod common;
+use common::{quill, text};
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use quill::tokenizer::Tokenizer;
 use quill::train::prepare::TokenMeta;
 use quill::train::tokens::read_head;
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
 
 fn ok(o: &Output) -> String {
     let err = text(&o.stderr);

@@ -4,8 +4,11 @@
 //! with PyTorch's LSTM equations (two biases, gates i, f, g, o) in f64; then the errors a bad
 //! file gets.
 
+mod common;
+use common::{quill, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
@@ -17,17 +20,6 @@ const VOCAB: &str = "<unk>\nthe\ncat\nsat\n.\n<eos>\n";
 /// Encodes (quill's word splitter, `<eol>` at each line end) to the source ids below.
 const TEXT: &str = "the cat sat .\nthe cat\nsat . the cat sat\n";
 const IDS: &[usize] = &[1, 2, 3, 4, 5, 1, 2, 5, 3, 4, 1, 2, 3, 5];
-
-fn quill(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .output()
-        .expect("run quill")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
 
 /// Deterministic values in (-0.5, 0.5).
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -197,6 +189,13 @@ struct Case {
     corpus: PathBuf,
 }
 
+impl Case {
+    /// Where the case's files are (the directory quill runs in).
+    fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+}
+
 fn case(tensors: &Tensors, dtype: Dtype, vocab: &str) -> Case {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -224,22 +223,25 @@ fn run_import(c: &Case, extra: &[&str]) -> Output {
         c.out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    quill(&args)
+    quill(&args, c.dir())
 }
 
 fn eval_loss(c: &Case) -> f64 {
-    let o = quill(&[
-        "eval",
-        "-c",
-        c.out.to_str().unwrap(),
-        "--file",
-        c.corpus.to_str().unwrap(),
-        "--batch",
-        "1",
-        "--seq",
-        "100",
-        "--json",
-    ]);
+    let o = quill(
+        &[
+            "eval",
+            "-c",
+            c.out.to_str().unwrap(),
+            "--file",
+            c.corpus.to_str().unwrap(),
+            "--batch",
+            "1",
+            "--seq",
+            "100",
+            "--json",
+        ],
+        c.dir(),
+    );
     assert!(o.status.success(), "eval: {}", text(&o.stderr));
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["tokens"], IDS.len() - 1);
@@ -305,20 +307,23 @@ fn word_language_model_imports_and_evaluates_as_pytorch_computes() {
     );
 
     // It samples, and `info` reads it.
-    let o = quill(&[
-        "sample",
-        "-c",
-        c.out.to_str().unwrap(),
-        "--prime",
-        "the",
-        "--length",
-        "12",
-        "--seed",
-        "3",
-    ]);
+    let o = quill(
+        &[
+            "sample",
+            "-c",
+            c.out.to_str().unwrap(),
+            "--prime",
+            "the",
+            "--length",
+            "12",
+            "--seed",
+            "3",
+        ],
+        c.dir(),
+    );
     assert!(o.status.success(), "sample: {}", text(&o.stderr));
     assert!(!text(&o.stdout).trim().is_empty());
-    let o = quill(&["info", c.out.to_str().unwrap()]);
+    let o = quill(&["info", c.out.to_str().unwrap()], c.dir());
     assert!(o.status.success(), "info: {}", text(&o.stderr));
     assert!(
         text(&o.stdout).contains("Word, vocabulary 7"),
@@ -499,15 +504,18 @@ fn damaged_and_hostile_files_are_refused_before_allocating() {
     let try_file = |name: &str, b: &[u8]| -> String {
         let p = d.join(name);
         std::fs::write(&p, b).unwrap();
-        let o = quill(&[
-            "import",
-            "--weights",
-            p.to_str().unwrap(),
-            "--vocab",
-            vocab.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let o = quill(
+            &[
+                "import",
+                "--weights",
+                p.to_str().unwrap(),
+                "--vocab",
+                vocab.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+            d,
+        );
         let err = text(&o.stderr);
         assert_eq!(o.status.code(), Some(1), "{name}: {err}");
         assert!(

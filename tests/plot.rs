@@ -1,23 +1,13 @@
 //! Loss plots end to end: `quill plot` and the plot `quill train` leaves next to its
 //! checkpoints are real, readable images with curves on them.
 
+mod common;
+use common::{quill, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use quill::plot::{render_png, PlotOptions};
 use quill::train::metrics::RunMetrics;
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
 
 /// A metrics log like `quill train` writes: a decaying, noisy train loss every 10 steps and a
 /// validation every 100.

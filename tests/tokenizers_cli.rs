@@ -1,22 +1,12 @@
 //! Word-level and BPE models through the real binary: train, sample, eval, info; and a
 //! checkpoint whose tokenizer data is damaged.
 
+mod common;
+use common::{quill, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use quill::checkpoint::format::CheckpointFile;
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
 
 fn corpus(dir: &Path) {
     let lines = [

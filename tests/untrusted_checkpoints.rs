@@ -2,23 +2,13 @@
 //! error naming the field, before anything is allocated from it, from every loader (sample,
 //! info, resume); never a panic, an abort or an out-of-memory kill.
 
+mod common;
+use common::{quill, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use quill::checkpoint::format::CheckpointFile;
 use serde_json::json;
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
 
 /// A small full checkpoint trained by the binary on `tiny.txt` in `dir`.
 fn base(dir: &Path) -> PathBuf {

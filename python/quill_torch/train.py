@@ -303,6 +303,9 @@ class Run:
         for field, flag in CONFIG_FLAGS.items():
             if given(flag):
                 cfg[field] = getattr(args, flag)
+        # As quill train: this run writes to --out (or its default), never to a directory
+        # named inside a checkpoint that may come from anyone.
+        cfg["out"] = args.out or DEFAULTS["out"]
         if given("max_steps") or given("epochs") or given("max_minutes"):
             cfg.update(max_steps=args.max_steps, epochs=args.epochs, max_minutes=args.max_minutes)
         for k in ("batch", "seq", "seed"):

@@ -245,7 +245,7 @@ impl TrainArgs {
 }
 
 /// On `--resume`: the checkpoint's training configuration, with the flags given on this
-/// command line taking precedence.
+/// command line taking precedence; the output directory is always this command line's.
 fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> TrainConfig {
     let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
     let new = args.train_config();
@@ -266,9 +266,11 @@ fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> 
         val_fraction = "val_fraction",
         eval_every = "eval_every",
         save_every = "save_every",
-        out = "out",
         name = "name"
     );
+    // Where this run writes is the user's choice (--out, or its default), never a directory
+    // named inside a checkpoint that may come from anyone.
+    c.out = new.out;
     if given("max_steps") || given("epochs") || given("max_minutes") {
         c.max_steps = args.max_steps;
         c.epochs = args.epochs;
@@ -374,8 +376,54 @@ pub fn run(args: TrainArgs, matches: &clap::ArgMatches) -> anyhow::Result<ExitCo
     }
 }
 
+/// `--resume` without `--corpus`: train on the corpus the checkpoint records, when its
+/// paths are still there (the fingerprint check that follows makes sure it is the same text);
+/// otherwise say which corpus to pass. The paths are only read, never written.
+fn use_recorded_corpus(
+    args: &mut TrainArgs,
+    recorded: &quill::checkpoint::CorpusInfo,
+    checkpoint: &std::path::Path,
+    val_given: bool,
+) -> anyhow::Result<()> {
+    let paths = if recorded.paths.is_empty() {
+        vec![recorded.path.clone()]
+    } else {
+        recorded.paths.clone()
+    };
+    let shown = |ps: &[PathBuf]| {
+        ps.iter()
+            .map(|p| p.display().to_string().escape_debug().to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let all = paths.iter().chain(if val_given {
+        [].iter()
+    } else {
+        recorded.val_paths.iter()
+    });
+    if let Some(missing) = all.clone().find(|p| !p.exists()) {
+        anyhow::bail!(
+            "{}: was trained on {} ({} is not there from this directory); pass that corpus \
+             with --corpus PATH... (and the --glob, --separator and --val-corpus flags it was \
+             prepared with)",
+            checkpoint.display(),
+            shown(&paths),
+            missing.display().to_string().escape_debug()
+        );
+    }
+    eprintln!(
+        "training on the corpus the checkpoint records: {}",
+        shown(&paths)
+    );
+    args.data.corpus = paths;
+    if !val_given && !recorded.val_paths.is_empty() {
+        args.data.val_corpus = recorded.val_paths.clone();
+    }
+    Ok(())
+}
+
 fn train(
-    args: TrainArgs,
+    mut args: TrainArgs,
     matches: &clap::ArgMatches,
     interrupts: Arc<AtomicUsize>,
     cancel: Arc<AtomicBool>,
@@ -396,8 +444,9 @@ fn train(
         config.val_fraction = meta.val_fraction;
     }
 
-    let mut trainer = match &args.resume {
+    let mut trainer = match args.resume.clone() {
         Some(path) => {
+            let path = &path;
             let r = checkpoint::load_resumable(path)?;
             args.check_resume(path, &r.loaded.model.config, r.loaded.tokenizer.kind())?;
             let mut config = resumed_config(&args, matches, &r.meta.train);
@@ -412,6 +461,11 @@ fn train(
             );
             let plan = TokenizerPlan::Use(r.loaded.tokenizer.clone());
             let recorded = r.meta.base.corpus.clone();
+            let given =
+                |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+            if args.tokens.is_none() && !given("corpus") {
+                use_recorded_corpus(&mut args, &recorded, path, given("val_corpus"))?;
+            }
             let (_, data) = load_data(&args, &config, plan, Some((path, &recorded)), &cancel)?;
             Trainer::resume_data(data, r, config)?
         }

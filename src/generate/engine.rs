@@ -434,7 +434,7 @@ mod tests {
             prompt: t.encode(prompt).unwrap(),
             params: SamplingParams {
                 temperature: 1.0 + (id % 3) as f32 * 0.2,
-                top_k: (id % 2 == 0).then_some(5),
+                top_k: id.is_multiple_of(2).then_some(5),
                 top_p: 0.95,
             },
             seed: 42,

@@ -85,7 +85,7 @@ impl<F: Float> PackedB<F> {
 }
 
 /// Matrices of at least this many elements are packed on several threads.
-const PAR_PACK: usize = 1 << 16;
+const PAR_PACK: usize = if cfg!(miri) { 1 << 10 } else { 1 << 16 };
 
 /// Packs the panels p0, p0 + 1, ... of `b` (K, N) that fit in `d` (whole panels of K × NR,
 /// already zeroed, so the padding of the last panel stays zero).
@@ -262,7 +262,7 @@ pub fn gemm_cols<F: Float>(
 ) {
     assert!(a.ld >= b.k, "gemm: leading dimension of A");
     assert!(
-        cols.start % NR == 0 && cols.start <= cols.end && cols.end <= b.n,
+        cols.start.is_multiple_of(NR) && cols.start <= cols.end && cols.end <= b.n,
         "gemm: column block"
     );
     let av = View::rows(a.data, m, b.k, a.ld);
@@ -297,7 +297,7 @@ pub(crate) unsafe fn gemm_cols_ptr<F: Float>(
 ) {
     assert!(a.ld >= b.k, "gemm: leading dimension of A");
     assert!(
-        cols.start % NR == 0 && cols.start <= cols.end && cols.end <= b.n,
+        cols.start.is_multiple_of(NR) && cols.start <= cols.end && cols.end <= b.n,
         "gemm: column block"
     );
     let av = View::rows(a.data, m, b.k, a.ld);
@@ -489,7 +489,7 @@ unsafe fn pack_b_slice<F: Float>(b: &View<'_, F>, k0: usize, kc: usize, dst: *mu
         let n = b.cols;
         let np = n.div_ceil(NR);
         let base = b.data.as_ptr();
-        if n % NR != 0 {
+        if !n.is_multiple_of(NR) {
             let p = np - 1;
             for kk in 0..kc {
                 for j in n - p * NR..NR {
@@ -868,8 +868,13 @@ mod tests {
     #[test]
     fn parallel_packing_puts_every_element_in_its_panel() {
         let mut rng = Pcg64::seed_from_u64(5);
-        // Large enough for several threads; N not a multiple of NR.
-        let b = rand2(301, 517, &mut rng);
+        // Large enough for several threads; N not a multiple of NR (smaller under Miri,
+        // where the threshold is lower too).
+        let b = if cfg!(miri) {
+            rand2(37, 61, &mut rng)
+        } else {
+            rand2(301, 517, &mut rng)
+        };
         assert!(b.len() >= PAR_PACK);
         for view in [b.view(), b.t()] {
             let (k, n) = view.dim();
@@ -945,16 +950,21 @@ mod tests {
         // The same row computed alone, in a tile of 2..6 rows, or in a big block must be
         // bit-identical.
         let mut rng = Pcg64::seed_from_u64(3);
-        let (k, n) = (600, 70);
-        let a = rand2(200, k, &mut rng);
+        // Smaller under Miri: the same code paths, K still just over one KC block.
+        let (rows, k, n) = if cfg!(miri) {
+            (12, KC + 8, 20)
+        } else {
+            (200, 600, 70)
+        };
+        let a = rand2(rows, k, &mut rng);
         let b = PackedB::from_view(rand2(k, n, &mut rng).view());
         let full = {
-            let mut c = vec![0f32; 200 * n];
-            mul(200, a.as_slice().unwrap(), &b, &mut c, Init::Zero);
+            let mut c = vec![0f32; rows * n];
+            mul(rows, a.as_slice().unwrap(), &b, &mut c, Init::Zero);
             c
         };
         for m in 1..=8 {
-            for start in [0, 5, 101, 200 - m] {
+            for start in [0, 5, rows / 2 + 1, rows - m] {
                 let mut c = vec![0f32; m * n];
                 let rows = &a.as_slice().unwrap()[start * k..];
                 mul(m, rows, &b, &mut c, Init::Zero);
@@ -970,7 +980,12 @@ mod tests {
     #[test]
     fn strided_operands_give_the_same_bits_as_packed() {
         let mut rng = Pcg64::seed_from_u64(5);
-        for &(m, k, n) in &[(7, 1100, 37), (2, 9, 16), (40, 600, 70)] {
+        let shapes: &[(usize, usize, usize)] = if cfg!(miri) {
+            &[(7, KC + 8, 9), (2, 9, 16)]
+        } else {
+            &[(7, 1100, 37), (2, 9, 16), (40, 600, 70)]
+        };
+        for &(m, k, n) in shapes {
             // A = Xᵀ with X (K, M); B strided both ways.
             let x = rand2(k, m, &mut rng);
             let b = rand2(k, n, &mut rng);

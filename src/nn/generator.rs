@@ -261,7 +261,7 @@ impl Generator {
         if b == 0 {
             return &self.logits;
         }
-        if b <= NARROW && pool::width() > 1 && cfg.hidden % NR == 0 {
+        if b <= NARROW && pool::width() > 1 && cfg.hidden.is_multiple_of(NR) {
             self.step_narrow(tokens);
         } else {
             self.step_rows(tokens);

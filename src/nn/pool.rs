@@ -111,7 +111,7 @@ fn worker(sh: Arc<Shared>, w: usize) {
         while sh.generation.load(SeqCst) == seen {
             std::hint::spin_loop();
             spins += 1;
-            if spins % 64 == 0 && t0.elapsed() > SPIN {
+            if spins.is_multiple_of(64) && t0.elapsed() > SPIN {
                 sh.sleeping[w].store(true, SeqCst);
                 if sh.generation.load(SeqCst) == seen {
                     thread::park();

@@ -462,7 +462,7 @@ impl Header {
             )));
         }
         if h.meta_len > MAX_META
-            || h.data_offset % ALIGN != 0
+            || !h.data_offset.is_multiple_of(ALIGN)
             || h.data_offset < HEADER_LEN as u64 + h.meta_len
         {
             return Err(err(format!(

@@ -671,7 +671,7 @@ impl Trainer {
                 progress: self.planned_fraction(),
                 elapsed_secs: self.progress.elapsed_secs,
             };
-            if step % 10 == 0 {
+            if step.is_multiple_of(10) {
                 if let Err(e) = self.log_metrics(&Line::Train {
                     step,
                     epoch: info.epoch,
@@ -687,10 +687,10 @@ impl Trainer {
             let hook_start = clock();
             let mut control = on_event(&Event::Step(info));
             hook_secs += since(hook_start);
-            if self.config.eval_every > 0 && step % self.config.eval_every == 0 {
+            if self.config.eval_every > 0 && step.is_multiple_of(self.config.eval_every) {
                 last_val = self.eval_and_record(on_event)?;
             }
-            if self.config.save_every > 0 && step % self.config.save_every == 0 {
+            if self.config.save_every > 0 && step.is_multiple_of(self.config.save_every) {
                 control = match control {
                     Control::SaveNow => Control::Continue,
                     c => c,
@@ -796,7 +796,8 @@ pub fn check_same_corpus(
         path: checkpoint.to_path_buf(),
         msg: format!(
             "was trained on a different corpus ({} has fingerprint {}…, the checkpoint expects \
-             {}… from {}); resume with the original corpus",
+             {}… from {}); resume with the original corpus (the same files, and the --glob, \
+             --separator and --val-corpus flags it was read with)",
             path.display(),
             short(fingerprint),
             short(&recorded.fingerprint),

@@ -1,9 +1,26 @@
-//! Reading server-sent events from an HTTP response: shared by the server tests
-//! (`tests/serve.rs`) and the serving benchmark (`benches/serve.rs`).
+//! What the integration tests (and the serving benchmark, `benches/serve.rs`) share: running
+//! the real `quill` binary, and reading server-sent events from an HTTP response.
 
 #![allow(dead_code)]
 
+use std::path::Path;
+use std::process::{Command, Output};
+
 use serde_json::Value;
+
+/// Runs the `quill` binary built for these tests in `cwd` and waits for it.
+pub fn quill(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_quill"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run quill")
+}
+
+/// Output bytes as text (invalid UTF-8 replaced).
+pub fn text(o: &[u8]) -> String {
+    String::from_utf8_lossy(o).into_owned()
+}
 
 /// The data of each event of a response, up to (without) `[DONE]`, parsed as JSON.
 pub struct Events {

@@ -272,6 +272,58 @@ impl Tokenizer {
         Self::from_inner(Inner::Char(CharModel::build(vocab.chars())))
     }
 
+    /// A word tokenizer with a given vocabulary, id `i` being `pieces[i]` (a model trained
+    /// elsewhere, see `checkpoint::import`). It must hold the special tokens `<unk>`, `<eos>`
+    /// and `<eol>`; entries must be distinct, non-empty and free of whitespace. Text is split
+    /// with quill's word pattern, so an entry that pattern never yields whole (`'s`, `U.S.`)
+    /// can be decoded but is never produced by encoding ([`Tokenizer::word_splits_whole`]).
+    pub fn word_from_vocab(pieces: &[String]) -> Result<Self> {
+        if pieces.len() > u32::MAX as usize {
+            return Err(tok_err("word vocabulary is too large"));
+        }
+        let mut vocab = HashMap::with_capacity(pieces.len());
+        for (id, p) in pieces.iter().enumerate() {
+            if p.is_empty() || p.chars().any(char::is_whitespace) {
+                return Err(tok_err(format!(
+                    "word vocabulary entry {id} ({p:?}) is empty or holds whitespace"
+                )));
+            }
+            if let Some(first) = vocab.insert(p.clone(), id as u32) {
+                return Err(tok_err(format!(
+                    "word vocabulary entry {id} ({p:?}) repeats entry {first}"
+                )));
+            }
+        }
+        for special in [UNK_TOKEN, EOS_TOKEN, EOL_TOKEN] {
+            if !vocab.contains_key(special) {
+                return Err(tok_err(format!("word vocabulary has no {special} token")));
+            }
+        }
+        let model = WordLevel::builder()
+            .vocab(vocab.into_iter().collect())
+            .unk_token(UNK_TOKEN.to_string())
+            .build()
+            .map_err(hf_err("word model"))?;
+        let mut hf = WordHf::new(model);
+        hf.with_pre_tokenizer(Some(WordModel::pre_tokenizer()?));
+        hf.add_special_tokens(
+            &[UNK_TOKEN, EOS_TOKEN, EOL_TOKEN]
+                .iter()
+                .map(|t| AddedToken::from(*t, true))
+                .collect::<Vec<_>>(),
+        );
+        Self::from_inner(Inner::Word(Box::new(WordModel::from_hf(hf)?)))
+    }
+
+    /// Whether quill's word pattern yields `piece` as one whole token (what encoding can
+    /// produce); false for entries such as `'s` or `U.S.` that it splits.
+    pub fn word_splits_whole(piece: &str) -> bool {
+        static RE: std::sync::OnceLock<Option<SysRegex>> = std::sync::OnceLock::new();
+        RE.get_or_init(|| SysRegex::new(WORD_PATTERN).ok())
+            .as_ref()
+            .is_some_and(|re| re.find_iter(piece).collect::<Vec<_>>() == [(0, piece.len())])
+    }
+
     /// SHA-256 of [`Tokenizer::to_json`] (its UTF-8 bytes): identifies the tokenizer, e.g. in
     /// the header of a prepared token file.
     pub fn sha256(&self) -> [u8; 32] {
@@ -2064,5 +2116,37 @@ mod tests {
             let v = t.vocab_size() as u32;
             assert_eq!(t.decode(&[v + 7]), "\u{FFFD}", "{kind}");
         }
+    }
+
+    #[test]
+    fn word_tokenizer_from_a_given_vocabulary() {
+        let words: Vec<String> = ["<unk>", "the", "cat", "<eol>", ".", "<eos>"]
+            .iter()
+            .map(|w| w.to_string())
+            .collect();
+        let t = Tokenizer::word_from_vocab(&words).unwrap();
+        assert_eq!(t.kind(), TokenizerKind::Word);
+        assert_eq!(t.vocab_size(), 6);
+        assert_eq!(
+            t.encode("the cat.\nthe dog\n").unwrap(),
+            vec![1, 2, 4, 3, 1, 0, 3]
+        );
+        assert_eq!(t.eos_id(), Some(5));
+        // It survives the checkpoint's JSON round trip with the same ids.
+        let back = Tokenizer::from_json(&t.to_json()).unwrap();
+        assert_eq!(back.encode("cat the").unwrap(), vec![2, 1]);
+        let err = |ws: &[&str]| {
+            let v: Vec<String> = ws.iter().map(|w| w.to_string()).collect();
+            Tokenizer::word_from_vocab(&v).unwrap_err().to_string()
+        };
+        assert!(err(&["<unk>", "<eos>", "the"]).contains("no <eol>"));
+        assert!(err(&["<unk>", "<eos>", "<eol>", "a", "a"]).contains("repeats entry 3"));
+        assert!(err(&["<unk>", "<eos>", "<eol>", "a b"]).contains("whitespace"));
+        assert!(err(&["<unk>", "<eos>", "<eol>", ""]).contains("empty"));
+        assert!(Tokenizer::word_splits_whole("don't"));
+        assert!(Tokenizer::word_splits_whole("3.14"));
+        assert!(!Tokenizer::word_splits_whole("'s"));
+        assert!(!Tokenizer::word_splits_whole("U.S."));
+        assert!(Tokenizer::word_splits_whole("<unk>"));
     }
 }

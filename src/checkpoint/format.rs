@@ -605,8 +605,9 @@ impl CheckpointFile {
         Self::from_bytes(&bytes, path)
     }
 
-    /// The bytes of a checkpoint file, refusing what [`CheckpointFile::load`] refuses.
-    fn read_bytes(path: &Path) -> Result<Vec<u8>> {
+    /// The bytes of a checkpoint file, refusing what [`CheckpointFile::load`] refuses
+    /// (directories, non-regular files, files over [`MAX_FILE_BYTES`]).
+    pub fn read_bytes(path: &Path) -> Result<Vec<u8>> {
         let io_err = |action: &str, cause| Error::CheckpointIo {
             path: path.to_path_buf(),
             action: action.to_string(),
@@ -651,6 +652,84 @@ impl CheckpointFile {
         let digest = format!("{:x}", Sha256::digest(&bytes));
         Ok((Self::from_bytes(&bytes, path)?, digest))
     }
+}
+
+/// A tensor of a plain safetensors file (not a quill checkpoint: any dtype, no checksum),
+/// borrowed from the file's bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForeignTensor<'a> {
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions, outermost first.
+    pub shape: Vec<usize>,
+    /// Its `product(shape) × size(dtype)` little-endian bytes.
+    pub data: &'a [u8],
+}
+
+/// Bytes per element of the floating dtypes [`foreign_tensors`] accepts.
+pub fn float_dtype_size(dtype: Dtype) -> Option<usize> {
+    match dtype {
+        Dtype::F64 => Some(8),
+        Dtype::F32 => Some(4),
+        Dtype::F16 | Dtype::BF16 => Some(2),
+        _ => None,
+    }
+}
+
+/// The tensors of a plain safetensors file (e.g. written by PyTorch's `save_file`), read as
+/// untrusted input: the same bounds checks as quill checkpoints before the header is parsed,
+/// then every tensor's offsets inside the data region and its byte length equal to its
+/// shape times its dtype's size (F64, F32, F16 or BF16; any other dtype is an error naming
+/// the tensor). Nothing is copied or converted: allocation is in proportion to the header.
+pub fn foreign_tensors<'a>(
+    bytes: &'a [u8],
+    path_for_errors: &Path,
+) -> Result<BTreeMap<String, ForeignTensor<'a>>> {
+    let err = |msg: String| Error::Checkpoint {
+        path: path_for_errors.to_path_buf(),
+        msg,
+    };
+    precheck(bytes).map_err(|m| err(format!("not a safetensors file, or truncated: {m}")))?;
+    let (n, metadata) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| err(format!("not a safetensors file, or truncated: {e}")))?;
+    let data = 8usize
+        .checked_add(n)
+        .and_then(|start| bytes.get(start..))
+        .ok_or_else(|| err("not a safetensors file, or truncated".to_string()))?;
+    let mut out = BTreeMap::new();
+    for (name, info) in metadata.tensors() {
+        let size = float_dtype_size(info.dtype).ok_or_else(|| {
+            err(format!(
+                "tensor {name:?} has dtype {}; only F64, F32, F16 and BF16 tensors can be imported",
+                info.dtype
+            ))
+        })?;
+        let (start, end) = info.data_offsets;
+        let slice = data.get(start..end).ok_or_else(|| {
+            err(format!(
+                "tensor {name:?}: data offsets [{start}, {end}] out of range"
+            ))
+        })?;
+        let fits = element_count(&info.shape)
+            .and_then(|n| n.checked_mul(size))
+            .is_some_and(|n| n == slice.len());
+        if !fits {
+            return Err(err(format!(
+                "tensor {name:?}: shape {} does not match its {} data bytes",
+                ShapeFmt(&info.shape),
+                slice.len()
+            )));
+        }
+        out.insert(
+            name,
+            ForeignTensor {
+                dtype: info.dtype,
+                shape: info.shape.clone(),
+                data: slice,
+            },
+        );
+    }
+    Ok(out)
 }
 
 /// Writes a checkpoint's bytes to `path` through [`atomic`] (creating missing parent
@@ -1449,6 +1528,49 @@ mod tests {
                 let n = rng.random_range(1..32);
                 b.extend((0..n).map(|_| rng.random::<u8>()));
             }
+        }
+    }
+
+    #[test]
+    fn foreign_tensors_borrow_any_float_dtype_and_refuse_the_rest() {
+        let f16 = [0u8, 0x3c, 0, 0xc0]; // 1.0, -2.0
+        let f64b: Vec<u8> = [0.5f64].iter().flat_map(|v| v.to_le_bytes()).collect();
+        let i32b = [1u8, 0, 0, 0];
+        let views = vec![
+            (
+                "a".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F16, vec![2], &f16).unwrap(),
+            ),
+            (
+                "b".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::F64, vec![1, 1], &f64b).unwrap(),
+            ),
+        ];
+        let bytes = safetensors::serialize(views, None).unwrap();
+        let t = foreign_tensors(&bytes, p()).unwrap();
+        assert_eq!(t["a"].dtype, Dtype::F16);
+        assert_eq!(t["a"].data, &f16);
+        assert_eq!(t["b"].shape, vec![1, 1]);
+        assert_eq!(float_dtype_size(Dtype::BF16), Some(2));
+        // A quill checkpoint is a safetensors file too.
+        assert_eq!(
+            foreign_tensors(&sample().to_bytes().unwrap(), p())
+                .unwrap()
+                .len(),
+            5
+        );
+        let ints = safetensors::serialize(
+            vec![(
+                "n".to_string(),
+                safetensors::tensor::TensorView::new(Dtype::I32, vec![1], &i32b).unwrap(),
+            )],
+            None,
+        )
+        .unwrap();
+        let e = foreign_tensors(&ints, p()).unwrap_err().to_string();
+        assert!(e.contains("\"n\"") && e.contains("I32"), "{e}");
+        for cut in 0..bytes.len() {
+            assert!(foreign_tensors(&bytes[..cut], p()).is_err(), "cut {cut}");
         }
     }
 }

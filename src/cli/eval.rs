@@ -18,8 +18,19 @@ pub struct EvalArgs {
     #[arg(long, short)]
     checkpoint: Option<PathBuf>,
     /// Text file to score.
-    #[arg(long, short)]
-    file: PathBuf,
+    #[arg(
+        long,
+        short,
+        required_unless_present = "tokens",
+        conflicts_with = "tokens"
+    )]
+    file: Option<PathBuf>,
+    /// Score a token file made by `quill prepare` instead (made with the model's tokenizer).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Which part of the token file: its validation split, its training split, or all.
+    #[arg(long, value_enum, default_value_t = Split::Val, requires = "tokens")]
+    split: Split,
     /// Streams evaluated in parallel.
     #[arg(long, default_value_t = 16)]
     batch: usize,
@@ -34,6 +45,53 @@ pub struct EvalArgs {
     json: bool,
 }
 
+/// A part of a token file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Split {
+    /// The validation split.
+    Val,
+    /// The training split.
+    Train,
+    /// Every token.
+    All,
+}
+
+/// Loss of the model on a split of a token file (the file's checksums are checked first).
+fn eval_tokens(
+    lm: &quill::checkpoint::LoadedModel,
+    path: &std::path::Path,
+    split: Split,
+    batch: usize,
+    seq: usize,
+) -> anyhow::Result<(f64, usize)> {
+    use quill::train::tokens::TokenView;
+    let (tokenizer, data, _) = quill::train::prepare::open_token_file(path, &mut |_| {})?;
+    if tokenizer.sha256() != lm.tokenizer.sha256() {
+        anyhow::bail!(
+            "{}: made with another tokenizer than the model's ({})",
+            path.display(),
+            lm.path.display()
+        );
+    }
+    let tokens = match split {
+        Split::Val => data.val,
+        Split::Train => data.train,
+        Split::All => quill::train::tokens::read_head(path)?.map()?,
+    };
+    if tokens.len() < 2 {
+        anyhow::bail!(
+            "{}: the {split:?} split is too short to evaluate (fewer than 2 tokens)",
+            path.display()
+        );
+    }
+    let mut ws = Workspace::default();
+    Ok(match tokens.view() {
+        TokenView::U8(t) => evaluate_tokens(&lm.model, &mut ws, t, batch, seq),
+        TokenView::U16(t) => evaluate_tokens(&lm.model, &mut ws, t, batch, seq),
+        TokenView::U32(t) => evaluate_tokens(&lm.model, &mut ws, t, batch, seq),
+    })
+}
+
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     // Written with `?`, so a closed pipe (`| head`) ends quietly instead of panicking.
     let mut out = std::io::stdout().lock();
@@ -41,15 +99,42 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("invalid batch/seq: must be at least 1");
     }
     let lm = load_model(a.checkpoint.as_deref())?;
-    let corpus = Corpus::load(&a.file, a.lossy)?;
+    let Some(file) = &a.file else {
+        let path = a.tokens.as_ref().expect("clap requires --file or --tokens");
+        let (nats, n) = eval_tokens(&lm, path, a.split, a.batch, a.seq)?;
+        let loss = nats / n as f64;
+        if a.json {
+            writeln!(
+                out,
+                "{}",
+                serde_json::json!({
+                    "checkpoint": lm.path, "tokens_file": path, "split": format!("{:?}", a.split).to_lowercase(),
+                    "tokens": n, "loss_per_token": loss, "perplexity": loss.exp(),
+                    "tokenizer": lm.tokenizer.kind(),
+                })
+            )?;
+        } else {
+            writeln!(out, "checkpoint      {}", lm.path.display())?;
+            writeln!(
+                out,
+                "tokens          {} ({:?} split, {n} tokens scored)",
+                path.display(),
+                a.split
+            )?;
+            writeln!(out, "loss            {loss:.4} nats/token")?;
+            writeln!(out, "perplexity      {:.3}", loss.exp())?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let corpus = Corpus::load(file, a.lossy)?;
     let tokens = lm
         .tokenizer
         .encode(&corpus.text)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", a.file.display()))?;
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
     if tokens.len() < 2 {
         anyhow::bail!(
             "{}: too short to evaluate (fewer than 2 tokens)",
-            a.file.display()
+            file.display()
         );
     }
     let mut ws = Workspace::default();
@@ -64,7 +149,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             out,
             "{}",
             serde_json::json!({
-                "checkpoint": lm.path, "file": a.file, "tokens": n, "loss_per_token": loss,
+                "checkpoint": lm.path, "file": file, "tokens": n, "loss_per_token": loss,
                 "perplexity": loss.exp(), "bits_per_char": bpc,
                 "tokenizer": lm.tokenizer.kind(),
             })
@@ -74,7 +159,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         writeln!(
             out,
             "file            {} ({} tokens scored)",
-            a.file.display(),
+            file.display(),
             n
         )?;
         writeln!(out, "loss            {loss:.4} nats/token")?;

@@ -3,6 +3,7 @@
 mod bench;
 mod common;
 mod eval;
+mod import;
 mod info;
 mod plot;
 mod prepare;
@@ -37,6 +38,8 @@ enum Command {
     Info(info::InfoArgs),
     /// Write a weights-only copy of a checkpoint (for sampling and sharing; not resumable).
     Export(info::ExportArgs),
+    /// Make a plain PyTorch LSTM language model (safetensors + vocabulary file) a quill checkpoint.
+    Import(import::ImportArgs),
     /// Interactive terminal UI: generate, steer temperature/top-k/top-p live, see token probabilities.
     Tui(tui::TuiArgs),
     /// Time training and generation on named configurations (p1, p2, p3).
@@ -57,6 +60,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Eval(a) => eval::run(a),
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
+        Command::Import(a) => import::run(a, sub.expect("import has matches")),
         Command::Tui(a) => tui::run(a),
         Command::Bench(a) => bench::run(a),
         Command::Plot(a) => plot::run(a),

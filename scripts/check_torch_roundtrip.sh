@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The PyTorch round trip, checked on CPU with the python3 on the PATH (which must import torch,
+# numpy and safetensors): quill prepares a corpus; python/quill_torch trains a small model on it with
+# 1 process and with 2 gloo processes (same global batch) and the losses must agree within
+# 1e-4; quill opens the checkpoint (info, sample) and `quill eval` must equal PyTorch's loss on
+# the same tokens within 1e-4; `quill train --resume` continues the PyTorch run and must track
+# PyTorch's own continuation within 1e-4, and PyTorch continues a quill run as quill does;
+# PyTorch resumes its own run exactly; a word_language_model-style model saved by PyTorch is
+# imported by `quill import` and `quill eval` equals PyTorch's loss on a text within 1e-4.
+# Finally, bad input to the trainer gets one `error:` line naming it.
+#
+#   scripts/check_torch_roundtrip.sh [WORKDIR]        (QUILL=path/to/quill, default target/release/quill)
+#
+# Exit status 0 when every check passes; each check prints its figures.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUILL=${QUILL:-$ROOT/target/release/quill}
+W=${1:-$(mktemp -d)}
+mkdir -p "$W"
+export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
+export GLOO_SOCKET_IFNAME=lo
+# One thread per process (what torchrun sets for several): on a busy machine a second OpenMP
+# thread per process costs far more than it gives at these sizes.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+PY=python3
+[ -x "$QUILL" ] || { echo "error: no quill binary at $QUILL (cargo build --release, or set QUILL)" >&2; exit 1; }
+$PY -c 'import torch, numpy, safetensors' || { echo "error: $PY cannot import torch, numpy and safetensors" >&2; exit 1; }
+echo "torch $($PY -c 'import torch; print(torch.__version__)'), work dir $W"
+
+TOK=$W/shk.tokens
+"$QUILL" prepare --corpus "$ROOT/corpora/shakespeare.txt" --val-fraction 0.01 --out "$W" --name shk >/dev/null 2>"$W/prepare.log"
+# The same flags for quill train and quill_torch.train, and the trainer's own.
+MODEL=(--tokens "$TOK" --layers 2 --hidden 64 --embed 16 --dropout 0 --batch 8 --seq 32 --lr 3e-3
+       --warmup 5 --eval-every 20 --save-every 20)
+TORCH=(--log-every 0 --device cpu)
+
+# Compares the `kind` records of two metrics logs at the steps both have: max |a - b| of `key`.
+compare() { # compare LOG_A LOG_B KIND KEY TOL LABEL [FROM_STEP]
+    $PY - "$@" <<'EOF'
+import json, sys
+a, b, kind, key, tol, label = sys.argv[1:7]
+start = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+def read(p):
+    return {r["step"]: r[key] for r in map(json.loads, open(p)) if r["kind"] == kind and r["step"] > start}
+ra, rb = read(a), read(b)
+steps = sorted(set(ra) & set(rb))
+assert steps, f"{label}: no common {kind} records"
+diff = max(abs(ra[s] - rb[s]) for s in steps)
+print(f"{label}: {kind} {key} at steps {steps}: max |diff| = {diff:.2e} (tolerance {tol})")
+for s in steps:
+    print(f"    step {s}: {ra[s]:.6f} vs {rb[s]:.6f}")
+sys.exit(0 if diff <= float(tol) else 1)
+EOF
+}
+
+echo "== 1 process vs 2 gloo processes, global batch 8, 40 steps"
+$PY -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" --max-steps 40 --out "$W/p1" 2>"$W/p1.log"
+tail -n 3 "$W/p1.log"
+$PY -m torch.distributed.run --standalone --nproc-per-node 2 -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" \
+    --max-steps 40 --out "$W/p2" 2>"$W/p2.log"
+grep -E "^(model|done)" "$W/p2.log"
+compare "$W/p1/shk-metrics.jsonl" "$W/p2/shk-metrics.jsonl" train loss 1e-4 "1 vs 2 processes"
+compare "$W/p1/shk-metrics.jsonl" "$W/p2/shk-metrics.jsonl" eval val_loss 1e-4 "1 vs 2 processes"
+
+CK=$W/p2/shk-latest.safetensors
+echo "== quill opens the PyTorch checkpoint"
+"$QUILL" info "$CK"
+"$QUILL" sample -c "$CK" --prime "ROMEO:" --length 80 --seed 1 >"$W/sample.txt"
+echo "sample: $(head -c 80 "$W/sample.txt" | tr '\n' '|')"
+
+echo "== quill eval vs PyTorch on the same tokens (validation split)"
+q=$("$QUILL" eval -c "$CK" --tokens "$TOK" --split val --json)
+t=$($PY -m quill_torch.eval -c "$CK" --tokens "$TOK" --split val --json)
+# The trainer's last validation (B = 8, T = 32) against quill eval with the same B and T.
+q8=$("$QUILL" eval -c "$CK" --tokens "$TOK" --split val --batch 8 --seq 32 --json)
+$PY - "$q" "$t" "$q8" "$W/p2/shk-metrics.jsonl" <<'EOF'
+import json, sys
+q, t, q8 = (json.loads(s) for s in sys.argv[1:4])
+last = [r for r in map(json.loads, open(sys.argv[4])) if r["kind"] == "eval"][-1]["val_loss"]
+d1 = abs(q["loss_per_token"] - t["loss_per_token"])
+d2 = abs(q8["loss_per_token"] - last)
+print(f"quill eval {q['loss_per_token']:.6f}, PyTorch {t['loss_per_token']:.6f} over {q['tokens']} tokens: |diff| = {d1:.2e} (tolerance 1e-4)")
+print(f"quill eval (B 8, T 32) {q8['loss_per_token']:.6f}, the trainer's validation {last:.6f}: |diff| = {d2:.2e} (tolerance 1e-4)")
+assert q["tokens"] == t["tokens"]
+sys.exit(0 if d1 <= 1e-4 and d2 <= 1e-4 else 1)
+EOF
+
+echo "== quill train --resume continues the 2-process run to step 60; PyTorch continues it too"
+"$QUILL" train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/q" --quiet 2>"$W/q.log"
+grep -E "^(resuming|done)" "$W/q.log"
+grep -q "resuming .* at step 40" "$W/q.log"
+grep -q "^done: 60 steps (20 this run" "$W/q.log"
+$PY -m quill_torch.train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/p2c" --log-every 0 2>"$W/p2c.log"
+compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" train loss 1e-4 "quill vs PyTorch continuation" 40
+compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch continuation" 40
+
+echo "== PyTorch continues a quill train run (stopped at step 20 of 40) as quill does"
+"$QUILL" train "${MODEL[@]}" --max-steps 40 --steps-this-run 20 --out "$W/qa" --quiet 2>"$W/qa.log"
+cp "$W/qa/shk-latest.safetensors" "$W/qa-step20.safetensors"
+"$QUILL" train --tokens "$TOK" --resume "$W/qa/shk-latest.safetensors" --out "$W/qa" --quiet 2>>"$W/qa.log"
+$PY -m quill_torch.train --tokens "$TOK" --resume "$W/qa-step20.safetensors" --out "$W/pa" --device cpu --log-every 0 2>"$W/pa.log"
+compare "$W/qa/shk-metrics.jsonl" "$W/pa/shk-metrics.jsonl" train loss 1e-4 "quill vs PyTorch continuation of a quill run" 20
+compare "$W/qa/shk-metrics.jsonl" "$W/pa/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch continuation of a quill run" 20
+
+echo "== PyTorch resumes its own run (stopped at step 20 of 40) exactly"
+$PY -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" --max-steps 40 --steps-this-run 20 --out "$W/p1r" 2>"$W/p1r.log"
+$PY -m quill_torch.train --tokens "$TOK" --resume "$W/p1r/shk-latest.safetensors" --out "$W/p1r" --device cpu --log-every 0 2>>"$W/p1r.log"
+grep -E "^done" "$W/p1r.log"
+compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" train loss 1e-5 "uninterrupted vs resumed" 20
+compare "$W/p1/shk-metrics.jsonl" "$W/p1r/shk-metrics.jsonl" eval val_loss 1e-5 "uninterrupted vs resumed" 20
+
+echo "== quill import of a word_language_model-style model saved by PyTorch; quill eval vs PyTorch"
+$PY - "$W/wlm" <<'EOF'
+import os, sys, torch, torch.nn as nn, torch.nn.functional as F
+from safetensors.torch import save_file
+d = sys.argv[1]; os.makedirs(d, exist_ok=True)
+torch.manual_seed(3)
+# pytorch/examples word_language_model's RNNModel('LSTM', ntoken, 16, 24, 2): encoder, rnn, decoder.
+words = "the cat dog sat ran on a mat log and big small".split()
+idx2word = ["<unk>"] + words + ["<eos>"]
+V = len(idx2word)
+encoder, rnn, decoder = nn.Embedding(V, 16), nn.LSTM(16, 24, 2), nn.Linear(24, V)
+for p in list(encoder.parameters()) + list(rnn.parameters()) + list(decoder.parameters()):
+    nn.init.uniform_(p, -0.4, 0.4)
+sd = {f"{n}.{k}": v.detach().contiguous() for n, m in (("encoder", encoder), ("rnn", rnn), ("decoder", decoder))
+      for k, v in m.state_dict().items()}
+save_file(sd, f"{d}/model.safetensors")
+open(f"{d}/vocab.txt", "w").write("\n".join(idx2word) + "\n")
+g = torch.Generator().manual_seed(5)
+lines = [" ".join(words[i] for i in torch.randint(0, len(words), (int(n),), generator=g))
+         for n in torch.randint(3, 9, (40,), generator=g)]
+open(f"{d}/text.txt", "w").write("\n".join(lines) + "\n")
+# word_language_model's tokenisation: words by whitespace, <eos> at each line end; one stream.
+ids = torch.tensor([idx2word.index(w) for l in lines for w in l.split() + ["<eos>"]])
+with torch.no_grad():
+    y, _ = rnn(encoder(ids[:-1, None]))
+    loss = F.cross_entropy(decoder(y)[:, 0], ids[1:])
+open(f"{d}/torch_loss.txt", "w").write(f"{loss.item():.10f}\n")
+EOF
+"$QUILL" import --weights "$W/wlm/model.safetensors" --vocab "$W/wlm/vocab.txt" --out "$W/wlm/imported.safetensors"
+qi=$("$QUILL" eval -c "$W/wlm/imported.safetensors" --file "$W/wlm/text.txt" --batch 1 --seq 100000 --json)
+$PY - "$qi" "$(cat "$W/wlm/torch_loss.txt")" <<'EOF'
+import json, sys
+q, t = json.loads(sys.argv[1])["loss_per_token"], float(sys.argv[2])
+print(f"imported model: quill eval {q:.6f}, PyTorch {t:.6f}: |diff| = {abs(q - t):.2e} (tolerance 1e-4)")
+sys.exit(0 if abs(q - t) <= 1e-4 else 1)
+EOF
+
+echo "== quill_torch refuses bad input with one error line naming it"
+refuse() { # refuse EXPECTED_TEXT ARGS...: the trainer must exit 1 with "error: ...EXPECTED_TEXT..."
+    local want=$1; shift
+    local out rc=0
+    out=$($PY -m quill_torch.train "$@" 2>&1 >/dev/null) || rc=$?
+    local line
+    line=$(printf '%s\n' "$out" | tail -n 1)
+    if [ "$rc" != 1 ] || [[ "$line" != error:*"$want"* ]]; then
+        echo "FAILED: expected exit 1 and an error with '$want', got $rc: $out"; exit 1
+    fi
+    echo "refused: $line"
+}
+head -c 5000 "$TOK" >"$W/cut.tokens"
+cp "$TOK" "$W/flipped.tokens"
+printf '\x07' | dd of="$W/flipped.tokens" bs=1 seek=3000 conv=notrunc 2>/dev/null
+refuse "truncated or damaged" --tokens "$W/cut.tokens" --max-steps 2 --out "$W/e"
+refuse "data checksum mismatch" --tokens "$W/flipped.tokens" --max-steps 2 --out "$W/e"
+refuse "give a limit" --tokens "$TOK" --out "$W/e"
+refuse "holds weights only" --tokens "$TOK" --resume "$W/wlm/imported.safetensors" --out "$W/e"
+refuse "was trained with batch 8" --tokens "$TOK" --resume "$CK" --batch 16 --out "$W/e"
+cp "$CK" "$W/flipped.safetensors"
+printf '\x01' | dd of="$W/flipped.safetensors" bs=1 seek=$(( $(stat -c %s "$CK") - 100 )) conv=notrunc 2>/dev/null
+refuse "checksum mismatch" --tokens "$TOK" --resume "$W/flipped.safetensors" --out "$W/e"
+refuse "invalid dropout" --tokens "$TOK" --dropout 1.5 --max-steps 2 --out "$W/e"
+
+echo "all PyTorch round-trip checks passed"

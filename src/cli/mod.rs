@@ -2,6 +2,7 @@
 
 mod bench;
 mod common;
+mod controls;
 mod eval;
 mod info;
 mod plot;

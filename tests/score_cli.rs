@@ -129,7 +129,7 @@ fn line_losses_add_up_to_the_sequential_eval_and_the_jsonl_has_its_schema() {
     let t = quill(&["score", "-c", &b, "play.txt", "--by", "doc"], d);
     assert!(t.status.success(), "{}", text(&t.stderr));
     let out = text(&t.stdout);
-    assert!(out.contains("16 streams (each from a zero state"), "{out}");
+    assert!(out.contains("streams 16 (each from a zero state"), "{out}");
     let e16 = quill(&["eval", "-c", &b, "--file", "play.txt"], d);
     assert!(text(&e16.stdout).contains("streams         16 (each from a zero state"));
 }

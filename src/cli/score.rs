@@ -10,7 +10,7 @@ use crossterm::style::Stylize;
 use quill::checkpoint::LoadedModel;
 use quill::score::{score_text, TextScore, Unit, UnitScore};
 use quill::train::corpus::Corpus;
-use quill::tui::ui::{prob_colour, PROB_BANDS};
+use quill::tui::ui::{self, prob_band, prob_colour, PROB_BANDS};
 
 use super::common::load_model;
 use super::eval::streams_note;
@@ -169,12 +169,11 @@ pub fn run(a: ScoreArgs) -> anyhow::Result<ExitCode> {
         summary.push(format!("checkpoint {}", model.path.display()));
         for (f, s) in scores[m].iter().enumerate() {
             summary.push(format!(
-                "  {}: {} tokens in {} streams {}; total {} nats/token, {} bits/char over {} \
-                 scored tokens",
+                "  {}: {} tokens, streams {}; total {} nats/token, {} bits/char over {} scored \
+                 tokens",
                 a.files[f].display(),
                 s.tokens,
-                s.streams,
-                streams_note(s.streams).split_once(' ').map_or("", |x| x.1),
+                streams_note(s.streams),
                 fmt(s.total.loss_per_token()),
                 fmt(s.total.bits_per_char()),
                 s.total.tokens
@@ -319,6 +318,11 @@ fn colour(p: f32) -> crossterm::style::Color {
     prob_colour(p).into()
 }
 
+/// The TUI's colour of probability band `b` (see [`prob_band`]), for the terminal.
+fn band_colour(b: usize) -> crossterm::style::Color {
+    ui::band_colour(b).into()
+}
+
 /// Writes `text[range]` with each character in the colour of its token's probability
 /// (`exp(-loss)`); characters of tokens that were not scored are left plain.
 fn heat(
@@ -330,14 +334,15 @@ fn heat(
     // The token of each byte: token spans tile the text in order.
     let toks = &s.token_losses;
     let mut t = toks.partition_point(|(r, _)| r.end <= range.start);
+    // Runs of characters of one colour (`None`: not scored) are written together.
     let mut run = String::new();
-    let mut run_p: Option<Option<f32>> = None;
-    let flush = |out: &mut dyn Write, run: &mut String, p: Option<Option<f32>>| {
+    let mut run_band: Option<Option<usize>> = None;
+    let flush = |out: &mut dyn Write, run: &mut String, band: Option<Option<usize>>| {
         if run.is_empty() {
             return Ok(());
         }
-        let r = match p.flatten() {
-            Some(loss) => write!(out, "{}", run.as_str().with(colour((-loss).exp()))),
+        let r = match band.flatten() {
+            Some(b) => write!(out, "{}", run.as_str().with(band_colour(b))),
             None => write!(out, "{run}"),
         };
         run.clear();
@@ -348,20 +353,23 @@ fn heat(
         while t + 1 < toks.len() && toks[t].0.end <= at {
             t += 1;
         }
-        let p = toks.get(t).and_then(|x| x.1);
+        let band = toks
+            .get(t)
+            .and_then(|x| x.1)
+            .map(|loss| prob_band((-loss).exp()));
         if c == '\n' {
-            flush(out, &mut run, run_p)?;
-            run_p = None;
+            flush(out, &mut run, run_band)?;
+            run_band = None;
             writeln!(out)?;
             continue;
         }
-        if run_p != Some(p) {
-            flush(out, &mut run, run_p)?;
-            run_p = Some(p);
+        if run_band != Some(band) {
+            flush(out, &mut run, run_band)?;
+            run_band = Some(band);
         }
         run.push(c);
     }
-    flush(out, &mut run, run_p)?;
+    flush(out, &mut run, run_band)?;
     if !text[range].ends_with('\n') {
         writeln!(out)?;
     }

@@ -109,13 +109,18 @@ pub fn prob_band(p: f32) -> usize {
 
 /// Colour of a generated token sampled with probability `p`.
 pub fn prob_colour(p: f32) -> Color {
+    band_colour(prob_band(p))
+}
+
+/// Colour of band `b` of [`prob_band`] (`quill score --heatmap` colours by it too).
+pub fn band_colour(b: usize) -> Color {
     [
         Color::Green,
         Color::LightGreen,
         Color::Yellow,
         Color::LightRed,
         Color::Red,
-    ][prob_band(p)]
+    ][b.min(PROB_BANDS.len())]
 }
 
 /// Draws the whole screen.

@@ -1,8 +1,8 @@
 //! Batched generation: many samples at once, reproducible, each its own stream in the
 //! [`Engine`].
 //!
-//! * [`plan`] expands a sweep (lists of temperatures, top-k, top-p and seeds, times a count,
-//!   for every prime) into numbered [`SampleSpec`]s, ids 1..=N.
+//! * [`plan`] expands a sweep (lists of temperatures, top-k, top-p, min-p, penalties and
+//!   seeds, times a count, for every prime) into numbered [`SampleSpec`]s, ids 1..=N.
 //! * [`generate`] runs them: at most [`GenConfig::max_batch`] streams at a time advance
 //!   together in the engine (shards on every core); a finished stream's place goes to the
 //!   next sample. The state after each distinct prime is computed once and every stream of

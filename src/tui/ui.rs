@@ -35,7 +35,7 @@ pub const WIDE: u16 = 80;
 /// Width of the side panels.
 const SIDE: u16 = 32;
 /// Height of the parameters panel.
-const PARAMS_H: u16 = 14;
+const PARAMS_H: u16 = 15;
 
 /// Every key, by section, as shown in the help popup.
 pub const HELP: &[(&str, &[(&str, &str)])] = &[
@@ -350,17 +350,11 @@ fn draw_params(frame: &mut Frame, app: &App, area: Rect) {
             "a A",
         ),
         row(
-            "freq / pres",
-            if s.sampling.frequency_penalty == 0.0 && s.sampling.presence_penalty == 0.0 {
-                "off".into()
-            } else {
-                format!(
-                    "{:.1} / {:.1}",
-                    s.sampling.frequency_penalty, s.sampling.presence_penalty
-                )
-            },
-            "f F b B",
+            "frequency",
+            fmt_off(s.sampling.frequency_penalty, 0.0),
+            "f F",
         ),
+        row("presence", fmt_off(s.sampling.presence_penalty, 0.0), "b B"),
         row(
             "utf-8 guard",
             if s.sampling.valid_utf8 { "on" } else { "off" }.into(),

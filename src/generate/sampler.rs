@@ -374,13 +374,9 @@ impl Sampler {
 
     /// Brings `counts` and `seen` up to date with the generated tokens.
     fn count_generated(&mut self, v: usize) {
-        let need = v.max(
-            self.history
-                .iter()
-                .map(|&t| t as usize + 1)
-                .max()
-                .unwrap_or(0),
-        );
+        // Only the tokens not counted yet: the history can be long.
+        let fresh = &self.history[self.counted..];
+        let need = v.max(fresh.iter().map(|&t| t as usize + 1).max().unwrap_or(0));
         if self.counts.len() < need {
             self.counts.resize(need, 0);
         }

@@ -324,6 +324,9 @@ impl Sampler {
         let s = if banned.is_empty() && !self.params.penalises() {
             self.sample_row(logits)
         } else {
+            if self.params.frequency_penalty != 0.0 || self.params.presence_penalty != 0.0 {
+                self.count_generated(logits.len());
+            }
             let mut adjusted = std::mem::take(&mut self.adjusted);
             self.adjust(logits, banned, &mut adjusted);
             let mut s = self.sample_row(&adjusted);
@@ -336,11 +339,11 @@ impl Sampler {
     }
 
     /// `out` = `logits` with the repetition, frequency and presence penalties applied and
-    /// the banned tokens at `-inf`.
-    fn adjust(&mut self, logits: &[f32], banned: &[u32], out: &mut Vec<f32>) {
+    /// the banned tokens at `-inf`. Generated tokens not yet in `counts` (the last sampled
+    /// one, or all since the penalties were off) are counted on the fly.
+    fn adjust(&self, logits: &[f32], banned: &[u32], out: &mut Vec<f32>) {
         out.clear();
         out.extend_from_slice(logits);
-        let v = logits.len();
         let p = self.params;
         let r = p.repetition_penalty;
         if r > 0.0 && r != 1.0 {
@@ -358,10 +361,20 @@ impl Sampler {
             off_if_nan(p.presence_penalty),
         );
         if f != 0.0 || pr != 0.0 {
-            self.count_generated(v);
-            for &t in &self.seen {
+            let fresh = &self.history[self.counted.max(self.n_prompt)..];
+            let counted = |t: u32| self.counts.get(t as usize).copied().unwrap_or(0);
+            let in_fresh = |t: u32| fresh.iter().filter(|&&x| x == t).count() as u32;
+            let mut penalise = |t: u32, c: u32| {
                 if let Some(x) = out.get_mut(t as usize) {
-                    *x -= f * self.counts[t as usize] as f32 + pr;
+                    *x -= f * c as f32 + pr;
+                }
+            };
+            for &t in &self.seen {
+                penalise(t, counted(t) + in_fresh(t));
+            }
+            for (i, &t) in fresh.iter().enumerate() {
+                if counted(t) == 0 && !fresh[..i].contains(&t) {
+                    penalise(t, in_fresh(t));
                 }
             }
         }
@@ -370,6 +383,18 @@ impl Sampler {
                 *x = f32::NEG_INFINITY;
             }
         }
+    }
+
+    /// The logits the next [`Sampler::sample_banning`] would sample from, penalties and
+    /// `banned` applied, without changing the sampler (for showing the distribution); `None`
+    /// when nothing would change them.
+    pub fn preview_adjusted(&self, logits: &[f32], banned: &[u32]) -> Option<Vec<f32>> {
+        if banned.is_empty() && !self.params.penalises() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(logits.len());
+        self.adjust(logits, banned, &mut out);
+        Some(out)
     }
 
     /// Brings `counts` and `seen` up to date with the generated tokens.
@@ -1406,6 +1431,27 @@ mod tests {
         let mut g = Sampler::new(SamplingParams::greedy(), 0);
         assert_eq!(g.sample_banning(&[5.0, 1.0, 4.0], &[0]).id, 2);
         assert_eq!(s.history.len(), n);
+    }
+
+    #[test]
+    fn the_preview_shows_the_penalised_logits_without_touching_the_sampler() {
+        let l = [1.0f32, 1.0, 1.0, 1.0];
+        let mut s = Sampler::new(
+            SamplingParams {
+                frequency_penalty: 0.5,
+                ..SamplingParams::default()
+            },
+            0,
+        );
+        generate(&mut s, 4, &[2, 2]);
+        let before = s.history.clone();
+        assert_eq!(
+            s.preview_adjusted(&l, &[0]).unwrap(),
+            [f32::NEG_INFINITY, 1.0, 0.0, 1.0]
+        );
+        assert_eq!(s.history, before);
+        let plain = Sampler::new(SamplingParams::default(), 0);
+        assert!(plain.preview_adjusted(&l, &[]).is_none());
     }
 
     #[test]

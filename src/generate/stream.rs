@@ -279,6 +279,22 @@ impl Stream {
         self.sampler.set_params(params);
     }
 
+    /// The logits the next token would be sampled from: `logits` with the penalties and the
+    /// UTF-8 guard of the parameters applied (for showing the distribution; borrowed as they
+    /// are when the controls are off).
+    pub fn effective_logits<'a>(&self, logits: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        let banned = match &self.utf8 {
+            Some(g) if self.sampler.params().valid_utf8 => {
+                g.banned_after(self.decoder.pending_bytes())
+            }
+            _ => &[],
+        };
+        match self.sampler.preview_adjusted(logits, banned) {
+            Some(v) => std::borrow::Cow::Owned(v),
+            None => std::borrow::Cow::Borrowed(logits),
+        }
+    }
+
     /// The generated text so far (cut at a stop string once one is found).
     pub fn text(&self) -> &str {
         &self.text

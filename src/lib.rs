@@ -17,6 +17,7 @@
 //! | training loop | [`train::trainer`] | truncated BPTT, validation, events; [`train::metrics`] the metrics log |
 //! | checkpoint | [`checkpoint`] (file format, model schema), [`train::checkpoint`] (resumable state) | safetensors files, written through [`atomic`] |
 //! | generate | [`generate`] | sampler, stream, the engine (continuous batching), session, batch runner, sample files |
+//! | scoring | [`score`] | loss per line / paragraph / document of existing text, on the evaluation of [`train::trainer`] |
 //! | front ends | `cli` (binary), [`tui`] (generation UI, training dashboard), [`plot`], [`bench`] | printing, terminals, images, timing |
 //!
 //! Errors are typed ([`error`]); the library never prints: progress goes through callbacks and
@@ -38,6 +39,7 @@ pub mod fuzzing;
 pub mod generate;
 pub mod nn;
 pub mod plot;
+pub mod score;
 pub mod serve;
 #[cfg(test)]
 mod testutil;

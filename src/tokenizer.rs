@@ -215,6 +215,8 @@ struct BpeModel {
     /// Bytes of each token by id (empty for `<eos>`).
     bytes: Arc<[Vec<u8>]>,
     eos: u32,
+    /// The UTF-8 guard, built on first use.
+    utf8: std::sync::OnceLock<Arc<Utf8Guard>>,
 }
 
 /// The JSON document of [`Tokenizer::to_json`].
@@ -543,6 +545,35 @@ impl Tokenizer {
             Inner::Char(_) => None,
             Inner::Word(m) => Some(m.eos),
             Inner::Bpe(m) => Some(m.eos),
+        }
+    }
+
+    /// For byte-level BPE models, the table of tokens that cannot continue valid UTF-8 (built
+    /// once per tokenizer, shared); `None` for char and word models, whose output is always
+    /// valid.
+    pub fn utf8_guard(&self) -> Option<Arc<Utf8Guard>> {
+        match &*self.inner {
+            Inner::Bpe(m) => Some(Arc::clone(
+                m.utf8.get_or_init(|| Arc::new(Utf8Guard::new(&m.bytes))),
+            )),
+            _ => None,
+        }
+    }
+
+    /// Length in bytes of the text of each token of `ids`, for char and BPE models, whose
+    /// decoding is exact (the lengths of an encoding add up to the text's); `None` for word
+    /// models (decoding normalises spacing) and for ids outside the vocabulary.
+    pub fn token_byte_lens(&self, ids: &[u32]) -> Option<Vec<usize>> {
+        match &*self.inner {
+            Inner::Char(m) => ids
+                .iter()
+                .map(|&i| m.chars.get(i as usize).map(|c| c.len_utf8()))
+                .collect(),
+            Inner::Bpe(m) => ids
+                .iter()
+                .map(|&i| m.bytes.get(i as usize).map(Vec::len))
+                .collect(),
+            Inner::Word(_) => None,
         }
     }
 
@@ -1337,6 +1368,7 @@ impl BpeModel {
             splitter: ByteLevelSplitter::new()?,
             bytes: bytes.into(),
             eos,
+            utf8: std::sync::OnceLock::new(),
         })
     }
 
@@ -1413,6 +1445,84 @@ pub(crate) fn decode_utf8_lossy(bytes: &[u8], out: &mut String) -> usize {
 }
 
 // ---------------------------------------------------------------------------------------------
+// UTF-8 guard
+
+/// States of a UTF-8 decoder between bytes: 0 expects a lead byte; the others expect
+/// continuation bytes (how many are still needed, and the range the next one must lie in, as
+/// RFC 3629 restricts the second byte after E0, ED, F0 and F4).
+const UTF8_STATES: usize = 8;
+
+/// The state after `b` in state `s`, `None` if `b` is not allowed there.
+fn utf8_step(s: u8, b: u8) -> Option<u8> {
+    if s == 0 {
+        return match b {
+            0x00..=0x7F => Some(0),
+            0xC2..=0xDF => Some(1),
+            0xE0 => Some(3),
+            0xE1..=0xEC | 0xEE..=0xEF => Some(2),
+            0xED => Some(4),
+            0xF0 => Some(6),
+            0xF1..=0xF3 => Some(5),
+            0xF4 => Some(7),
+            _ => None,
+        };
+    }
+    // (lowest, highest next byte, state after it)
+    let (lo, hi, next) = match s {
+        1 => (0x80, 0xBF, 0),
+        2 => (0x80, 0xBF, 1),
+        3 => (0xA0, 0xBF, 1),
+        4 => (0x80, 0x9F, 1),
+        5 => (0x80, 0xBF, 2),
+        6 => (0x90, 0xBF, 2),
+        _ => (0x80, 0x8F, 2),
+    };
+    (lo..=hi).contains(&b).then_some(next)
+}
+
+/// Which tokens of a byte-level BPE vocabulary may come next so that the decoded text stays
+/// valid UTF-8, given the bytes still pending in the decoder (an unfinished character).
+/// Built once per tokenizer in O(total token bytes); looking up the ban list is O(pending
+/// bytes). A token is banned when its bytes, appended to the pending ones, contain an invalid
+/// sequence; end-of-text (no bytes) is banned while a character is unfinished. Every state
+/// allows at least one single-byte token, so a guarded stream always has somewhere to go.
+#[derive(Debug)]
+pub struct Utf8Guard {
+    banned: [Vec<u32>; UTF8_STATES],
+}
+
+impl Utf8Guard {
+    fn new(bytes: &[Vec<u8>]) -> Self {
+        let mut banned: [Vec<u32>; UTF8_STATES] = Default::default();
+        for (id, b) in bytes.iter().enumerate() {
+            for (s, list) in banned.iter_mut().enumerate() {
+                let ok = if b.is_empty() {
+                    s == 0
+                } else {
+                    b.iter()
+                        .try_fold(s as u8, |st, &x| utf8_step(st, x))
+                        .is_some()
+                };
+                if !ok {
+                    list.push(id as u32);
+                }
+            }
+        }
+        Utf8Guard { banned }
+    }
+
+    /// The tokens that may not follow `pending` (the decoder's unfinished bytes, see
+    /// [`StreamDecoder::pending_bytes`]).
+    pub fn banned_after(&self, pending: &[u8]) -> &[u32] {
+        let s = pending
+            .iter()
+            .try_fold(0u8, |st, &x| utf8_step(st, x))
+            .unwrap_or(0);
+        &self.banned[s as usize]
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // streaming
 
 /// Incremental decoder for streaming generation (see [`Tokenizer::stream_decoder`]).
@@ -1483,6 +1593,21 @@ impl StreamDecoder {
         }
     }
 
+    /// The bytes of an unfinished UTF-8 character (BPE; empty for char and word models).
+    pub fn pending_bytes(&self) -> &[u8] {
+        match &self.state {
+            StreamState::Bpe { pending, .. } => pending,
+            _ => &[],
+        }
+    }
+
+    /// Forgets the bytes of an unfinished character, so that finishing adds no U+FFFD.
+    pub fn drop_pending(&mut self) {
+        if let StreamState::Bpe { pending, .. } = &mut self.state {
+            pending.clear();
+        }
+    }
+
     /// [`StreamDecoder::finish`], appending to `out`.
     pub fn finish_into(&mut self, out: &mut String) {
         if let StreamState::Bpe { pending, .. } = &mut self.state {
@@ -1512,6 +1637,71 @@ mod tests {
 
     fn train(kind: TokenizerKind, text: &str) -> Tokenizer {
         Tokenizer::train(kind, text, &opts(kind)).unwrap()
+    }
+
+    #[test]
+    fn utf8_guard_bans_exactly_the_tokens_that_break_utf8() {
+        let t = train(TokenizerKind::Bpe, NON_ASCII);
+        let g = t.utf8_guard().unwrap();
+        assert!(train(TokenizerKind::Char, PROSE).utf8_guard().is_none());
+        assert!(train(TokenizerKind::Word, PROSE).utf8_guard().is_none());
+        let Inner::Bpe(m) = &*t.inner else {
+            panic!("a BPE tokenizer")
+        };
+        let eos = t.eos_id().unwrap();
+        // Reference: allowed iff the pending bytes and the token's are a valid UTF-8 prefix.
+        let valid_prefix = |b: &[u8]| match std::str::from_utf8(b) {
+            Ok(_) => true,
+            Err(e) => e.error_len().is_none(),
+        };
+        let pendings: [&[u8]; 9] = [
+            &[],
+            &[0xC3],
+            &[0xE6],
+            &[0xE6, 0x9D],
+            &[0xF0, 0x9F],
+            &[0xF0, 0x9F, 0x8E],
+            &[0xE0],
+            &[0xED],
+            &[0xF4],
+        ];
+        for pending in pendings {
+            let banned: HashSet<u32> = g.banned_after(pending).iter().copied().collect();
+            for (id, b) in m.bytes.iter().enumerate() {
+                let id = id as u32;
+                let ok = if id == eos {
+                    pending.is_empty()
+                } else {
+                    valid_prefix(&[pending, b.as_slice()].concat())
+                };
+                assert_eq!(!banned.contains(&id), ok, "{pending:x?} then {b:x?}");
+            }
+            assert!(
+                banned.len() < m.bytes.len(),
+                "{pending:x?}: nothing allowed"
+            );
+        }
+        // Lone continuation bytes and bytes that never occur in UTF-8 are banned at a start.
+        let start = g.banned_after(&[]);
+        for byte in [0x80u8, 0xBF, 0xC0, 0xF5, 0xFF] {
+            let id = m.bytes.iter().position(|b| b == &[byte]).unwrap() as u32;
+            assert!(start.contains(&id), "{byte:x}");
+        }
+        // The same table is handed out again.
+        assert!(Arc::ptr_eq(&g, &t.utf8_guard().unwrap()));
+    }
+
+    #[test]
+    fn token_byte_lens_add_up_to_the_text_for_char_and_bpe() {
+        for kind in [TokenizerKind::Char, TokenizerKind::Bpe] {
+            let t = train(kind, NON_ASCII);
+            let ids = t.encode(NON_ASCII).unwrap();
+            let lens = t.token_byte_lens(&ids).unwrap();
+            assert_eq!(lens.iter().sum::<usize>(), NON_ASCII.len(), "{kind:?}");
+            assert!(t.token_byte_lens(&[u32::MAX]).is_none());
+        }
+        let w = train(TokenizerKind::Word, PROSE);
+        assert!(w.token_byte_lens(&[0]).is_none());
     }
 
     #[test]

@@ -151,6 +151,8 @@ fn word_and_bpe_samples() {
                 ".",
                 "--format",
                 "jsonl",
+                "--valid-utf8",
+                "false",
             ],
             &out,
         );
@@ -170,6 +172,8 @@ fn word_and_bpe_samples() {
                 "50",
                 "--format",
                 "jsonl",
+                "--valid-utf8",
+                "false",
             ],
             &out,
         );
@@ -195,6 +199,9 @@ fn end_of_text_and_stop_strings_at_high_temperature() {
             "40",
             "--format",
             "jsonl",
+            // made before the UTF-8 guard existed
+            "--valid-utf8",
+            "false",
         ],
         &out,
     );

@@ -208,6 +208,60 @@ fn streaming_and_not_agree_with_each_other_and_with_quill_sample() {
 }
 
 #[test]
+fn penalties_and_min_p_work_and_agree_with_quill_sample() {
+    let s = TestServer::start(Limits::default());
+    let c = client();
+    rt().block_on(async {
+        let base = json!({"prompt": "ROMEO:", "max_tokens": 120, "seed": 5, "temperature": 1.0});
+        let (status, plain) = post(&c, &s, &base).await;
+        assert_eq!(status, 200, "{plain}");
+        let mut body = base.clone();
+        body["frequency_penalty"] = json!(1.5);
+        body["presence_penalty"] = json!(0.5);
+        body["repetition_penalty"] = json!(1.2);
+        body["repetition_window"] = json!(16);
+        body["min_p"] = json!(0.05);
+        let (status, v) = post(&c, &s, &body).await;
+        assert_eq!(status, 200, "{v}");
+        let text = texts(&v)[0].clone();
+        assert_ne!(text, texts(&plain)[0], "the penalties change the text");
+        let out = Command::new(env!("CARGO_BIN_EXE_quill"))
+            .args([
+                "sample", "--prime", "ROMEO:", "--length", "120", "--seed", "5",
+            ])
+            .args(["--temperature", "1.0", "--frequency-penalty", "1.5"])
+            .args(["--presence-penalty", "0.5", "--repetition-penalty", "1.2"])
+            .args([
+                "--repetition-window",
+                "16",
+                "--min-p",
+                "0.05",
+                "--checkpoint",
+            ])
+            .arg(bundled())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8(out.stdout).unwrap(),
+            format!("ROMEO:{text}\n")
+        );
+        // A strong frequency penalty spreads the text over more distinct characters.
+        let distinct = |t: &str| t.chars().collect::<std::collections::HashSet<_>>().len();
+        let mut hard = base.clone();
+        hard["frequency_penalty"] = json!(2.0);
+        hard["presence_penalty"] = json!(2.0);
+        hard["n"] = json!(4);
+        let (_, h) = post(&c, &s, &hard).await;
+        let mut soft = base.clone();
+        soft["n"] = json!(4);
+        let (_, p) = post(&c, &s, &soft).await;
+        let sum = |v: &Value| texts(v).iter().map(|t| distinct(t)).sum::<usize>();
+        assert!(sum(&h) > sum(&p), "{} vs {}", sum(&h), sum(&p));
+    });
+}
+
+#[test]
 fn n_choices_prompt_lists_stop_strings_and_seeds() {
     let s = TestServer::start(Limits::default());
     let c = client();
@@ -484,6 +538,11 @@ fn random_bodies_never_get_a_server_error() {
         "logprobs",
         "best_of",
         "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "repetition_window",
+        "min_p",
+        "valid_utf8",
         "logit_bias",
         "suffix",
         "bogus",

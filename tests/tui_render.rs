@@ -70,6 +70,11 @@ fn main_screen_shows_text_parameters_distribution_and_status() {
         "│ temperature 0.80        t T  │",
         "│ top-k       off         k K  │",
         "│ top-p       off         p P  │",
+        "│ min-p       off         m M  │",
+        "│ repetition  off         a A  │",
+        "│ frequency   off         f F  │",
+        "│ presence    off         b B  │",
+        "│ utf-8 guard on          8    │",
         "│ length      1000        l L  │",
         "│ seed        0           n N  │",
         "│ speed       100/s       [ ]  │",
@@ -111,6 +116,23 @@ fn main_screen_shows_text_parameters_distribution_and_status() {
         .iter()
         .any(|l| l.ends_with("│ temperature 0.85        t T  │")));
     assert!(s.iter().any(|l| l.contains("Next token · T 0.85")));
+    // The other controls show their values once set.
+    for c in ['M', 'A', 'F', 'b', 'B'] {
+        app.handle_key(key(c));
+    }
+    let s2 = lines(&draw(&app, 100, 30));
+    for row in [
+        "│ min-p       0.01        m M  │",
+        "│ repetition  1.05        a A  │",
+        "│ frequency   0.10        f F  │",
+        "│ presence    0.10        b B  │",
+    ] {
+        assert!(
+            s2.iter().any(|l| l.ends_with(row)),
+            "missing {row:?} in\n{}",
+            s2.join("\n")
+        );
+    }
     assert!(
         s.iter()
             .any(|l| l.ends_with("│ e      ███████         50.0% │")),

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::Args;
 use quill::nn::model::Workspace;
 use quill::train::corpus::Corpus;
-use quill::train::evaluate_tokens;
+use quill::train::{eval_split, evaluate_tokens};
 
 use super::common::load_model;
 
@@ -31,9 +31,10 @@ pub struct EvalArgs {
     /// Which part of the token file: its validation split, its training split, or all.
     #[arg(long, value_enum, default_value_t = Split::Val, requires = "tokens")]
     split: Split,
-    /// Streams evaluated in parallel.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
+    /// Parallel streams the file is split into, each starting from a zero state (so the loss
+    /// is slightly above the sequential one); 1 gives the exact sequential loss.
+    #[arg(long, alias = "batch", default_value_t = 16)]
+    streams: usize,
     /// Window length.
     #[arg(long, default_value_t = 128)]
     seq: usize,
@@ -61,9 +62,9 @@ fn eval_tokens(
     lm: &quill::checkpoint::LoadedModel,
     path: &std::path::Path,
     split: Split,
-    batch: usize,
+    streams: usize,
     seq: usize,
-) -> anyhow::Result<(f64, usize)> {
+) -> anyhow::Result<(f64, usize, usize)> {
     use quill::train::tokens::TokenView;
     let (tokenizer, data, _) = quill::train::prepare::open_token_file(path, &mut |_| {})?;
     if tokenizer.sha256() != lm.tokenizer.sha256() {
@@ -85,23 +86,25 @@ fn eval_tokens(
         );
     }
     let mut ws = Workspace::default();
-    Ok(match tokens.view() {
-        TokenView::U8(t) => evaluate_tokens(&lm.model, &mut ws, t, batch, seq),
-        TokenView::U16(t) => evaluate_tokens(&lm.model, &mut ws, t, batch, seq),
-        TokenView::U32(t) => evaluate_tokens(&lm.model, &mut ws, t, batch, seq),
-    })
+    let (b, _) = eval_split(tokens.len(), streams);
+    let (nats, n) = match tokens.view() {
+        TokenView::U8(t) => evaluate_tokens(&lm.model, &mut ws, t, b, seq),
+        TokenView::U16(t) => evaluate_tokens(&lm.model, &mut ws, t, b, seq),
+        TokenView::U32(t) => evaluate_tokens(&lm.model, &mut ws, t, b, seq),
+    };
+    Ok((nats, n, b))
 }
 
 pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
     // Written with `?`, so a closed pipe (`| head`) ends quietly instead of panicking.
     let mut out = std::io::stdout().lock();
-    if a.batch == 0 || a.seq == 0 {
-        anyhow::bail!("invalid batch/seq: must be at least 1");
+    if a.streams == 0 || a.seq == 0 {
+        anyhow::bail!("invalid streams/seq: must be at least 1");
     }
     let lm = load_model(a.checkpoint.as_deref())?;
     let Some(file) = &a.file else {
         let path = a.tokens.as_ref().expect("clap requires --file or --tokens");
-        let (nats, n) = eval_tokens(&lm, path, a.split, a.batch, a.seq)?;
+        let (nats, n, streams) = eval_tokens(&lm, path, a.split, a.streams, a.seq)?;
         let loss = nats / n as f64;
         if a.json {
             writeln!(
@@ -110,7 +113,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 serde_json::json!({
                     "checkpoint": lm.path, "tokens_file": path, "split": format!("{:?}", a.split).to_lowercase(),
                     "tokens": n, "loss_per_token": loss, "perplexity": loss.exp(),
-                    "tokenizer": lm.tokenizer.kind(),
+                    "tokenizer": lm.tokenizer.kind(), "streams": streams,
                 })
             )?;
         } else {
@@ -121,6 +124,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
                 path.display(),
                 a.split
             )?;
+            writeln!(out, "streams         {}", streams_note(streams))?;
             writeln!(out, "loss            {loss:.4} nats/token")?;
             writeln!(out, "perplexity      {:.3}", loss.exp())?;
         }
@@ -138,7 +142,8 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let mut ws = Workspace::default();
-    let (nats, n) = evaluate_tokens(&lm.model, &mut ws, &tokens, a.batch, a.seq);
+    let (streams, _) = eval_split(tokens.len(), a.streams);
+    let (nats, n) = evaluate_tokens(&lm.model, &mut ws, &tokens, a.streams, a.seq);
     let loss = nats / n as f64;
     // Bits per character: total bits over the characters those tokens cover, estimated
     // from the file's token/char ratio.
@@ -151,7 +156,7 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             serde_json::json!({
                 "checkpoint": lm.path, "file": file, "tokens": n, "loss_per_token": loss,
                 "perplexity": loss.exp(), "bits_per_char": bpc,
-                "tokenizer": lm.tokenizer.kind(),
+                "tokenizer": lm.tokenizer.kind(), "streams": streams,
             })
         )?;
     } else {
@@ -162,9 +167,22 @@ pub fn run(a: EvalArgs) -> anyhow::Result<ExitCode> {
             file.display(),
             n
         )?;
+        writeln!(out, "streams         {}", streams_note(streams))?;
         writeln!(out, "loss            {loss:.4} nats/token")?;
         writeln!(out, "perplexity      {:.3}", loss.exp())?;
         writeln!(out, "bits per char   {bpc:.4}")?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How a file was split, for `eval` and `score`.
+pub fn streams_note(streams: usize) -> String {
+    if streams == 1 {
+        "1 (sequential: the exact loss)".to_string()
+    } else {
+        format!(
+            "{streams} (each from a zero state, so the loss is slightly above the sequential \
+             one; --streams 1 gives it exactly)"
+        )
+    }
 }

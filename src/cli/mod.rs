@@ -2,12 +2,14 @@
 
 mod bench;
 mod common;
+mod controls;
 mod eval;
 mod import;
 mod info;
 mod plot;
 mod prepare;
 mod sample;
+mod score;
 mod serve;
 mod train;
 mod tui;
@@ -34,6 +36,8 @@ enum Command {
     Sample(sample::SampleArgs),
     /// Loss, perplexity and bits per character of a model on a text file.
     Eval(eval::EvalArgs),
+    /// Loss of every line, paragraph or file of some text under one model or two side by side.
+    Score(score::ScoreArgs),
     /// Describe a checkpoint: configuration, parameter count, vocabulary, progress, losses.
     Info(info::InfoArgs),
     /// Write a weights-only copy of a checkpoint (for sampling and sharing; not resumable).
@@ -58,6 +62,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> anyhow::Result<ExitCode> {
         Command::Prepare(a) => prepare::run(*a),
         Command::Sample(a) => sample::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Score(a) => score::run(a),
         Command::Info(a) => info::run(a),
         Command::Export(a) => info::export(a),
         Command::Import(a) => import::run(a, sub.expect("import has matches")),

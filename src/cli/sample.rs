@@ -19,6 +19,7 @@ use quill::generate::{SamplingParams, Session, StreamSpec};
 use quill::tokenizer::UnknownPolicy;
 
 use super::common::load_model;
+use super::controls::ControlArgs;
 
 /// A `--top-k` value: a number, or `none` for no top-k.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,6 +97,8 @@ pub struct SampleArgs {
     /// Batch mode: worker threads, each stepping its own share of the samples [default: all cores].
     #[arg(long, requires = "out")]
     threads: Option<usize>,
+    #[command(flatten)]
+    controls: ControlArgs,
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
@@ -105,14 +108,20 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     if a.out.is_some() {
         return run_batch(a);
     }
-    if a.temperature.len() > 1 || a.top_k.len() > 1 || a.top_p.len() > 1 || a.seed.len() > 1 {
+    if a.temperature.len() > 1
+        || a.top_k.len() > 1
+        || a.top_p.len() > 1
+        || a.seed.len() > 1
+        || a.controls.is_sweep()
+    {
         anyhow::bail!("several values (a sweep) need --out DIR to write the samples to");
     }
-    let params = SamplingParams {
+    let params = a.controls.apply(SamplingParams {
         temperature: a.temperature[0],
         top_k: a.top_k[0].0,
         top_p: a.top_p[0],
-    };
+        ..SamplingParams::default()
+    });
     params.validate()?;
     StopStrings::new(&a.stop)?;
     let lm = load_model(a.checkpoint.as_deref())?;
@@ -196,13 +205,14 @@ fn read_primes(a: &SampleArgs) -> anyhow::Result<Vec<String>> {
 fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
     let out = a.out.clone().expect("batch mode has --out");
     let primes = read_primes(&a)?;
-    let sweep = Sweep {
+    let sweep = a.controls.sweep(Sweep {
         temperature: a.temperature.clone(),
         top_k: a.top_k.iter().map(|k| k.0).collect(),
         top_p: a.top_p.clone(),
         seed: a.seed.clone(),
         count: a.count.unwrap_or(1),
-    };
+        ..Sweep::default()
+    });
     let samples = batch::plan(primes.len(), &sweep)?;
     let cfg = GenConfig {
         length: a.length,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::mpsc;
 
+use super::controls::ControlArgs;
 use anyhow::Context;
 use clap::Args;
 use quill::checkpoint;
@@ -15,6 +16,7 @@ use quill::tui::terminal::{self, TerminalGuard};
 use quill::tui::{self, App, AppEvent, InputThread, ModelInfo, Options, Settings, WorkerHandle};
 
 #[derive(Debug, Args)]
+#[command(allow_negative_numbers = true)]
 pub struct TuiArgs {
     /// Checkpoint to open [default: the newest *-best in checkpoints/, else the newest checkpoint there].
     path: Option<PathBuf>,
@@ -45,14 +47,21 @@ pub struct TuiArgs {
     /// Default directory for saved text (w).
     #[arg(long, default_value = "samples")]
     samples: PathBuf,
+    /// Initial values of the other controls (keys in the help, ?).
+    #[command(flatten)]
+    controls: ControlArgs,
 }
 
 pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
-    let sampling = SamplingParams {
+    if a.controls.is_sweep() {
+        anyhow::bail!("the TUI takes one value per control (lists are for `quill sample --out`)");
+    }
+    let sampling = a.controls.apply(SamplingParams {
         temperature: a.temperature,
         top_k: a.top_k,
         top_p: a.top_p,
-    };
+        ..SamplingParams::default()
+    });
     sampling.validate()?;
     let path = match &a.path {
         Some(p) => p.clone(),

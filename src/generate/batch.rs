@@ -1,8 +1,8 @@
 //! Batched generation: many samples at once, reproducible, each its own stream in the
 //! [`Engine`].
 //!
-//! * [`plan`] expands a sweep (lists of temperatures, top-k, top-p and seeds, times a count,
-//!   for every prime) into numbered [`SampleSpec`]s, ids 1..=N.
+//! * [`plan`] expands a sweep (lists of temperatures, top-k, top-p, min-p, penalties and
+//!   seeds, times a count, for every prime) into numbered [`SampleSpec`]s, ids 1..=N.
 //! * [`generate`] runs them: at most [`GenConfig::max_batch`] streams at a time advance
 //!   together in the engine (shards on every core); a finished stream's place goes to the
 //!   next sample. The state after each distinct prime is computed once and every stream of
@@ -46,6 +46,17 @@ pub struct Sweep {
     pub top_k: Vec<Option<usize>>,
     /// Top-p values (1.0: off).
     pub top_p: Vec<f32>,
+    /// Min-p values (0: off).
+    pub min_p: Vec<f32>,
+    /// Repetition penalties (1: off).
+    pub repetition_penalty: Vec<f32>,
+    /// Frequency penalties (0: off).
+    pub frequency_penalty: Vec<f32>,
+    /// Presence penalties (0: off).
+    pub presence_penalty: Vec<f32>,
+    /// Settings every sample shares: the repetition window and the UTF-8 guard (the swept
+    /// fields of it are ignored).
+    pub fixed: SamplingParams,
     /// User seeds; each sample's sampler is seeded with [`super::sample_seed`]`(seed, id)`.
     pub seed: Vec<u64>,
     /// Samples per combination.
@@ -60,6 +71,11 @@ impl Default for Sweep {
             temperature: vec![p.temperature],
             top_k: vec![p.top_k],
             top_p: vec![p.top_p],
+            min_p: vec![p.min_p],
+            repetition_penalty: vec![p.repetition_penalty],
+            frequency_penalty: vec![p.frequency_penalty],
+            presence_penalty: vec![p.presence_penalty],
+            fixed: p,
             seed: vec![0],
             count: 1,
         }
@@ -80,7 +96,9 @@ pub struct SampleSpec {
 }
 
 /// Expands a sweep over `n_primes` primes into samples with ids 1..=N, in the order
-/// prime, temperature, top-k, top-p, seed, repetition (the last varies fastest).
+/// prime, temperature, top-k, top-p, min-p, repetition penalty, frequency penalty, presence
+/// penalty, seed, repetition (the last varies fastest; a list of one value changes nothing, so
+/// plans without the newer controls number their samples as before).
 /// Errors on an empty list, `count == 0`, no primes, invalid sampling values, or more than
 /// [`MAX_SAMPLES`] samples.
 pub fn plan(n_primes: usize, sweep: &Sweep) -> Result<Vec<SampleSpec>> {
@@ -94,6 +112,10 @@ pub fn plan(n_primes: usize, sweep: &Sweep) -> Result<Vec<SampleSpec>> {
     nonempty("temperature", sweep.temperature.len())?;
     nonempty("top-k", sweep.top_k.len())?;
     nonempty("top-p", sweep.top_p.len())?;
+    nonempty("min-p", sweep.min_p.len())?;
+    nonempty("repetition-penalty", sweep.repetition_penalty.len())?;
+    nonempty("frequency-penalty", sweep.frequency_penalty.len())?;
+    nonempty("presence-penalty", sweep.presence_penalty.len())?;
     nonempty("seed", sweep.seed.len())?;
     nonempty("prime", n_primes)?;
     if sweep.count == 0 {
@@ -104,6 +126,10 @@ pub fn plan(n_primes: usize, sweep: &Sweep) -> Result<Vec<SampleSpec>> {
         sweep.temperature.len(),
         sweep.top_k.len(),
         sweep.top_p.len(),
+        sweep.min_p.len(),
+        sweep.repetition_penalty.len(),
+        sweep.frequency_penalty.len(),
+        sweep.presence_penalty.len(),
         sweep.seed.len(),
         sweep.count,
     ]
@@ -116,27 +142,50 @@ pub fn plan(n_primes: usize, sweep: &Sweep) -> Result<Vec<SampleSpec>> {
             format!("the sweep asks for more than {MAX_SAMPLES} samples"),
         )
     })?;
+    // Every combination of the swept values, the first list varying slowest.
+    fn expand<T>(
+        combos: Vec<SamplingParams>,
+        values: &[T],
+        set: impl Fn(&mut SamplingParams, &T),
+    ) -> Vec<SamplingParams> {
+        let mut out = Vec::with_capacity(combos.len() * values.len());
+        for p in combos {
+            for v in values {
+                let mut q = p;
+                set(&mut q, v);
+                out.push(q);
+            }
+        }
+        out
+    }
+    let mut combos = vec![sweep.fixed];
+    combos = expand(combos, &sweep.temperature, |p, &v| p.temperature = v);
+    combos = expand(combos, &sweep.top_k, |p, &v| p.top_k = v);
+    combos = expand(combos, &sweep.top_p, |p, &v| p.top_p = v);
+    combos = expand(combos, &sweep.min_p, |p, &v| p.min_p = v);
+    combos = expand(combos, &sweep.repetition_penalty, |p, &v| {
+        p.repetition_penalty = v
+    });
+    combos = expand(combos, &sweep.frequency_penalty, |p, &v| {
+        p.frequency_penalty = v
+    });
+    combos = expand(combos, &sweep.presence_penalty, |p, &v| {
+        p.presence_penalty = v
+    });
+    for params in &combos {
+        params.validate()?;
+    }
     let mut out = Vec::with_capacity(total);
     for prime in 0..n_primes {
-        for &temperature in &sweep.temperature {
-            for &top_k in &sweep.top_k {
-                for &top_p in &sweep.top_p {
-                    let params = SamplingParams {
-                        temperature,
-                        top_k,
-                        top_p,
-                    };
-                    params.validate()?;
-                    for &seed in &sweep.seed {
-                        for _ in 0..sweep.count {
-                            out.push(SampleSpec {
-                                id: out.len() as u64 + 1,
-                                prime,
-                                params,
-                                seed,
-                            });
-                        }
-                    }
+        for &params in &combos {
+            for &seed in &sweep.seed {
+                for _ in 0..sweep.count {
+                    out.push(SampleSpec {
+                        id: out.len() as u64 + 1,
+                        prime,
+                        params,
+                        seed,
+                    });
                 }
             }
         }
@@ -471,6 +520,7 @@ mod tests {
             top_p: vec![1.0],
             seed: vec![7, 8],
             count: 3,
+            ..Sweep::default()
         };
         let p = plan(2, &sw).unwrap();
         assert_eq!(p.len(), 2 * 2 * 2 * 2 * 3);
@@ -481,6 +531,75 @@ mod tests {
         assert_eq!(p[12].params.temperature, 1.0);
         assert_eq!((p[23].prime, p[24].prime), (0, 1));
         assert_eq!(plan(1, &Sweep::default()).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn plan_sweeps_the_newer_controls_after_top_p_and_before_the_seed() {
+        let fixed = SamplingParams {
+            repetition_window: 8,
+            valid_utf8: true,
+            // Swept fields of `fixed` are ignored.
+            temperature: 3.0,
+            ..SamplingParams::default()
+        };
+        let sw = Sweep {
+            top_p: vec![1.0, 0.9],
+            min_p: vec![0.0, 0.1],
+            repetition_penalty: vec![1.0, 1.3],
+            frequency_penalty: vec![0.0, 0.5],
+            presence_penalty: vec![0.0, -0.5],
+            seed: vec![1, 2],
+            fixed,
+            ..Sweep::default()
+        };
+        let p = plan(1, &sw).unwrap();
+        assert_eq!(p.len(), 64);
+        assert!(p.iter().all(|s| s.params.repetition_window == 8
+            && s.params.valid_utf8
+            && s.params.temperature == 0.8));
+        // seed fastest, then presence, frequency, repetition, min-p, top-p
+        assert_eq!((p[0].seed, p[1].seed), (1, 2));
+        assert_eq!(
+            (p[1].params.presence_penalty, p[2].params.presence_penalty),
+            (0.0, -0.5)
+        );
+        assert_eq!(p[4].params.frequency_penalty, 0.5);
+        assert_eq!(p[8].params.repetition_penalty, 1.3);
+        assert_eq!(p[16].params.min_p, 0.1);
+        assert_eq!(p[32].params.top_p, 0.9);
+        for (field, sw) in [
+            (
+                "min-p",
+                Sweep {
+                    min_p: vec![1.5],
+                    ..Sweep::default()
+                },
+            ),
+            (
+                "repetition-penalty",
+                Sweep {
+                    repetition_penalty: vec![0.0],
+                    ..Sweep::default()
+                },
+            ),
+            (
+                "frequency-penalty",
+                Sweep {
+                    frequency_penalty: vec![2.5],
+                    ..Sweep::default()
+                },
+            ),
+            (
+                "presence-penalty",
+                Sweep {
+                    presence_penalty: vec![],
+                    ..Sweep::default()
+                },
+            ),
+        ] {
+            let e = plan(1, &sw).unwrap_err().to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 
     #[test]
@@ -547,6 +666,7 @@ mod tests {
             top_p: vec![1.0, 0.8],
             seed: vec![11],
             count: 1,
+            ..Sweep::default()
         };
         let mut specs = plan(primes.len(), &sw).unwrap();
         specs.extend(

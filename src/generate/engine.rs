@@ -436,6 +436,7 @@ mod tests {
                 temperature: 1.0 + (id % 3) as f32 * 0.2,
                 top_k: id.is_multiple_of(2).then_some(5),
                 top_p: 0.95,
+                ..SamplingParams::default()
             },
             seed: 42,
             id,

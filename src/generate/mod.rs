@@ -1,8 +1,11 @@
 //! Generation, written once for every caller.
 //!
-//! - [`sampler`]: one row of logits in, one token out (temperature, top-k, top-p; NaN-safe).
+//! - [`sampler`]: one row of logits in, one token out (temperature, min-p, top-k, top-p, the
+//!   repetition / frequency / presence penalties over the stream's history, ban lists;
+//!   NaN-safe).
 //! - [`stream`]: one text being generated: sampler + streaming decoder + stop strings +
-//!   end-of-text, and the shared rules (start tokens, seeds, stop reasons).
+//!   end-of-text + the UTF-8 guard of BPE models, and the shared rules (start tokens, seeds,
+//!   stop reasons).
 //! - [`engine`]: many streams stepped together (one matrix product per layer per step),
 //!   joining and leaving at any step.
 //! - [`session`]: one stream, interactively (pause, continue, re-steer, next-token

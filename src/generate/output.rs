@@ -44,6 +44,8 @@ pub struct CheckpointInfo {
     pub path: String,
     /// SHA-256 of the file's bytes, lowercase hex.
     pub sha256: String,
+    /// Whether its tokenizer is byte-level (BPE), where the UTF-8 guard applies.
+    pub byte_level: bool,
 }
 
 impl CheckpointInfo {
@@ -54,6 +56,7 @@ impl CheckpointInfo {
         CheckpointInfo {
             path: shown.to_string_lossy().into_owned(),
             sha256: lm.sha256.clone(),
+            byte_level: lm.tokenizer.kind() == crate::tokenizer::TokenizerKind::Bpe,
         }
     }
 }
@@ -78,6 +81,23 @@ pub struct ManifestRecord {
     pub top_k: Option<usize>,
     /// Top-p.
     pub top_p: f32,
+    /// Min-p, when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_p: Option<f32>,
+    /// Repetition penalty and its window, when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_penalty: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetition_window: Option<usize>,
+    /// Frequency penalty, when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Presence penalty, when on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
+    /// `true` when the UTF-8 guard was on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid_utf8: Option<bool>,
     /// User seed.
     pub seed: u64,
     /// Tokens generated.
@@ -230,6 +250,9 @@ impl SampleWriter {
         })?;
         let prime = self.primes.get(spec.prime).cloned().unwrap_or_default();
         let content = format!("{prime}{}", out.output.text);
+        // The newer controls are recorded only when on, so older manifests read the same.
+        let p = spec.params;
+        let rep = p.repetition_penalty != 1.0;
         let mut rec = ManifestRecord {
             id: spec.id,
             file: None,
@@ -239,6 +262,13 @@ impl SampleWriter {
             temperature: spec.params.temperature,
             top_k: spec.params.top_k,
             top_p: spec.params.top_p,
+            min_p: (p.min_p != 0.0).then_some(p.min_p),
+            repetition_penalty: rep.then_some(p.repetition_penalty),
+            repetition_window: rep.then_some(p.repetition_window),
+            frequency_penalty: (p.frequency_penalty != 0.0).then_some(p.frequency_penalty),
+            presence_penalty: (p.presence_penalty != 0.0).then_some(p.presence_penalty),
+            // Recorded where it changed what could be sampled: byte-level models with it on.
+            valid_utf8: (p.valid_utf8 && self.checkpoint.byte_level).then_some(true),
             seed: spec.seed,
             tokens: out.output.tokens,
             stop_reason: out.output.stop.as_str().to_string(),
@@ -315,6 +345,7 @@ mod tests {
         CheckpointInfo {
             path: "/m.safetensors".into(),
             sha256: "ab".repeat(32),
+            byte_level: false,
         }
     }
 

@@ -17,6 +17,20 @@
 //! greedy ~22 us, T = 1 ~26 us, T = 0.8 ~43 us, top-k 40 ~70 us, top-p 0.9 ~85-110 us;
 //! V = 65: 0.2-1 us.
 //!
+//! Controls that change the logits before the softmax (they cost nothing when off: the row
+//! is then sampled as it comes; when on, it is copied once into a scratch row and edited):
+//! * repetition penalty r over the last N tokens of the context (prompt and generated text),
+//!   CTRL / Hugging Face semantics: each distinct token among them has a positive logit
+//!   divided by r and a negative one multiplied by r;
+//! * frequency and presence penalties (OpenAI semantics) over the generated tokens:
+//!   `logit -= frequency * count + presence * (count > 0)`;
+//! * a ban list (the UTF-8 guard of byte-level BPE models, see
+//!   [`crate::tokenizer::Utf8Guard`]): banned tokens get `-inf`.
+//!
+//! Then temperature, min-p (keep tokens whose tempered probability is at least `min_p` times
+//! the top token's), top-k, top-p. The reported `logprob` is always under the model's own
+//! logits (before the penalties), so mean log-probabilities stay comparable.
+//!
 //! Tempered probabilities below ~1.6e-38 of the top token's (exponent under -87) count as 0
 //! and are never drawn.
 //!
@@ -42,10 +56,19 @@ const NUCLEUS_SORT_LEN: usize = 32;
 /// * `top_p`: nucleus sampling, keep the smallest set of most probable tokens whose
 ///   cumulative probability is >= `top_p` (1.0: off). Applied after top-k, on the
 ///   renormalised remainder.
+/// * `min_p`: keep only tokens whose probability (after temperature) is at least `min_p`
+///   times the most probable token's (0: off). Applied before top-k and top-p.
+/// * `repetition_penalty` (1: off) over the last `repetition_window` tokens of the context,
+///   `frequency_penalty` and `presence_penalty` (0: off) over the generated tokens; see the
+///   module docs.
+/// * `valid_utf8` (on by default): for byte-level BPE models, never sample a token that would
+///   make the output invalid UTF-8 (no U+FFFD in the text); no effect for char and word
+///   models.
 ///
 /// [`SamplingParams::validate`] rejects bad values. The [`Sampler`] itself never panics on
 /// them: a negative or NaN temperature acts as 0, `top_k == Some(0)` acts as 1, `top_p <= 0`
-/// keeps only the most probable token and a NaN `top_p` is off.
+/// keeps only the most probable token and a NaN `top_p` is off; a NaN or non-positive
+/// repetition penalty, NaN penalties and a NaN `min_p` are off.
 #[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// Softmax temperature, >= 0 and finite; 0 means argmax.
@@ -54,15 +77,59 @@ pub struct SamplingParams {
     pub top_k: Option<usize>,
     /// Nucleus threshold in (0, 1]; 1.0 disables top-p.
     pub top_p: f32,
+    /// Min-p threshold in [0, 1]; 0 disables it.
+    #[serde(default)]
+    pub min_p: f32,
+    /// Repetition penalty, > 0 (1: off; above 1 discourages repeats, below 1 favours them).
+    #[serde(default = "one")]
+    pub repetition_penalty: f32,
+    /// How many of the latest context tokens the repetition penalty looks at, >= 1.
+    #[serde(default = "default_window")]
+    pub repetition_window: usize,
+    /// Frequency penalty in [-2, 2] (0: off).
+    #[serde(default)]
+    pub frequency_penalty: f32,
+    /// Presence penalty in [-2, 2] (0: off).
+    #[serde(default)]
+    pub presence_penalty: f32,
+    /// Only sample tokens that keep a byte-level BPE model's output valid UTF-8.
+    #[serde(default = "on")]
+    pub valid_utf8: bool,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+fn default_window() -> usize {
+    DEFAULT_REPETITION_WINDOW
+}
+
+/// Tokens the repetition penalty looks back over unless told otherwise.
+pub const DEFAULT_REPETITION_WINDOW: usize = 64;
+/// Largest repetition window.
+pub const MAX_REPETITION_WINDOW: usize = 1 << 20;
+/// Largest absolute frequency or presence penalty (OpenAI's range).
+pub const MAX_PENALTY: f32 = 2.0;
+
+/// `valid_utf8`'s default when a serialised value leaves it out.
+fn on() -> bool {
+    true
 }
 
 impl Default for SamplingParams {
-    /// Temperature 0.8, no top-k, no top-p.
+    /// Temperature 0.8, no top-k, no top-p, every other control off.
     fn default() -> Self {
         Self {
             temperature: 0.8,
             top_k: None,
             top_p: 1.0,
+            min_p: 0.0,
+            repetition_penalty: 1.0,
+            repetition_window: DEFAULT_REPETITION_WINDOW,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            valid_utf8: true,
         }
     }
 }
@@ -72,13 +139,20 @@ impl SamplingParams {
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,
-            top_k: None,
-            top_p: 1.0,
+            ..Self::default()
         }
     }
 
+    /// Whether any control that edits the logits (penalties) is on.
+    fn penalises(&self) -> bool {
+        let r = self.repetition_penalty;
+        (r > 0.0 && r != 1.0) || self.frequency_penalty != 0.0 || self.presence_penalty != 0.0
+    }
+
     /// Check the parameters: temperature must be finite and >= 0, `top_k` must not be
-    /// `Some(0)`, `top_p` must lie in (0, 1].
+    /// `Some(0)`, `top_p` must lie in (0, 1], `min_p` in [0, 1], the repetition penalty must
+    /// be finite and > 0 with a window of 1 to [`MAX_REPETITION_WINDOW`] tokens, the
+    /// frequency and presence penalties in [-2, 2].
     pub fn validate(&self) -> Result<()> {
         let t = self.temperature;
         if t.is_nan() || t < 0.0 || t.is_infinite() {
@@ -99,6 +173,38 @@ impl SamplingParams {
                 "top-p",
                 format!("{p} (must be in (0, 1]; 1 disables nucleus sampling)"),
             ));
+        }
+        let m = self.min_p;
+        if !(0.0..=1.0).contains(&m) {
+            return Err(Error::config(
+                "min-p",
+                format!("{m} (must be in [0, 1]; 0 disables min-p)"),
+            ));
+        }
+        let r = self.repetition_penalty;
+        if !(r > 0.0 && r.is_finite()) {
+            return Err(Error::config(
+                "repetition-penalty",
+                format!("{r} (must be a finite number > 0; 1 disables it)"),
+            ));
+        }
+        let w = self.repetition_window;
+        if !(1..=MAX_REPETITION_WINDOW).contains(&w) {
+            return Err(Error::config(
+                "repetition-window",
+                format!("{w} (must be 1 to {MAX_REPETITION_WINDOW} tokens)"),
+            ));
+        }
+        for (name, v) in [
+            ("frequency-penalty", self.frequency_penalty),
+            ("presence-penalty", self.presence_penalty),
+        ] {
+            if !(-MAX_PENALTY..=MAX_PENALTY).contains(&v) {
+                return Err(Error::config(
+                    name,
+                    format!("{v} (must be in [-2, 2]; 0 disables it)"),
+                ));
+            }
         }
         Ok(())
     }
@@ -132,6 +238,18 @@ pub struct Sampler {
     blocks: Vec<f64>,
     /// Candidates for top-k/top-p as packed [`key`]s (probability and id), length <= V.
     keys: Vec<u64>,
+    /// The context for the penalties: the prompt, then every sampled token.
+    history: Vec<u32>,
+    /// How many tokens of `history` are the prompt.
+    n_prompt: usize,
+    /// How often each generated token occurs (grown to V when first needed), for the
+    /// frequency and presence penalties, and the distinct generated tokens in order of first
+    /// appearance; they cover `history[n_prompt..counted]`.
+    counts: Vec<u32>,
+    seen: Vec<u32>,
+    counted: usize,
+    /// The logits after the penalties and the ban list, length V.
+    adjusted: Vec<f32>,
 }
 
 impl Sampler {
@@ -143,7 +261,25 @@ impl Sampler {
             probs: Vec::new(),
             keys: Vec::new(),
             blocks: Vec::new(),
+            history: Vec::new(),
+            n_prompt: 0,
+            counts: Vec::new(),
+            seen: Vec::new(),
+            counted: 0,
+            adjusted: Vec::new(),
         }
+    }
+
+    /// Sets the context the penalties start from (the prompt), forgetting all history. The
+    /// repetition penalty looks at the prompt too; the frequency and presence penalties only at
+    /// the tokens sampled afterwards.
+    pub fn set_context(&mut self, prompt: &[u32]) {
+        self.history.clear();
+        self.history.extend_from_slice(prompt);
+        self.n_prompt = prompt.len();
+        self.seen.iter().for_each(|&t| self.counts[t as usize] = 0);
+        self.seen.clear();
+        self.counted = self.n_prompt;
     }
 
     /// The current parameters.
@@ -175,14 +311,118 @@ impl Sampler {
         Ok(())
     }
 
-    /// Sample one token id from one row of logits (length V).
+    /// Sample one token id from one row of logits (length V), with the penalties of the
+    /// parameters applied; the token joins the sampler's history.
     ///
     /// Temperature 0 (or negative/NaN) returns the argmax (ties: lowest id) and consumes no
-    /// randomness. Otherwise: softmax(logits / temperature), then top-k, then top-p on the
-    /// renormalised rest, then one uniform draw walked along the cumulative distribution.
+    /// randomness. Otherwise: softmax(logits / temperature), then min-p, then top-k, then
+    /// top-p on the renormalised rest, then one uniform draw walked along the cumulative
+    /// distribution.
     /// Empty logits give id 0 with `prob` 0 and `logprob` `-inf`; all `-inf`/NaN logits give
     /// id 0 with `prob` 1 and `logprob` `-inf` (see the module docs).
     pub fn sample(&mut self, logits: &[f32]) -> Sampled {
+        self.sample_banning(logits, &[])
+    }
+
+    /// [`Sampler::sample`] with the tokens of `banned` excluded (given `-inf` logits). When
+    /// every token is banned or `-inf` there is no distribution (see the module docs).
+    pub fn sample_banning(&mut self, logits: &[f32], banned: &[u32]) -> Sampled {
+        let s = if banned.is_empty() && !self.params.penalises() {
+            self.sample_row(logits)
+        } else {
+            if self.params.frequency_penalty != 0.0 || self.params.presence_penalty != 0.0 {
+                self.count_generated(logits.len());
+            }
+            let mut adjusted = std::mem::take(&mut self.adjusted);
+            self.adjust(logits, banned, &mut adjusted);
+            let mut s = self.sample_row(&adjusted);
+            self.adjusted = adjusted;
+            s.logprob = log_prob(logits, s.id);
+            s
+        };
+        self.history.push(s.id);
+        s
+    }
+
+    /// `out` = `logits` with the repetition, frequency and presence penalties applied and
+    /// the banned tokens at `-inf`. Generated tokens not yet in `counts` (the last sampled
+    /// one, or all since the penalties were off) are counted on the fly.
+    fn adjust(&self, logits: &[f32], banned: &[u32], out: &mut Vec<f32>) {
+        out.clear();
+        out.extend_from_slice(logits);
+        let p = self.params;
+        let r = p.repetition_penalty;
+        if r > 0.0 && r != 1.0 {
+            let from = self.history.len().saturating_sub(p.repetition_window);
+            for &t in &self.history[from..] {
+                // From the original logit, so a token seen twice is penalised once.
+                if let Some(&x) = logits.get(t as usize) {
+                    out[t as usize] = if x > 0.0 { x / r } else { x * r };
+                }
+            }
+        }
+        let off_if_nan = |x: f32| if x.is_nan() { 0.0 } else { x };
+        let (f, pr) = (
+            off_if_nan(p.frequency_penalty),
+            off_if_nan(p.presence_penalty),
+        );
+        if f != 0.0 || pr != 0.0 {
+            let fresh = &self.history[self.counted.max(self.n_prompt)..];
+            let counted = |t: u32| self.counts.get(t as usize).copied().unwrap_or(0);
+            let in_fresh = |t: u32| fresh.iter().filter(|&&x| x == t).count() as u32;
+            let mut penalise = |t: u32, c: u32| {
+                if let Some(x) = out.get_mut(t as usize) {
+                    *x -= f * c as f32 + pr;
+                }
+            };
+            for &t in &self.seen {
+                penalise(t, counted(t) + in_fresh(t));
+            }
+            for (i, &t) in fresh.iter().enumerate() {
+                if counted(t) == 0 && !fresh[..i].contains(&t) {
+                    penalise(t, in_fresh(t));
+                }
+            }
+        }
+        for &t in banned {
+            if let Some(x) = out.get_mut(t as usize) {
+                *x = f32::NEG_INFINITY;
+            }
+        }
+    }
+
+    /// The logits the next [`Sampler::sample_banning`] would sample from, penalties and
+    /// `banned` applied, without changing the sampler (for showing the distribution); `None`
+    /// when nothing would change them.
+    pub fn preview_adjusted(&self, logits: &[f32], banned: &[u32]) -> Option<Vec<f32>> {
+        if banned.is_empty() && !self.params.penalises() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(logits.len());
+        self.adjust(logits, banned, &mut out);
+        Some(out)
+    }
+
+    /// Brings `counts` and `seen` up to date with the generated tokens.
+    fn count_generated(&mut self, v: usize) {
+        // Only the tokens not counted yet: the history can be long.
+        let fresh = &self.history[self.counted..];
+        let need = v.max(fresh.iter().map(|&t| t as usize + 1).max().unwrap_or(0));
+        if self.counts.len() < need {
+            self.counts.resize(need, 0);
+        }
+        for &t in &self.history[self.counted..] {
+            let c = &mut self.counts[t as usize];
+            if *c == 0 {
+                self.seen.push(t);
+            }
+            *c += 1;
+        }
+        self.counted = self.history.len();
+    }
+
+    /// Samples from one row as it is (no penalties, no history).
+    fn sample_row(&mut self, logits: &[f32]) -> Sampled {
         let v = logits.len();
         if v == 0 {
             return Sampled {
@@ -213,8 +453,18 @@ impl Sampler {
         // Unnormalised tempered probabilities (vectorised exp), their per-block and total
         // mass, and the temperature-1 partition sum for the logprob (shared when t == 1).
         tempered_exp(logits, m, t, &mut self.probs);
+        let min_p_on = self.params.min_p > 0.0;
+        if min_p_on {
+            // The top token's tempered probability is probs[amax] (1 for a finite maximum).
+            let floor = self.params.min_p * self.probs[amax];
+            self.probs.iter_mut().for_each(|p| {
+                if *p < floor {
+                    *p = 0.0
+                }
+            });
+        }
         let s_t = block_sums(&self.probs, &mut self.blocks);
-        let s_1 = if t == 1.0 {
+        let s_1 = if t == 1.0 && !min_p_on {
             s_t
         } else {
             partition_sum(logits, m)
@@ -675,6 +925,7 @@ mod tests {
             temperature,
             top_k,
             top_p,
+            ..SamplingParams::default()
         }
     }
 
@@ -1005,6 +1256,260 @@ mod tests {
         assert!(chi2 < 43.8, "chi2 {chi2}");
     }
 
+    /// Draws `n` samples of `l` from copies of `base` (same history), each reseeded, and
+    /// returns the frequency of each id.
+    fn frequencies(base: &Sampler, l: &[f32], n: usize) -> Vec<f64> {
+        let mut counts = vec![0usize; l.len()];
+        for i in 0..n {
+            let mut s = base.clone();
+            s.reseed(i as u64);
+            counts[s.sample(l).id as usize] += 1;
+        }
+        counts.iter().map(|&c| c as f64 / n as f64).collect()
+    }
+
+    /// Asserts the empirical frequencies match `want` (chi-square at P = 0.001 over the
+    /// tokens with positive probability; tokens with none never drawn).
+    fn assert_matches(freq: &[f64], want: &[f64], n: usize) {
+        let mut chi2 = 0.0;
+        let mut tokens = 0;
+        for (i, (&f, &w)) in freq.iter().zip(want).enumerate() {
+            if w == 0.0 {
+                assert_eq!(f, 0.0, "id {i} has probability 0 but was drawn");
+                continue;
+            }
+            chi2 += (f - w).powi(2) * n as f64 / w;
+            tokens += 1;
+        }
+        // Critical values of chi-square at P = 0.001 for 1..=9 degrees of freedom
+        // (tokens - 1).
+        let crit = [10.8, 13.8, 16.3, 18.5, 20.5, 22.5, 24.3, 26.1, 27.9][tokens - 2];
+        assert!(
+            chi2 < crit,
+            "chi2 {chi2} over {tokens} tokens: {freq:?} vs {want:?}"
+        );
+    }
+
+    /// Makes the sampler generate `ids` (one-hot rows), so they join its history.
+    fn generate(s: &mut Sampler, v: usize, ids: &[u32]) {
+        for &id in ids {
+            let mut row = vec![-1e4f32; v];
+            row[id as usize] = 1e4;
+            assert_eq!(s.sample(&row).id, id);
+        }
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits_in_the_window() {
+        let l = [2.0f32, 1.0, -1.0, 0.5, 0.0];
+        let p = SamplingParams {
+            temperature: 1.0,
+            repetition_penalty: 2.0,
+            repetition_window: 3,
+            ..SamplingParams::default()
+        };
+        let mut base = Sampler::new(p, 0);
+        // Prompt [0, 2], then 2 is generated again and 3 too: the window of 3 is [2, 2, 3],
+        // so 0 (outside it) is not penalised and 2 only once.
+        base.set_context(&[0, 2]);
+        generate(&mut base, 5, &[2, 3]);
+        let n = 20_000;
+        let want = softmax(&[2.0, 1.0, -2.0, 0.25, 0.0], 1.0);
+        assert_matches(&frequencies(&base, &l, n), &want, n);
+        // The logprob stays the model's own.
+        let mut s = base.clone();
+        let x = s.sample(&l);
+        assert!((x.logprob - log_prob(&l, x.id)).abs() < 1e-6);
+        assert!((x.prob as f64 - want[x.id as usize]).abs() < 1e-5);
+        // A wider window reaches the prompt's 0; penalty 1 is off.
+        let mut wide = base.clone();
+        wide.set_params(SamplingParams {
+            repetition_window: 4,
+            ..p
+        });
+        let want = softmax(&[1.0, 1.0, -2.0, 0.25, 0.0], 1.0);
+        assert_matches(&frequencies(&wide, &l, n), &want, n);
+        let mut off = base.clone();
+        off.set_params(SamplingParams {
+            temperature: 1.0,
+            ..SamplingParams::default()
+        });
+        assert_matches(&frequencies(&off, &l, n), &softmax(&l, 1.0), n);
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_count_generated_tokens_only() {
+        let l = [1.0f32, 1.0, 1.0, 1.0];
+        let p = SamplingParams {
+            temperature: 1.0,
+            frequency_penalty: 0.5,
+            presence_penalty: 0.25,
+            ..SamplingParams::default()
+        };
+        let mut base = Sampler::new(p, 0);
+        // The prompt's 1 does not count; 0 was generated twice, 3 once.
+        base.set_context(&[1, 1]);
+        generate(&mut base, 4, &[0, 3, 0]);
+        let n = 20_000;
+        let want = softmax(&[1.0 - 1.0 - 0.25, 1.0, 1.0, 1.0 - 0.5 - 0.25], 1.0);
+        assert_matches(&frequencies(&base, &l, n), &want, n);
+        // Negative penalties favour what was generated; turned on late, they still count
+        // every token generated since the start.
+        let mut late = Sampler::new(SamplingParams::default(), 0);
+        late.set_context(&[1, 1]);
+        generate(&mut late, 4, &[0, 3, 0]);
+        late.set_params(SamplingParams {
+            temperature: 1.0,
+            frequency_penalty: -0.5,
+            presence_penalty: 0.0,
+            ..SamplingParams::default()
+        });
+        let want = softmax(&[2.0, 1.0, 1.0, 1.5], 1.0);
+        assert_matches(&frequencies(&late, &l, n), &want, n);
+        // A new context forgets the counts.
+        let mut fresh = base.clone();
+        fresh.set_context(&[]);
+        assert_matches(&frequencies(&fresh, &l, n), &softmax(&l, 1.0), n);
+    }
+
+    #[test]
+    fn min_p_keeps_tokens_at_least_min_p_times_the_top_one() {
+        // Probabilities proportional to 8, 4, 2, 1, 0.5 (t = 1).
+        let l: Vec<f32> = [8f32, 4.0, 2.0, 1.0, 0.5].iter().map(|x| x.ln()).collect();
+        let n = 20_000;
+        for (min_p, t, want) in [
+            // 0.2 * 8 = 1.6: keeps 8, 4, 2.
+            (0.2f32, 1.0f32, vec![8.0, 4.0, 2.0, 0.0, 0.0]),
+            // exactly at the threshold is kept: 0.125 * 8 = 1.
+            (0.125, 1.0, vec![8.0, 4.0, 2.0, 1.0, 0.0]),
+            // after temperature 0.5 the weights are 64, 16, 4, 1, .25: 0.05 * 64 = 3.2.
+            (0.05, 0.5, vec![64.0, 16.0, 4.0, 0.0, 0.0]),
+        ] {
+            let total: f64 = want.iter().sum();
+            let want: Vec<f64> = want.iter().map(|w| w / total).collect();
+            let base = Sampler::new(
+                SamplingParams {
+                    temperature: t,
+                    min_p,
+                    ..SamplingParams::default()
+                },
+                0,
+            );
+            assert_matches(&frequencies(&base, &l, n), &want, n);
+            let mut s = base.clone();
+            for _ in 0..200 {
+                let x = s.sample(&l);
+                assert!((x.prob as f64 - want[x.id as usize]).abs() < 1e-5, "{x:?}");
+                assert!((x.logprob - log_prob(&l, x.id)).abs() < 1e-5);
+            }
+        }
+        // min-p 1 keeps only the top token (and ties with it).
+        let mut s = Sampler::new(
+            SamplingParams {
+                temperature: 1.0,
+                min_p: 1.0,
+                ..SamplingParams::default()
+            },
+            1,
+        );
+        assert!((0..100).all(|_| s.sample(&[0.0, 3.0, 3.0, 1.0]).id != 0));
+    }
+
+    #[test]
+    fn banned_tokens_are_never_drawn_and_the_rest_keep_their_ratios() {
+        let l = rand_logits(10, 4, 2.0);
+        let banned = [0u32, 3, 7, 9];
+        let mut want = softmax(&l, 1.0);
+        banned.iter().for_each(|&b| want[b as usize] = 0.0);
+        let total: f64 = want.iter().sum();
+        want.iter_mut().for_each(|w| *w /= total);
+        let n = 20_000;
+        let mut counts = [0usize; 10];
+        let mut s = Sampler::new(params(1.0, None, 1.0), 5);
+        for _ in 0..n {
+            let x = s.sample_banning(&l, &banned);
+            counts[x.id as usize] += 1;
+            assert!((x.logprob - log_prob(&l, x.id)).abs() < 1e-5);
+        }
+        let freq: Vec<f64> = counts.iter().map(|&c| c as f64 / n as f64).collect();
+        assert_matches(&freq, &want, n);
+        // Greedy skips a banned argmax; the history grew by one token per draw.
+        let mut g = Sampler::new(SamplingParams::greedy(), 0);
+        assert_eq!(g.sample_banning(&[5.0, 1.0, 4.0], &[0]).id, 2);
+        assert_eq!(s.history.len(), n);
+    }
+
+    #[test]
+    fn the_preview_shows_the_penalised_logits_without_touching_the_sampler() {
+        let l = [1.0f32, 1.0, 1.0, 1.0];
+        let mut s = Sampler::new(
+            SamplingParams {
+                frequency_penalty: 0.5,
+                ..SamplingParams::default()
+            },
+            0,
+        );
+        generate(&mut s, 4, &[2, 2]);
+        let before = s.history.clone();
+        assert_eq!(
+            s.preview_adjusted(&l, &[0]).unwrap(),
+            [f32::NEG_INFINITY, 1.0, 0.0, 1.0]
+        );
+        assert_eq!(s.history, before);
+        let plain = Sampler::new(SamplingParams::default(), 0);
+        assert!(plain.preview_adjusted(&l, &[]).is_none());
+    }
+
+    #[test]
+    fn the_controls_at_their_defaults_change_nothing() {
+        // Same seed, same rows: the default controls give exactly the plain sampler's ids,
+        // probabilities and logprobs (the golden samples depend on it).
+        let rows: Vec<Vec<f32>> = (0..300).map(|s| rand_logits(300, s, 4.0)).collect();
+        for p in [params(0.8, None, 1.0), params(1.0, Some(20), 0.9)] {
+            let mut a = Sampler::new(p, 3);
+            let mut b = Sampler::new(p, 3);
+            b.set_context(&[1, 2, 3]);
+            for r in &rows {
+                let x = a.sample_row(r);
+                assert_eq!(x, b.sample(r));
+            }
+            assert!(
+                b.adjusted.is_empty(),
+                "no scratch row is used at the defaults"
+            );
+        }
+    }
+
+    #[test]
+    fn penalties_survive_nan_and_odd_values_without_panicking() {
+        for p in [
+            SamplingParams {
+                repetition_penalty: f32::NAN,
+                frequency_penalty: f32::NAN,
+                presence_penalty: f32::INFINITY,
+                min_p: f32::NAN,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                repetition_penalty: -1.0,
+                repetition_window: 0,
+                ..SamplingParams::default()
+            },
+            SamplingParams {
+                repetition_penalty: f32::INFINITY,
+                repetition_window: usize::MAX,
+                min_p: 5.0,
+                ..SamplingParams::default()
+            },
+        ] {
+            let mut s = Sampler::new(p, 1);
+            s.set_context(&[0, 7, 99]);
+            for _ in 0..50 {
+                assert!(s.sample(&[0.5, f32::NAN, 2.0, -1.0]).id < 4);
+            }
+        }
+    }
+
     #[test]
     fn temperature_sharpens_and_flattens() {
         let l = rand_logits(30, 8, 2.0);
@@ -1118,7 +1623,95 @@ mod tests {
             assert!(e.contains(word), "{p:?}: {e}");
         }
         let d = SamplingParams::default();
+        for (p, word) in [
+            (SamplingParams { min_p: -0.1, ..d }, "min-p"),
+            (SamplingParams { min_p: 1.5, ..d }, "min-p"),
+            (
+                SamplingParams {
+                    min_p: f32::NAN,
+                    ..d
+                },
+                "min-p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..d
+                },
+                "repetition-penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: f32::INFINITY,
+                    ..d
+                },
+                "repetition-penalty",
+            ),
+            (
+                SamplingParams {
+                    repetition_window: 0,
+                    ..d
+                },
+                "repetition-window",
+            ),
+            (
+                SamplingParams {
+                    repetition_window: MAX_REPETITION_WINDOW + 1,
+                    ..d
+                },
+                "repetition-window",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: 2.01,
+                    ..d
+                },
+                "frequency-penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: -2.5,
+                    ..d
+                },
+                "presence-penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: f32::NAN,
+                    ..d
+                },
+                "presence-penalty",
+            ),
+        ] {
+            let e = p.validate().unwrap_err().to_string();
+            assert!(e.contains(word), "{p:?}: {e}");
+        }
+        for ok in [
+            SamplingParams {
+                min_p: 1.0,
+                repetition_penalty: 0.5,
+                ..d
+            },
+            SamplingParams {
+                frequency_penalty: -2.0,
+                presence_penalty: 2.0,
+                ..d
+            },
+        ] {
+            assert!(ok.validate().is_ok(), "{ok:?}");
+        }
         assert_eq!((d.temperature, d.top_k, d.top_p), (0.8, None, 1.0));
+        // Parameters saved before the newer controls existed read with them off.
+        let old: SamplingParams =
+            serde_json::from_str(r#"{"temperature":0.5,"top_k":null,"top_p":0.9}"#).unwrap();
+        assert_eq!(
+            old,
+            SamplingParams {
+                temperature: 0.5,
+                top_p: 0.9,
+                ..d
+            }
+        );
         let json = serde_json::to_string(&params(0.7, Some(5), 0.9)).unwrap();
         let back: SamplingParams = serde_json::from_str(&json).unwrap();
         assert_eq!(back, params(0.7, Some(5), 0.9));

@@ -127,15 +127,19 @@ impl Session {
         Ok(())
     }
 
-    /// The `n` most probable next tokens at the stream's position, at its temperature (for
-    /// display; empty while the prompt is being fed or without a stream).
+    /// The `n` most probable next tokens at the stream's position, at its temperature and
+    /// with its penalties and UTF-8 guard (for display; empty while the prompt is being fed or
+    /// without a stream).
     pub fn top_n(&self, n: usize) -> Vec<(u32, f32)> {
-        let t = self.stream().map_or(1.0, |s| s.params().temperature);
+        let Some(stream) = self.stream() else {
+            return Vec::new();
+        };
+        let t = stream.params().temperature;
         let logits = self
             .engine
             .logits(KEY)
             .or(self.parked.as_ref().and_then(|p| p.logits.as_deref()));
-        logits.map_or_else(Vec::new, |l| top_n(l, t, n))
+        logits.map_or_else(Vec::new, |l| top_n(&stream.effective_logits(l), t, n))
     }
 }
 
@@ -232,6 +236,36 @@ mod tests {
         }
         assert_eq!(text, straight);
         assert_eq!(text.chars().count(), 25);
+    }
+
+    #[test]
+    fn the_distribution_shown_has_the_penalties_applied() {
+        let (m, t) = setup(TokenizerKind::Char);
+        let mut s = Session::new(m, t.clone()).unwrap();
+        let spec = StreamSpec {
+            params: SamplingParams {
+                frequency_penalty: 2.0,
+                presence_penalty: 1.0,
+                ..SamplingParams::greedy()
+            },
+            ..StreamSpec::new(t.encode("the ").unwrap())
+        };
+        s.start(&spec).unwrap();
+        for _ in 0..30 {
+            s.step();
+        }
+        let raw = s.engine.logits(KEY).unwrap().to_vec();
+        let shown = s.top_n(5);
+        let st = s.stream().unwrap();
+        assert_eq!(shown, top_n(&st.effective_logits(&raw), 0.0, 5));
+        assert_ne!(
+            shown,
+            top_n(&raw, 0.0, 5),
+            "the penalties change what is shown"
+        );
+        // Without controls the logits are shown as they are.
+        s.set_params(SamplingParams::greedy()).unwrap();
+        assert_eq!(s.top_n(5), top_n(&raw, 0.0, 5));
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! [`Stream::advance`] is the one place where a token is sampled, decoded and checked against
 //! the stop conditions.
 
+use std::sync::Arc;
+
 use crate::error::{Error, Result};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use crate::tokenizer::{StreamDecoder, Tokenizer, Utf8Guard};
 
 use super::sampler::{Sampled, Sampler, SamplingParams};
 
@@ -140,7 +142,7 @@ impl StopReason {
 pub struct StreamSpec {
     /// The prompt as token ids; empty starts at a line start ([`start_tokens`]).
     pub prompt: Vec<u32>,
-    /// Temperature, top-k, top-p.
+    /// Temperature, top-k, top-p, min-p, penalties, UTF-8 guard.
     pub params: SamplingParams,
     /// The user seed; the sampler is seeded with [`sample_seed`]`(seed, id)`.
     pub seed: u64,
@@ -207,6 +209,9 @@ pub struct Stream {
     id: u64,
     sampler: Sampler,
     decoder: StreamDecoder,
+    /// Byte-level BPE models: the tokens that would break UTF-8 (used when the parameters
+    /// ask for valid UTF-8).
+    utf8: Option<Arc<Utf8Guard>>,
     stops: StopStrings,
     eos: Option<u32>,
     max_tokens: Option<usize>,
@@ -238,10 +243,13 @@ impl Stream {
                 format!("token id {bad} is outside the vocabulary of {v}"),
             ));
         }
+        let mut sampler = Sampler::new(spec.params, sample_seed(spec.seed, spec.id));
+        sampler.set_context(&spec.prompt);
         Ok(Stream {
             id: spec.id,
-            sampler: Sampler::new(spec.params, sample_seed(spec.seed, spec.id)),
+            sampler,
             decoder: tok.stream_decoder_after(&spec.prompt),
+            utf8: tok.utf8_guard(),
             stops,
             eos: tok.eos_id(),
             max_tokens: spec.max_tokens,
@@ -269,6 +277,22 @@ impl Stream {
     /// New sampling parameters from the next token on (the caller validates them).
     pub fn set_params(&mut self, params: SamplingParams) {
         self.sampler.set_params(params);
+    }
+
+    /// The logits the next token would be sampled from: `logits` with the penalties and the
+    /// UTF-8 guard of the parameters applied (for showing the distribution; borrowed as they
+    /// are when the controls are off).
+    pub fn effective_logits<'a>(&self, logits: &'a [f32]) -> std::borrow::Cow<'a, [f32]> {
+        let banned = match &self.utf8 {
+            Some(g) if self.sampler.params().valid_utf8 => {
+                g.banned_after(self.decoder.pending_bytes())
+            }
+            _ => &[],
+        };
+        match self.sampler.preview_adjusted(logits, banned) {
+            Some(v) => std::borrow::Cow::Owned(v),
+            None => std::borrow::Cow::Borrowed(logits),
+        }
     }
 
     /// The generated text so far (cut at a stop string once one is found).
@@ -345,7 +369,13 @@ impl Stream {
         if self.max_tokens.is_some_and(|m| self.tokens >= m) {
             return self.end(None, StopReason::Length);
         }
-        let s = self.sampler.sample(logits);
+        let s = match &self.utf8 {
+            Some(g) if self.sampler.params().valid_utf8 => {
+                let banned = g.banned_after(self.decoder.pending_bytes());
+                self.sampler.sample_banning(logits, banned)
+            }
+            _ => self.sampler.sample(logits),
+        };
         self.tokens += 1;
         self.sum_logprob += f64::from(s.logprob);
         self.pending.clear();
@@ -389,6 +419,10 @@ impl Stream {
 
     /// Flushes the decoder (a stop string may still complete) and ends with `reason`.
     fn end(&mut self, token: Option<Sampled>, reason: StopReason) -> Advance {
+        if self.sampler.params().valid_utf8 {
+            // An unfinished character at the limit is left out rather than shown as U+FFFD.
+            self.decoder.drop_pending();
+        }
         let old = self.text.len();
         self.decoder.finish_into(&mut self.text);
         if !self.stop_at_string(old) {
@@ -550,6 +584,85 @@ mod tests {
         z.take_next();
         let a = z.advance(&onehot(v, the));
         assert_eq!((a.token, a.finished), (None, Some(StopReason::Length)));
+    }
+
+    #[test]
+    fn the_utf8_guard_keeps_a_bpe_stream_free_of_replacement_characters() {
+        let t = testutil::tokenizer(
+            TokenizerKind::Bpe,
+            "naïve — 東京\nCafé crème, 東京 and naïve again. Ünïcödé 🎉!\n",
+        );
+        let v = t.vocab_size();
+        // Every token equally likely: most single bytes break UTF-8 somewhere.
+        let run = |valid_utf8: bool, seed: u64| {
+            let spec = StreamSpec {
+                params: SamplingParams {
+                    temperature: 1.0,
+                    valid_utf8,
+                    ..SamplingParams::default()
+                },
+                seed,
+                max_tokens: Some(101),
+                ..StreamSpec::new(vec![])
+            };
+            let mut s = Stream::new(&spec, &t).unwrap();
+            let logits = vec![0.0f32; v];
+            loop {
+                while s.take_next().is_some() {}
+                if s.advance(&logits).finished.is_some() {
+                    break;
+                }
+            }
+            s.output()
+        };
+        let mut unguarded = 0;
+        let mut non_ascii = 0;
+        for seed in 0..20 {
+            let out = run(true, seed);
+            assert!(
+                !out.text.contains('\u{FFFD}'),
+                "seed {seed}: {:?}",
+                out.text
+            );
+            non_ascii += out.text.chars().filter(|c| !c.is_ascii()).count();
+            unguarded += run(false, seed).text.matches('\u{FFFD}').count();
+        }
+        // Without the guard the same model does print them; with it, multi-byte
+        // characters still come out.
+        assert!(unguarded > 20, "{unguarded}");
+        assert!(non_ascii > 20, "{non_ascii}");
+    }
+
+    #[test]
+    fn the_prompt_is_in_the_repetition_window() {
+        let t = tok(TokenizerKind::Char);
+        let v = t.vocab_size();
+        let a = t.encode("a").unwrap()[0];
+        let e = t.encode("e").unwrap()[0];
+        // "a" and "e" equally likely; the prompt "a" makes "e" far more likely.
+        let mut logits = vec![-30.0f32; v];
+        logits[a as usize] = 2.0;
+        logits[e as usize] = 2.0;
+        let mut count_e = 0;
+        for seed in 0..400 {
+            let spec = StreamSpec {
+                params: SamplingParams {
+                    temperature: 1.0,
+                    repetition_penalty: 3.0,
+                    ..SamplingParams::default()
+                },
+                seed,
+                max_tokens: Some(1),
+                ..StreamSpec::new(vec![a])
+            };
+            let mut s = Stream::new(&spec, &t).unwrap();
+            s.take_next();
+            if s.advance(&logits).token.unwrap().id == e {
+                count_e += 1;
+            }
+        }
+        // P(e) = e^2 / (e^2 + e^(2/3)) = 0.79.
+        assert!((250..380).contains(&count_e), "{count_e}");
     }
 
     #[test]

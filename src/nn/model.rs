@@ -13,7 +13,7 @@ use crate::nn::embedding::{embedding_backward, embedding_forward};
 use crate::nn::linear::{
     linear_forward_packed, linear_weight_grad, loss_backward_packed, LinearPacked,
 };
-use crate::nn::loss::softmax_xent;
+use crate::nn::loss::xent_row;
 use crate::nn::lstm::{
     fold_embedding, lstm_backward_input, lstm_forward_input, LstmCache, LstmInput, LstmParams,
 };
@@ -608,8 +608,29 @@ impl<F: Float> Model<F> {
         targets: &[u32],
         state: &mut LstmState<F>,
     ) -> f64 {
+        self.eval_window_each(ws, tokens, targets, state, &mut |_, _| {})
+    }
+
+    /// [`Model::eval_window`], also handing each token's loss to `each` as (row of the
+    /// window, time-major as `tokens`, nats). The sum is the same, added in the same order.
+    pub fn eval_window_each(
+        &self,
+        ws: &mut Workspace<F>,
+        tokens: &[u32],
+        targets: &[u32],
+        state: &mut LstmState<F>,
+        each: &mut dyn FnMut(usize, f64),
+    ) -> f64 {
         self.forward(ws, tokens, state, None);
-        let sum = softmax_xent(ws.logits.view_mut(), targets, false);
+        let mut sum = 0.0f64;
+        for (i, (mut row, &y)) in ws.logits.rows_mut().into_iter().zip(targets).enumerate() {
+            let loss = match row.as_slice_mut() {
+                Some(r) => xent_row(r, y as usize, None),
+                None => xent_row(&mut row.to_vec(), y as usize, None),
+            };
+            each(i, loss);
+            sum += loss;
+        }
         self.carry(ws, state);
         sum
     }

@@ -3,11 +3,13 @@
 //!
 //! Request fields: `model`, `prompt` (a string, a list of strings, a list of token ids or a
 //! list of such lists), `max_tokens`, `temperature`, `top_p`, `seed`, `stop` (a string or a
-//! list), `n`, `stream`, `stream_options.include_usage`, `user`; extensions: `top_k`, and
-//! `unknown` (`"error"` or `"skip"`: what to do with prompt characters a char model has never
-//! seen). `echo`, `logprobs`, `best_of`, `presence_penalty`, `frequency_penalty`,
-//! `logit_bias` and `suffix` are accepted at their defaults only; any other field is an
-//! error.
+//! list), `n`, `stream`, `stream_options.include_usage`, `user`, `presence_penalty` and
+//! `frequency_penalty` (OpenAI semantics, -2 to 2, over the generated tokens); extensions:
+//! `top_k`, `min_p`, `repetition_penalty` and `repetition_window` (over the last tokens of
+//! prompt and text), `valid_utf8` (byte-level BPE models never produce U+FFFD), and `unknown`
+//! (`"error"` or `"skip"`: what to do with prompt characters a char model has never seen).
+//! `echo`, `logprobs`, `best_of`, `logit_bias` and `suffix` are accepted at their defaults
+//! only; any other field is an error.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -115,6 +117,11 @@ pub fn from_library(e: &Error, default_param: &str) -> ApiError {
                 "prime" => "prompt",
                 "top-k" => "top_k",
                 "top-p" => "top_p",
+                "min-p" => "min_p",
+                "repetition-penalty" => "repetition_penalty",
+                "repetition-window" => "repetition_window",
+                "frequency-penalty" => "frequency_penalty",
+                "presence-penalty" => "presence_penalty",
                 other => other,
             };
             ApiError::invalid(param, msg.clone())
@@ -153,6 +160,12 @@ pub struct CompletionRequest {
     pub temperature: Option<f32>,
     pub top_p: Option<f32>,
     pub top_k: Option<u64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub repetition_window: Option<u64>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub valid_utf8: Option<bool>,
     pub seed: Option<u64>,
     pub stop: Option<Value>,
     pub n: Option<u64>,
@@ -165,8 +178,6 @@ pub struct CompletionRequest {
     pub echo: Option<bool>,
     pub logprobs: Option<Value>,
     pub best_of: Option<u64>,
-    pub presence_penalty: Option<f32>,
-    pub frequency_penalty: Option<f32>,
     pub logit_bias: Option<serde_json::Map<String, Value>>,
     pub suffix: Option<String>,
 }
@@ -346,8 +357,6 @@ impl CompletionRequest {
     pub fn check(&self, tok: &Tokenizer, limits: &RequestLimits) -> Result<Checked, ApiError> {
         only_default("echo", &self.echo, |&e| !e)?;
         only_default("logprobs", &self.logprobs, Value::is_null)?;
-        only_default("presence_penalty", &self.presence_penalty, |&p| p == 0.0)?;
-        only_default("frequency_penalty", &self.frequency_penalty, |&p| p == 0.0)?;
         only_default("logit_bias", &self.logit_bias, |m| m.is_empty())?;
         only_default("suffix", &self.suffix, String::is_empty)?;
 
@@ -371,10 +380,19 @@ impl CompletionRequest {
             Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
         };
         only_default("best_of", &self.best_of, |&b| b as usize == n)?;
+        let d = SamplingParams::default();
         let params = SamplingParams {
             temperature: self.temperature.unwrap_or(DEFAULT_TEMPERATURE),
             top_k: self.top_k.map(|k| usize::try_from(k).unwrap_or(usize::MAX)),
             top_p: self.top_p.unwrap_or(1.0),
+            min_p: self.min_p.unwrap_or(d.min_p),
+            repetition_penalty: self.repetition_penalty.unwrap_or(d.repetition_penalty),
+            repetition_window: self.repetition_window.map_or(d.repetition_window, |w| {
+                usize::try_from(w).unwrap_or(usize::MAX)
+            }),
+            frequency_penalty: self.frequency_penalty.unwrap_or(d.frequency_penalty),
+            presence_penalty: self.presence_penalty.unwrap_or(d.presence_penalty),
+            valid_utf8: self.valid_utf8.unwrap_or(d.valid_utf8),
         };
         params.validate().map_err(|e| from_library(&e, "body"))?;
         let stop = stops_of(self.stop.as_ref())?;
@@ -542,6 +560,32 @@ mod tests {
         let c = check(r#"{"prompt": "thé", "unknown": "skip", "echo": false, "logprobs": null}"#)
             .unwrap();
         assert_eq!(c.unknown, vec!["é".to_string()]);
+        let c = check(
+            r#"{"presence_penalty": 0.5, "frequency_penalty": -1.5, "repetition_penalty": 1.2,
+                "repetition_window": 16, "min_p": 0.05, "valid_utf8": true}"#,
+        )
+        .unwrap();
+        let p = c.params;
+        assert_eq!(
+            (
+                p.presence_penalty,
+                p.frequency_penalty,
+                p.repetition_penalty
+            ),
+            (0.5, -1.5, 1.2)
+        );
+        assert_eq!(
+            (p.repetition_window, p.min_p, p.valid_utf8),
+            (16, 0.05, true)
+        );
+        let d = check("{}").unwrap().params;
+        assert_eq!(
+            SamplingParams {
+                temperature: 0.8,
+                ..d
+            },
+            SamplingParams::default()
+        );
     }
 
     #[test]
@@ -569,6 +613,18 @@ mod tests {
         assert_eq!(param_of(r#"{"echo": true}"#), "echo");
         assert_eq!(param_of(r#"{"logprobs": 2}"#), "logprobs");
         assert_eq!(param_of(r#"{"best_of": 3}"#), "best_of");
+        assert_eq!(param_of(r#"{"presence_penalty": 2.5}"#), "presence_penalty");
+        assert_eq!(
+            param_of(r#"{"frequency_penalty": -3}"#),
+            "frequency_penalty"
+        );
+        assert_eq!(
+            param_of(r#"{"repetition_penalty": 0}"#),
+            "repetition_penalty"
+        );
+        assert_eq!(param_of(r#"{"repetition_window": 0}"#), "repetition_window");
+        assert_eq!(param_of(r#"{"min_p": 1.5}"#), "min_p");
+        assert_eq!(param_of(r#"{"valid_utf8": 1}"#), "valid_utf8");
         assert_eq!(param_of(r#"{"frobnicate": 1}"#), "frobnicate");
         assert_eq!(
             param_of(r#"{"stream_options": {"x": 1}}"#),

@@ -129,8 +129,22 @@ pub struct Summary {
     pub reason: String,
 }
 
+/// How [`evaluate_tokens`] splits `n` tokens into streams when asked for `b`: `(B, S)`, B
+/// streams of S consecutive tokens each (the last `n - B·S` tokens are left out). B is at
+/// most n / 2, so that every stream has a token to score. Each stream starts from a zero
+/// state and its first token is only context, so with B > 1 the loss is slightly above the
+/// sequential one (B = 1). `(0, 0)` when there is nothing to score (n < 2).
+pub fn eval_split(n: usize, b: usize) -> (usize, usize) {
+    if n < 2 {
+        return (0, 0);
+    }
+    let b = b.clamp(1, n / 2);
+    (b, n / b)
+}
+
 /// Loss of a model over a token sequence, evaluated as B streams in windows of T steps from
-/// a zero state (the last partial window included). Returns (sum of nats, tokens scored).
+/// a zero state (the last partial window included; see [`eval_split`]). Returns (sum of
+/// nats, tokens scored).
 pub fn evaluate_tokens<T: Copy + Into<u32>>(
     model: &Model<f32>,
     ws: &mut Workspace<f32>,
@@ -138,12 +152,22 @@ pub fn evaluate_tokens<T: Copy + Into<u32>>(
     b: usize,
     t: usize,
 ) -> (f64, usize) {
-    if tokens.len() < 2 {
-        return (0.0, 0);
-    }
-    let b = b.clamp(1, (tokens.len() - 1).max(1));
-    let s = tokens.len() / b;
-    if s < 2 {
+    evaluate_tokens_each(model, ws, tokens, b, t, &mut |_, _| {})
+}
+
+/// [`evaluate_tokens`], also handing the loss of each scored token to `each` as (its index
+/// in `tokens`, nats). Every token but the first of each stream (and the left-out tail) is
+/// scored once.
+pub fn evaluate_tokens_each<T: Copy + Into<u32>>(
+    model: &Model<f32>,
+    ws: &mut Workspace<f32>,
+    tokens: &[T],
+    b: usize,
+    t: usize,
+    each: &mut dyn FnMut(usize, f64),
+) -> (f64, usize) {
+    let (b, s) = eval_split(tokens.len(), b);
+    if b == 0 {
         return (0.0, 0);
     }
     let mut state = LstmState::zeros(&model.config, b);
@@ -161,7 +185,12 @@ pub fn evaluate_tokens<T: Copy + Into<u32>>(
                 y.push(tokens[stream * s + pos + k + 1].into());
             }
         }
-        total += model.eval_window(ws, &x, &y, &mut state);
+        // Row k·B + stream of the window predicts token stream·S + pos + k + 1.
+        let at = pos;
+        total += model.eval_window_each(ws, &x, &y, &mut state, &mut |row, nats| {
+            let (k, stream) = (row / b, row % b);
+            each(stream * s + at + k + 1, nats)
+        });
         count += x.len();
         pos += len;
     }

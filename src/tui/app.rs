@@ -10,9 +10,13 @@ use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModif
 
 use super::editor::TextArea;
 use super::files::{self, CheckpointEntry, Utc};
-use super::limits::{TEMP_MAX, TEMP_STEP, TOP_K_STEPS, TOP_P_STEP};
+use super::limits::{
+    MIN_P_STEPS, PENALTY_MAX, PENALTY_STEP, REPETITION_MAX, REPETITION_STEP, TEMP_MAX, TEMP_STEP,
+    TOP_K_STEPS, TOP_P_STEP,
+};
 use super::text::{Transcript, Wrapped};
 use super::worker::{Command, ModelInfo, RunEnd, Settings, WorkerEvent};
+use crate::tokenizer::TokenizerKind;
 
 /// Lengths `l`/`L` step through, then "no limit".
 pub const LENGTH_STEPS: &[usize] = &[50, 100, 200, 500, 1000, 2000, 5000, 10_000];
@@ -262,6 +266,19 @@ fn step_list(list: &[usize], cur: Option<usize>, up: bool) -> Option<usize> {
     }
 }
 
+/// The next value of `list` above (`up`) or below `cur`; below the first is 0 (off), above the
+/// last stays at the last.
+fn step_floats(list: &[f32], cur: f32, up: bool) -> f32 {
+    if up {
+        list.iter()
+            .copied()
+            .find(|&x| x > cur)
+            .unwrap_or(list.last().copied().unwrap_or(cur).max(cur))
+    } else {
+        list.iter().rev().copied().find(|&x| x < cur).unwrap_or(0.0)
+    }
+}
+
 fn round2(x: f32) -> f32 {
     (x * 100.0).round() / 100.0
 }
@@ -424,6 +441,49 @@ impl App {
                 let mut s = self.settings;
                 let cur = s.speed.map(|v| v as usize);
                 s.speed = step_list(SPEED_STEPS, cur, c == ']').map(|v| v as u32);
+                return self.set_settings(s);
+            }
+            'm' | 'M' => {
+                let mut s = self.settings;
+                s.sampling.min_p = step_floats(MIN_P_STEPS, s.sampling.min_p, c == 'M');
+                return self.set_settings(s);
+            }
+            'a' | 'A' => {
+                let mut s = self.settings;
+                let step = if c == 'A' {
+                    REPETITION_STEP
+                } else {
+                    -REPETITION_STEP
+                };
+                s.sampling.repetition_penalty =
+                    round2((s.sampling.repetition_penalty + step).clamp(1.0, REPETITION_MAX));
+                return self.set_settings(s);
+            }
+            'f' | 'F' | 'b' | 'B' => {
+                let mut s = self.settings;
+                let step = if c.is_uppercase() {
+                    PENALTY_STEP
+                } else {
+                    -PENALTY_STEP
+                };
+                let v = if c.eq_ignore_ascii_case(&'f') {
+                    &mut s.sampling.frequency_penalty
+                } else {
+                    &mut s.sampling.presence_penalty
+                };
+                *v = round2((*v + step).clamp(0.0, PENALTY_MAX));
+                return self.set_settings(s);
+            }
+            '8' => {
+                if self.model.kind != TokenizerKind::Bpe {
+                    self.say(
+                        Level::Info,
+                        "the UTF-8 guard is for BPE models; this model's text is always valid",
+                    );
+                    return Vec::new();
+                }
+                let mut s = self.settings;
+                s.sampling.valid_utf8 = !s.sampling.valid_utf8;
                 return self.set_settings(s);
             }
             'n' => self.seed = self.seed.saturating_sub(1),
@@ -993,6 +1053,37 @@ mod tests {
         press(&mut a, "NNn");
         assert_eq!(a.seed, 1);
         assert!(a.settings.sampling.validate().is_ok());
+    }
+
+    #[test]
+    fn min_p_and_penalty_keys_stay_in_range_and_tell_the_worker() {
+        let mut a = app();
+        let cmds = press(&mut a, "MM");
+        assert_eq!(a.settings.sampling.min_p, 0.02);
+        assert!(
+            matches!(&cmds[..], [Command::Set(_), Command::Set(s)] if s.sampling.min_p == 0.02)
+        );
+        press(&mut a, "MMMMMMMM");
+        assert_eq!(a.settings.sampling.min_p, 0.3);
+        press(&mut a, "mmmmmmmmm");
+        assert_eq!(a.settings.sampling.min_p, 0.0);
+        press(&mut a, "AAAA");
+        assert_eq!(a.settings.sampling.repetition_penalty, 1.2);
+        press(&mut a, &"A".repeat(40));
+        assert_eq!(a.settings.sampling.repetition_penalty, 2.0);
+        press(&mut a, &"a".repeat(40));
+        assert_eq!(a.settings.sampling.repetition_penalty, 1.0);
+        press(&mut a, "FFFbB");
+        assert_eq!(a.settings.sampling.frequency_penalty, 0.3);
+        assert_eq!(a.settings.sampling.presence_penalty, 0.1);
+        press(&mut a, &"F".repeat(30));
+        assert_eq!(a.settings.sampling.frequency_penalty, 2.0);
+        press(&mut a, &"f".repeat(30));
+        assert_eq!(a.settings.sampling.frequency_penalty, 0.0);
+        assert!(a.settings.sampling.validate().is_ok());
+        // The UTF-8 guard is only for BPE models; this one is a char model.
+        assert!(press(&mut a, "8").is_empty());
+        assert!(a.settings.sampling.valid_utf8);
     }
 
     #[test]

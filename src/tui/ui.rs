@@ -34,6 +34,8 @@ pub const MIN_HEIGHT: u16 = 12;
 pub const WIDE: u16 = 80;
 /// Width of the side panels.
 const SIDE: u16 = 32;
+/// Height of the parameters panel.
+const PARAMS_H: u16 = 15;
 
 /// Every key, by section, as shown in the help popup.
 pub const HELP: &[(&str, &[(&str, &str)])] = &[
@@ -54,6 +56,11 @@ pub const HELP: &[(&str, &[(&str, &str)])] = &[
             ("t T  - +", "temperature down / up"),
             ("k K", "top-k down / up"),
             ("p P", "top-p down / up"),
+            ("m M", "min-p down / up"),
+            ("a A", "repetition penalty - / +"),
+            ("f F", "frequency penalty - / +"),
+            ("b B", "presence penalty - / +"),
+            ("8", "UTF-8 guard on/off (BPE)"),
             ("l L", "length down / up"),
             ("n N", "seed down / up"),
             ("[ ]", "speed (tokens/s) - / +"),
@@ -102,13 +109,18 @@ pub fn prob_band(p: f32) -> usize {
 
 /// Colour of a generated token sampled with probability `p`.
 pub fn prob_colour(p: f32) -> Color {
+    band_colour(prob_band(p))
+}
+
+/// Colour of band `b` of [`prob_band`] (`quill score --heatmap` colours by it too).
+pub fn band_colour(b: usize) -> Color {
     [
         Color::Green,
         Color::LightGreen,
         Color::Yellow,
         Color::LightRed,
         Color::Red,
-    ][prob_band(p)]
+    ][b.min(PROB_BANDS.len())]
 }
 
 /// Draws the whole screen.
@@ -131,7 +143,7 @@ pub fn draw(frame: &mut Frame, app: &App) {
             Layout::horizontal([Constraint::Min(20), Constraint::Length(SIDE)]).areas(main);
         draw_output(frame, app, out);
         let [params, dist] =
-            Layout::vertical([Constraint::Length(10), Constraint::Min(0)]).areas(side);
+            Layout::vertical([Constraint::Length(PARAMS_H), Constraint::Min(0)]).areas(side);
         draw_params(frame, app, params);
         if app.show_dist {
             draw_dist(frame, app, dist);
@@ -292,6 +304,15 @@ fn fmt_top_p(p: f32) -> String {
     }
 }
 
+/// A control's value, or "off" at `off`.
+fn fmt_off(v: f32, off: f32) -> String {
+    if v == off {
+        "off".into()
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 fn fmt_length(n: Option<usize>) -> String {
     n.map_or("no limit".into(), |n| n.to_string())
 }
@@ -322,6 +343,23 @@ fn draw_params(frame: &mut Frame, app: &App, area: Rect) {
         row("temperature", fmt_temp(s.sampling.temperature), "t T"),
         row("top-k", fmt_top_k(s.sampling.top_k), "k K"),
         row("top-p", fmt_top_p(s.sampling.top_p), "p P"),
+        row("min-p", fmt_off(s.sampling.min_p, 0.0), "m M"),
+        row(
+            "repetition",
+            fmt_off(s.sampling.repetition_penalty, 1.0),
+            "a A",
+        ),
+        row(
+            "frequency",
+            fmt_off(s.sampling.frequency_penalty, 0.0),
+            "f F",
+        ),
+        row("presence", fmt_off(s.sampling.presence_penalty, 0.0), "b B"),
+        row(
+            "utf-8 guard",
+            if s.sampling.valid_utf8 { "on" } else { "off" }.into(),
+            "8",
+        ),
         row("length", fmt_length(s.length), "l L"),
         row("seed", app.seed.to_string(), "n N"),
         row("speed", fmt_speed(s.speed), "[ ]"),

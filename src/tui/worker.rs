@@ -777,11 +777,14 @@ pub(crate) mod tests {
             assert_ne!(Some(start[0]), tok.eos_id(), "{kind:?}");
 
             let (w, rx) = spawn(model.clone(), tok.clone());
+            // The model's own distribution: no UTF-8 guard (BPE), which would ban bytes.
+            let mut settings = fast(25);
+            settings.sampling.valid_utf8 = false;
             w.send(Command::Generate {
                 run: 1,
                 prompt: String::new(),
                 seed: 11,
-                settings: fast(25),
+                settings: settings.clone(),
             });
             let (evs, _) = until_finished(&rx);
             w.shutdown();
@@ -810,7 +813,7 @@ pub(crate) mod tests {
                 &[SampleSpec {
                     id: 1,
                     prime: 0,
-                    params: fast(25).sampling,
+                    params: settings.sampling,
                     seed: 11,
                 }],
                 &GenConfig {

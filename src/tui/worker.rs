@@ -784,7 +784,7 @@ pub(crate) mod tests {
                 run: 1,
                 prompt: String::new(),
                 seed: 11,
-                settings: settings.clone(),
+                settings,
             });
             let (evs, _) = until_finished(&rx);
             w.shutdown();

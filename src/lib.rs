@@ -17,6 +17,7 @@
 //! | training loop | [`train::trainer`] | truncated BPTT, validation, events; [`train::metrics`] the metrics log |
 //! | checkpoint | [`checkpoint`] (file format, model schema), [`train::checkpoint`] (resumable state) | safetensors files, written through [`atomic`] |
 //! | generate | [`generate`] | sampler, stream, the engine (continuous batching), session, batch runner, sample files |
+//! | copy detection | [`copies`] | the corpus's suffix array (cached beside the checkpoint): spans of generated text copied from it |
 //! | front ends | `cli` (binary), [`tui`] (generation UI, training dashboard), [`plot`], [`bench`] | printing, terminals, images, timing |
 //!
 //! Errors are typed ([`error`]); the library never prints: progress goes through callbacks and
@@ -32,6 +33,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
+pub mod copies;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -439,6 +439,7 @@ mod tests {
             },
             seed: 42,
             id,
+            attempt: 0,
             max_tokens: Some(len),
             stop: vec!["!".into()],
         }

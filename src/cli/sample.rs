@@ -190,7 +190,8 @@ fn print_copy_report(text: &str, r: &CopyReport) {
             let span: String = text[r.longest_range.clone()].chars().take(80).collect();
             let more = if r.longest > 80 { "…" } else { "" };
             eprintln!(
-                "copies: longest span copied from the corpus: {} characters, {span:?}{more}, at {}                  line {} ({} occurrence{})",
+                "copies: longest span copied from the corpus: {} characters, {span:?}{more}, at {} \
+                 line {} ({} occurrence{})",
                 r.longest,
                 src.file.display(),
                 src.line,

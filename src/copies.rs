@@ -422,15 +422,19 @@ pub fn open(
 ) -> Result<Opened> {
     let read = read_corpus(checkpoint, corpus, kind, opts)?;
     let cache_path = opts.cache.clone().unwrap_or_else(|| cache_path(checkpoint));
-    let (text, docs) = join_docs(read.docs)?;
-    let stale = match load_cache(&cache_path, &read.fingerprint, &text) {
+    let ReadCorpus {
+        text,
+        docs,
+        fingerprint,
+    } = read;
+    let stale = match load_cache(&cache_path, &fingerprint, &text) {
         Ok(sa) => {
             return Ok(Opened {
                 index: CopyIndex {
                     text,
                     sa,
                     docs,
-                    fingerprint: read.fingerprint,
+                    fingerprint,
                 },
                 cache_path,
                 cache: CacheStatus::Reused,
@@ -444,7 +448,7 @@ pub fn open(
         text,
         sa,
         docs,
-        fingerprint: read.fingerprint,
+        fingerprint,
     };
     let saved = save_cache(&cache_path, &index).map_err(|e| e.to_string());
     Ok(Opened {
@@ -454,8 +458,10 @@ pub fn open(
     })
 }
 
+/// A corpus as read for the index: documents joined by NUL bytes, where each is.
 struct ReadCorpus {
-    docs: Vec<(PathBuf, String)>,
+    text: Vec<u8>,
+    docs: Vec<Doc>,
     fingerprint: String,
 }
 
@@ -501,32 +507,49 @@ fn read_corpus(
         }
     };
     let sources = resolve(&paths, &opts.globs, None).map_err(missing)?;
+    // The documents go straight into the index text (no second copy of the corpus).
+    let size: u64 = sources.iter().map(|s| s.bytes + 1).sum();
+    let mut text: Vec<u8> = Vec::with_capacity(size.min(MAX_TEXT as u64) as usize);
     let mut docs = Vec::with_capacity(sources.len());
     let mut train_sha = Vec::with_capacity(sources.len());
     for s in &sources {
         let mut r = DocReader::open(&s.path, true, true).map_err(missing)?;
-        let mut t = String::with_capacity(s.bytes.min(MAX_TEXT as u64) as usize);
+        let start = text.len() + usize::from(!docs.is_empty());
+        let mut len = 0usize;
         while let Some(chunk) = r.next_chunk()? {
-            if t.len() + chunk.len() > MAX_TEXT {
+            if start + len + chunk.len() > MAX_TEXT {
                 return Err(Error::Corpus {
                     path: s.path.clone(),
                     msg: format!("copy detection indexes at most {MAX_TEXT} bytes of text"),
                 });
             }
-            t.push_str(chunk);
+            if len == 0 && !docs.is_empty() {
+                text.push(0);
+            }
+            text.extend_from_slice(chunk.as_bytes());
+            len += chunk.len();
         }
-        train_sha.push(r.finish());
-        // Empty files are not documents (training leaves them out too).
-        if !t.is_empty() {
-            docs.push((s.path.clone(), t));
+        // Empty files are not documents, nor in the fingerprint (as in training).
+        if len > 0 {
+            train_sha.push(r.finish());
+            docs.push(Doc {
+                path: s.path.clone(),
+                start,
+                len,
+            });
         }
     }
     let mut val_sha = Vec::new();
     if !corpus.val_paths.is_empty() {
         for s in resolve(&corpus.val_paths, &opts.globs, None).map_err(missing)? {
             let mut r = DocReader::open(&s.path, true, true).map_err(missing)?;
-            while r.next_chunk()?.is_some() {}
-            val_sha.push(r.finish());
+            let mut any = false;
+            while let Some(chunk) = r.next_chunk()? {
+                any |= !chunk.is_empty();
+            }
+            if any {
+                val_sha.push(r.finish());
+            }
         }
     }
     let recorded = corpus.fingerprint.as_str();
@@ -544,7 +567,11 @@ fn read_corpus(
         .map(|sep| combined_fingerprint(&train, &val, sep))
         .find(|fp| recorded.is_empty() || fp == recorded);
     match found {
-        Some(fingerprint) => Ok(ReadCorpus { docs, fingerprint }),
+        Some(fingerprint) => Ok(ReadCorpus {
+            text,
+            docs,
+            fingerprint,
+        }),
         None => {
             let now = combined_fingerprint(&train, &val, &candidates[0]);
             let several = if train.len() + val.len() > 1 {
@@ -948,6 +975,9 @@ mod tests {
         std::fs::create_dir_all(a.parent().unwrap()).unwrap();
         std::fs::write(&a, "first file text\n").unwrap();
         std::fs::write(&b, "second file text\n").unwrap();
+        // Empty files are no documents, as in training (also not in the fingerprint).
+        std::fs::write(dir.path().join("d/0-empty.txt"), "").unwrap();
+        std::fs::write(dir.path().join("d/c-empty.txt"), "").unwrap();
         let shas = [sha(b"first file text\n"), sha(b"second file text\n")];
         let refs: Vec<&str> = shas.iter().map(String::as_str).collect();
         let ck = dir.path().join("m.safetensors");
@@ -966,6 +996,8 @@ mod tests {
             };
             let o = open(&ck, &info, kind, &OpenOptions::default()).unwrap();
             assert_eq!(o.index.docs().len(), 2);
+            assert_eq!(o.index.text, b"first file text\n\0second file text\n");
+            assert_eq!((o.index.docs()[1].start, o.index.docs()[1].len), (17, 17));
             let r = o.index.check("file text\nsecond");
             assert_eq!(r.longest, "file text\n".len());
             assert_eq!(r.source.unwrap().file, a);

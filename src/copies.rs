@@ -647,6 +647,12 @@ fn load_cache(
     text: &[u8],
 ) -> std::result::Result<Vec<i32>, CacheMiss> {
     let bad = |why: &str| CacheMiss::Invalid(why.to_string());
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CacheMiss::Absent),
+        // Never open a FIFO or device (that could block or never end).
+        Ok(m) if !m.is_file() => return Err(bad("is not a regular file")),
+        _ => {}
+    }
     let mut f = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(CacheMiss::Absent),

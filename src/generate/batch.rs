@@ -373,8 +373,9 @@ pub fn generate_checked(
     };
     let rows = cfg.max_batch.min(n);
     let mut engine = Engine::new(Arc::clone(model), threads.min(rows));
-    let mut next = 0usize; // next sample to admit
-                           // Samples to generate again, with their next try number; admitted before new ones.
+    // The next sample to admit, and samples to generate again with their next try number
+    // (admitted before new ones).
+    let mut next = 0usize;
     let mut again: VecDeque<(usize, u32)> = VecDeque::new();
     let mut attempts = vec![0u32; n];
     let mut cache: HashMap<usize, (RowState, Vec<f32>)> = HashMap::new();

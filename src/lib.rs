@@ -18,6 +18,7 @@
 //! | checkpoint | [`checkpoint`] (file format, model schema), [`train::checkpoint`] (resumable state) | safetensors files, written through [`atomic`] |
 //! | generate | [`generate`] | sampler, stream, the engine (continuous batching), session, batch runner, sample files |
 //! | scoring | [`score`] | loss per line / paragraph / document of existing text, on the evaluation of [`train::trainer`] |
+//! | copy detection | [`copies`] | the corpus's suffix array (cached beside the checkpoint): spans of generated text copied from it |
 //! | front ends | `cli` (binary), [`tui`] (generation UI, training dashboard), [`plot`], [`bench`] | printing, terminals, images, timing |
 //!
 //! Errors are typed ([`error`]); the library never prints: progress goes through callbacks and
@@ -33,6 +34,7 @@
 pub mod atomic;
 pub mod bench;
 pub mod checkpoint;
+pub mod copies;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -154,6 +154,60 @@ fn main_screen_shows_text_parameters_distribution_and_status() {
 }
 
 #[test]
+fn u_underlines_generated_text_copied_from_the_corpus() {
+    let mut app = App::new(info(), Options::default());
+    app.prompt.set_text("ROMEO:");
+    app.handle_key(key('g'));
+    tokens(
+        &mut app,
+        &[("But soft, what light", 0.5), (" is this? No.", 0.5)],
+    );
+    let corpus = "ROMEO:\nBut soft, what light through yonder window breaks?\n";
+    let index = quill::copies::CopyIndex::build(
+        vec![(PathBuf::from("corpus.txt"), corpus.into())],
+        "f".into(),
+    )
+    .unwrap();
+    // `u` asks the worker for the model's index; its answer turns the underlining on.
+    app.handle_key(key('u'));
+    app.handle_worker(WorkerEvent::Copies {
+        checkpoint: info().path,
+        result: Ok((
+            tui::worker::SharedIndex(std::sync::Arc::new(index)),
+            "built".into(),
+        )),
+    });
+    let t = draw(&app, 100, 30);
+    let s = lines(&t);
+    assert!(s[0].starts_with("┌ tiny · copies "), "{}", s[0]);
+    assert!(
+        s[1].starts_with("│ROMEO:But soft, what light is this? No."),
+        "{}",
+        s[1]
+    );
+    let buf = t.backend().buffer();
+    let underlined = |x: u16| {
+        buf.cell((x, 1))
+            .unwrap()
+            .modifier
+            .contains(Modifier::UNDERLINED)
+    };
+    // "But soft, what light " (columns 7..28) is in the corpus; the prompt and the rest are not.
+    assert!((7..28).all(underlined));
+    assert!(!(1..7).any(underlined));
+    assert!(!(28..40).any(underlined));
+    // `u` again: nothing underlined.
+    app.handle_key(key('u'));
+    let t = draw(&app, 100, 30);
+    let buf = t.backend().buffer();
+    assert!(!(1..40).any(|x| buf
+        .cell((x, 1))
+        .unwrap()
+        .modifier
+        .contains(Modifier::UNDERLINED)));
+}
+
+#[test]
 fn long_text_follows_the_end() {
     let mut app = App::new(info(), Options::default());
     app.handle_key(key('g'));

@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use quill::generate::batch::{self, Control, GenConfig, Sweep};
-use quill::generate::output::{CheckpointInfo, OutputFormat, SampleWriter};
+use quill::checkpoint::LoadedModel;
+use quill::copies::{self, CacheStatus, CopyIndex, CopyReport};
+use quill::generate::batch::{self, Control, GenConfig, Retry, SampleSpec, Sweep, Verdict};
+use quill::generate::output::{CheckpointInfo, CopyFields, OutputFormat, SampleWriter};
 use quill::generate::stream::StopStrings;
 use quill::generate::{SamplingParams, Session, StreamSpec};
 use quill::tokenizer::UnknownPolicy;
@@ -41,6 +43,7 @@ impl FromStr for TopK {
 
 #[derive(Debug, Args)]
 #[command(allow_negative_numbers = true)]
+#[command(group(clap::ArgGroup::new("copy_check").multiple(true)))]
 pub struct SampleArgs {
     /// Checkpoint to sample from [default: the newest *-best in checkpoints/, else the newest checkpoint there].
     #[arg(long, short)]
@@ -99,6 +102,121 @@ pub struct SampleArgs {
     threads: Option<usize>,
     #[command(flatten)]
     controls: ControlArgs,
+    /// Report how much of the generated text is copied verbatim from the training corpus: the
+    /// longest copied span (characters, and where in the corpus) and the share of the text's
+    /// 12-character n-grams found there. To stdout: a report on stderr after the text; with
+    /// --out: fields of the manifest.
+    #[arg(long, group = "copy_check")]
+    check_copies: bool,
+    /// Generate a sample again while its longest span copied from the corpus is longer than N
+    /// characters (each try has its own seed: same seed and id, next try number); implies
+    /// --check-copies.
+    #[arg(long, value_name = "N", group = "copy_check")]
+    max_copy: Option<usize>,
+    /// With --max-copy: most tries per sample; the last try is kept even when it copies more
+    /// (the manifest and the report say so).
+    #[arg(long, value_name = "K", default_value_t = 5, requires = "max_copy")]
+    max_tries: u32,
+    /// Copy detection: the training corpus (files or folders, in training order), when it is
+    /// no longer where the checkpoint says; it must be the same text (fingerprint).
+    #[arg(long, value_name = "PATH", requires = "copy_check")]
+    corpus: Vec<PathBuf>,
+    /// Copy detection: the --glob patterns the corpus folders were trained with.
+    #[arg(long, value_name = "PATTERN", requires = "copy_check")]
+    corpus_glob: Vec<String>,
+}
+
+impl SampleArgs {
+    fn copies_wanted(&self) -> bool {
+        self.check_copies || self.max_copy.is_some()
+    }
+}
+
+/// Opens the copy index of the model (reading and checking its corpus, reusing or building
+/// the cached suffix array) and says on stderr what it did.
+fn open_copies(lm: &LoadedModel, a: &SampleArgs) -> anyhow::Result<CopyIndex> {
+    let started = Instant::now();
+    let opts = copies::OpenOptions {
+        corpus: a.corpus.clone(),
+        globs: a.corpus_glob.clone(),
+        cache: None,
+    };
+    let opened = copies::open_for(lm, &opts).map_err(|e| anyhow::anyhow!("copy detection: {e}"))?;
+    let secs = started.elapsed().as_secs_f64();
+    let idx = &opened.index;
+    let what = format!(
+        "{} file(s), {} of text",
+        idx.docs().len(),
+        super::common::human_bytes(idx.text_len() as u64)
+    );
+    let cache = opened.cache_path.display();
+    match &opened.cache {
+        CacheStatus::Reused => {
+            eprintln!(
+                "copies: corpus checked and index loaded from {cache} ({what}) in {secs:.2} s"
+            )
+        }
+        CacheStatus::Built { stale, saved } => {
+            if let Some(why) = stale {
+                eprintln!("copies: the cached index {cache} {why}; building it again");
+            }
+            eprintln!("copies: corpus index built ({what}) in {secs:.2} s");
+            if let Err(e) = saved {
+                eprintln!(
+                    "warning: copies: cannot cache the index ({e}); it is built again next time"
+                );
+            }
+        }
+    }
+    Ok(opened.index)
+}
+
+/// The manifest fields of a sample's copy check.
+fn copy_fields(r: &CopyReport) -> CopyFields {
+    CopyFields {
+        longest_copy: r.longest,
+        longest_copy_file: r
+            .source
+            .as_ref()
+            .map(|s| s.file.to_string_lossy().into_owned()),
+        longest_copy_line: r.source.as_ref().map(|s| s.line),
+        copied_fraction: r.copied_fraction(),
+        tries: None,
+        max_copy_exceeded: None,
+    }
+}
+
+/// The report of `quill sample --check-copies` to stdout, printed on stderr.
+fn print_copy_report(text: &str, r: &CopyReport) {
+    match &r.source {
+        Some(src) => {
+            let span: String = text[r.longest_range.clone()].chars().take(80).collect();
+            let more = if r.longest > 80 { "…" } else { "" };
+            eprintln!(
+                "copies: longest span copied from the corpus: {} characters, {span:?}{more}, at {} \
+                 line {} ({} occurrence{})",
+                r.longest,
+                src.file.display(),
+                src.line,
+                src.occurrences,
+                if src.occurrences == 1 { "" } else { "s" }
+            );
+        }
+        None => eprintln!("copies: no character of the text occurs in the corpus"),
+    }
+    match r.copied_fraction() {
+        Some(f) => eprintln!(
+            "copies: {} of the text's {} {}-character n-grams occur in the corpus ({:.1}%)",
+            r.ngrams_found,
+            r.ngrams,
+            copies::NGRAM,
+            100.0 * f
+        ),
+        None => eprintln!(
+            "copies: the text is shorter than {} characters: no n-gram fraction",
+            copies::NGRAM
+        ),
+    }
 }
 
 pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
@@ -124,9 +242,20 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     });
     params.validate()?;
     StopStrings::new(&a.stop)?;
+    if a.max_tries == 0 {
+        anyhow::bail!("invalid max-tries: must be at least 1");
+    }
     let lm = load_model(a.checkpoint.as_deref())?;
     let (prime, unknown) = lm.tokenizer.encode_prime(&a.prime, a.unknown)?;
     warn_unknown(&unknown, a.unknown);
+    let index = if a.copies_wanted() {
+        Some(open_copies(&lm, &a)?)
+    } else {
+        None
+    };
+    if let (Some(limit), Some(index)) = (a.max_copy, &index) {
+        return run_stdout_limited(a, lm, prime, params, index, limit);
+    }
     // Sample id 1 under the seed: the same text as the first file of a batch run.
     let spec = StreamSpec {
         params,
@@ -145,16 +274,90 @@ pub fn run(a: SampleArgs) -> anyhow::Result<ExitCode> {
     out.flush()?;
     // Text is printed as it becomes final (with stop strings, a few bytes are held back
     // until it is clear they do not start one).
+    let mut text = String::new();
     while session.is_running() {
         if let Some(u) = session.step() {
             if !u.text.is_empty() {
                 out.write_all(u.text.as_bytes())?;
                 out.flush()?;
+                text.push_str(&u.text);
             }
         }
     }
     out.write_all(b"\n")?;
     out.flush()?;
+    if let Some(index) = &index {
+        print_copy_report(&text, &index.check(&text));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `quill sample --max-copy N` to stdout: sample 1 of a one-sample batch run, generated again
+/// while it copies more than N characters, then printed (tries are not shown as they run).
+fn run_stdout_limited(
+    a: SampleArgs,
+    lm: LoadedModel,
+    prime: Vec<u32>,
+    params: SamplingParams,
+    index: &CopyIndex,
+    limit: usize,
+) -> anyhow::Result<ExitCode> {
+    let spec = SampleSpec {
+        id: 1,
+        prime: 0,
+        params,
+        seed: a.seed[0],
+    };
+    let cfg = GenConfig {
+        length: a.length,
+        stop: a.stop.clone(),
+        max_batch: 1,
+        threads: 1,
+    };
+    let mut check = |o: &batch::SampleOutput| {
+        if index.check(&o.output.text).longest > limit {
+            Verdict::Retry
+        } else {
+            Verdict::Keep
+        }
+    };
+    let mut kept = None;
+    batch::generate_checked(
+        &Arc::new(lm.model),
+        &lm.tokenizer,
+        &[prime],
+        &[spec],
+        &cfg,
+        Some(Retry {
+            max_tries: a.max_tries,
+            check: &mut check,
+        }),
+        &mut |o| {
+            kept = Some(o);
+            Ok(())
+        },
+        &mut |_| Control::Continue,
+    )?;
+    let o = kept.context("the sample was not generated")?;
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(a.prime.as_bytes())?;
+    out.write_all(o.output.text.as_bytes())?;
+    out.write_all(b"\n")?;
+    out.flush()?;
+    let r = index.check(&o.output.text);
+    print_copy_report(&o.output.text, &r);
+    if o.rejected {
+        eprintln!(
+            "copies: still more than --max-copy {limit} characters after {} tries (the last is shown)",
+            o.tries
+        );
+    } else {
+        eprintln!(
+            "copies: try {} of at most {} kept (longest copy {} <= {limit})",
+            o.tries, a.max_tries, r.longest
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -237,8 +440,16 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
         std::env::set_var("MATMUL_NUM_THREADS", "1");
     }
 
+    if a.max_tries == 0 {
+        anyhow::bail!("invalid max-tries: must be at least 1");
+    }
     let lm = load_model(a.checkpoint.as_deref())?;
     let checkpoint = CheckpointInfo::of_model(&lm);
+    let index = if a.copies_wanted() {
+        Some(open_copies(&lm, &a)?)
+    } else {
+        None
+    };
     let tok = lm.tokenizer;
     let mut unknown = Vec::new();
     let mut encoded = Vec::with_capacity(primes.len());
@@ -286,13 +497,37 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
     bar.enable_steady_tick(Duration::from_millis(200));
     let started = Instant::now();
     let model = Arc::new(lm.model);
-    let result = batch::generate(
+    let limit = a.max_copy;
+    let mut check = |o: &batch::SampleOutput| match (&index, limit) {
+        (Some(index), Some(n)) if index.check(&o.output.text).longest > n => Verdict::Retry,
+        _ => Verdict::Keep,
+    };
+    let retry = limit.is_some().then_some(Retry {
+        max_tries: a.max_tries,
+        check: &mut check,
+    });
+    // Samples that took more than one try, and those still over the limit.
+    let (mut retried, mut exceeded) = (0usize, 0usize);
+    let result = batch::generate_checked(
         &model,
         &tok,
         &encoded,
         &samples,
         &cfg,
-        &mut |o| writer.write(&o),
+        retry,
+        &mut |o| {
+            let fields = index.as_ref().map(|index| {
+                let mut f = copy_fields(&index.check(&o.output.text));
+                if limit.is_some() {
+                    f.tries = Some(o.tries);
+                    f.max_copy_exceeded = Some(o.rejected);
+                    retried += usize::from(o.tries > 1);
+                    exceeded += usize::from(o.rejected);
+                }
+                f
+            });
+            writer.write_with_copies(&o, fields)
+        },
         &mut |p| {
             bar.set_position(p.budget_done);
             let secs = started.elapsed().as_secs_f64().max(1e-9);
@@ -337,6 +572,13 @@ fn run_batch(a: SampleArgs) -> anyhow::Result<ExitCode> {
         summary.tokens,
         summary.tokens as f64 / secs.max(1e-9)
     );
+    if let Some(n) = limit {
+        eprintln!(
+            "copies: {retried} sample(s) generated again for copying more than {n} characters; \
+             {exceeded} still over the limit after {} tries (max_copy_exceeded in the manifest)",
+            a.max_tries
+        );
+    }
     Ok(if summary.interrupted {
         ExitCode::from(130)
     } else {

@@ -50,6 +50,13 @@ pub struct TuiArgs {
     /// Initial values of the other controls (keys in the help, ?).
     #[command(flatten)]
     controls: ControlArgs,
+    /// Copy detection (u): the training corpus (files or folders, in training order), when it
+    /// is no longer where the checkpoint says; it must be the same text (fingerprint).
+    #[arg(long, value_name = "PATH")]
+    corpus: Vec<PathBuf>,
+    /// Copy detection (u): the --glob patterns the corpus folders were trained with.
+    #[arg(long, value_name = "PATTERN")]
+    corpus_glob: Vec<String>,
 }
 
 pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
@@ -89,6 +96,11 @@ pub fn run(a: TuiArgs) -> anyhow::Result<ExitCode> {
         prompt: a.prime,
         checkpoints: a.checkpoints,
         samples: a.samples,
+        copies: quill::copies::OpenOptions {
+            corpus: a.corpus,
+            globs: a.corpus_glob,
+            cache: None,
+        },
     };
     let (tx, rx) = mpsc::channel();
     let worker = WorkerHandle::spawn(lm.model, lm.tokenizer, tui::worker_sink(tx.clone()));

@@ -11,8 +11,13 @@
 //!
 //! Reproducibility: a sample's text depends only on the model, its parameters, its seed and
 //! its id (the stream rule of [`super::engine`]), never on the batch around it.
+//!
+//! [`generate_checked`] can also reject finished samples (a check callback, e.g. `quill sample
+//! --max-copy` refusing texts copied from the corpus) and generate them again, up to a number
+//! of tries: try `t` (0-based) of a sample is seeded with [`super::sample_seed`]`(seed, id,
+//! t)`, so it too depends only on the model, parameters, seed, id and try number.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -232,6 +237,36 @@ pub struct SampleOutput {
     pub id: u64,
     /// Its text, token count, stop reason and log-probability.
     pub output: StreamOutput,
+    /// Tries it took (1 unless a [`Retry`] check rejected earlier tries).
+    pub tries: u32,
+    /// Whether the check rejected this try too (the last allowed one), so it is kept only
+    /// because the tries ran out. Always false without a check.
+    pub rejected: bool,
+}
+
+/// A [`Retry`] check's judgement of a finished try.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The sample is done.
+    Keep,
+    /// Generate it again with the next try's seed (unless it was the last try).
+    Retry,
+}
+
+/// Rejection and regeneration of finished samples in [`generate_checked`].
+pub struct Retry<'a> {
+    /// Most tries per sample (at least 1).
+    pub max_tries: u32,
+    /// Judges every finished try (`tries` and `rejected` not yet set).
+    pub check: &'a mut dyn FnMut(&SampleOutput) -> Verdict,
+}
+
+impl std::fmt::Debug for Retry<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Retry")
+            .field("max_tries", &self.max_tries)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Progress of a [`generate`] run, reported after every step.
@@ -246,7 +281,7 @@ pub struct Progress {
     /// Token budget used: `length` for every finished sample plus the tokens of the running
     /// ones; reaches `budget_total` at the end (a smooth measure for an ETA).
     pub budget_done: u64,
-    /// `length` × samples planned.
+    /// `length` × samples planned, plus `length` for every try generated again.
     pub budget_total: u64,
 }
 
@@ -315,6 +350,27 @@ pub fn generate(
     sink: &mut dyn FnMut(SampleOutput) -> Result<()>,
     progress: &mut dyn FnMut(&Progress) -> Control,
 ) -> Result<Summary> {
+    generate_checked(model, tokenizer, primes, samples, cfg, None, sink, progress)
+}
+
+/// [`generate`], with every finished try of a sample judged by `retry`'s check: a rejected
+/// try is generated again with the next try number (a new seed, see the module docs), up to
+/// `retry.max_tries` tries; the sample handed to the sink records the tries it took and
+/// whether its last try was rejected too. Samples still reach the sink in plan order.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_checked(
+    model: &Arc<Model<f32>>,
+    tokenizer: &Tokenizer,
+    primes: &[Vec<u32>],
+    samples: &[SampleSpec],
+    cfg: &GenConfig,
+    mut retry: Option<Retry<'_>>,
+    sink: &mut dyn FnMut(SampleOutput) -> Result<()>,
+    progress: &mut dyn FnMut(&Progress) -> Control,
+) -> Result<Summary> {
+    if retry.as_ref().is_some_and(|r| r.max_tries == 0) {
+        return Err(Error::config("max-tries", "must be at least 1"));
+    }
     let v = model.config.vocab;
     if tokenizer.vocab_size() != v {
         return Err(Error::Shape(format!(
@@ -366,7 +422,11 @@ pub fn generate(
     };
     let rows = cfg.max_batch.min(n);
     let mut engine = Engine::new(Arc::clone(model), threads.min(rows));
-    let mut next = 0usize; // next sample to admit
+    // The next sample to admit, and samples to generate again with their next try number
+    // (admitted before new ones).
+    let mut next = 0usize;
+    let mut again: VecDeque<(usize, u32)> = VecDeque::new();
+    let mut attempts = vec![0u32; n];
     let mut cache: HashMap<usize, (RowState, Vec<f32>)> = HashMap::new();
     let mut finished: BTreeMap<usize, SampleOutput> = BTreeMap::new();
     let mut emit = 0usize; // next index to hand to the sink
@@ -377,12 +437,22 @@ pub fn generate(
     loop {
         // Admit new samples into free places, each from its prime's state.
         let free = rows - engine.len();
-        if free > 0 && next < n {
-            let admitted = next..next + free.min(n - next);
-            next = admitted.end;
+        if free > 0 && (next < n || !again.is_empty()) {
+            let mut admitted: Vec<usize> = Vec::with_capacity(free);
+            while admitted.len() < free {
+                if let Some((i, attempt)) = again.pop_front() {
+                    attempts[i] = attempt;
+                    admitted.push(i);
+                } else if next < n {
+                    admitted.push(next);
+                    next += 1;
+                } else {
+                    break;
+                }
+            }
             let mut missing: Vec<usize> = admitted
-                .clone()
-                .map(|i| samples[i].prime)
+                .iter()
+                .map(|&i| samples[i].prime)
                 .filter(|p| !cache.contains_key(p))
                 .collect();
             missing.sort_unstable();
@@ -400,6 +470,7 @@ pub fn generate(
                         params: spec.params,
                         seed: spec.seed,
                         id: spec.id,
+                        attempt: attempts[i],
                         max_tokens: Some(cfg.length),
                         stop: cfg.stop.clone(),
                     },
@@ -436,14 +507,25 @@ pub fn generate(
                 let index = u.key as usize;
                 budget_finished += length;
                 tokens_finished += f.output.tokens as u64;
-                finished.insert(
+                let mut out = SampleOutput {
                     index,
-                    SampleOutput {
-                        index,
-                        id: samples[index].id,
-                        output: f.output,
-                    },
-                );
+                    id: samples[index].id,
+                    output: f.output,
+                    tries: attempts[index] + 1,
+                    rejected: false,
+                };
+                if let Some(r) = retry.as_mut() {
+                    if (r.check)(&out) == Verdict::Retry {
+                        if out.tries < r.max_tries {
+                            again.push_back((index, out.tries));
+                            uses[samples[index].prime] += 1;
+                            prog.budget_total += length;
+                            continue;
+                        }
+                        out.rejected = true;
+                    }
+                }
+                finished.insert(index, out);
             }
         }
         while let Some(out) = finished.remove(&emit) {
@@ -790,6 +872,135 @@ mod tests {
             }
         }
         assert!(stopped > 10, "{stopped}");
+    }
+
+    /// The text of one sample generated on its own at try `attempt` (a session, not a batch).
+    fn alone(
+        m: &Arc<Model<f32>>,
+        t: &Tokenizer,
+        prime: &[u32],
+        spec: &SampleSpec,
+        len: usize,
+        attempt: u32,
+    ) -> String {
+        let mut s = super::super::Session::new(Arc::clone(m), t.clone()).unwrap();
+        s.start(&StreamSpec {
+            params: spec.params,
+            seed: spec.seed,
+            id: spec.id,
+            attempt,
+            max_tokens: Some(len),
+            ..StreamSpec::new(prime.to_vec())
+        })
+        .unwrap();
+        while s.is_running() {
+            s.step();
+        }
+        s.stream().unwrap().output().text
+    }
+
+    #[test]
+    fn rejected_samples_are_generated_again_with_the_next_tries_seed() {
+        let t = tok(TokenizerKind::Char);
+        let m = model(t.vocab_size(), 16, 7);
+        let primes = vec![t.encode("the").unwrap()];
+        let specs = plan(
+            1,
+            &Sweep {
+                temperature: vec![1.0],
+                seed: vec![4],
+                count: 6,
+                ..Sweep::default()
+            },
+        )
+        .unwrap();
+        let cfg = GenConfig {
+            length: 12,
+            stop: vec![],
+            max_batch: 4,
+            threads: 2,
+        };
+        let plain = run(&m, &t, &primes, &specs, &cfg);
+        // Even ids are rejected twice, id 5 always; at most 3 tries.
+        let mut judged: HashMap<u64, Vec<String>> = HashMap::new();
+        let mut check = |o: &SampleOutput| {
+            let seen = judged.entry(o.id).or_default();
+            seen.push(o.output.text.clone());
+            if o.id == 5 || (o.id.is_multiple_of(2) && seen.len() <= 2) {
+                Verdict::Retry
+            } else {
+                Verdict::Keep
+            }
+        };
+        let mut outs = Vec::new();
+        let mut last = Progress::default();
+        let summary = generate_checked(
+            &m,
+            &t,
+            &primes,
+            &specs,
+            &cfg,
+            Some(Retry {
+                max_tries: 3,
+                check: &mut check,
+            }),
+            &mut |o| {
+                outs.push(o);
+                Ok(())
+            },
+            &mut |p| {
+                last = *p;
+                Control::Continue
+            },
+        )
+        .unwrap();
+        assert_eq!(summary.samples, 6);
+        let got: Vec<(u64, u32, bool)> = outs.iter().map(|o| (o.id, o.tries, o.rejected)).collect();
+        assert_eq!(
+            got,
+            [
+                (1, 1, false),
+                (2, 3, false),
+                (3, 1, false),
+                (4, 3, false),
+                (5, 3, true),
+                (6, 3, false)
+            ]
+        );
+        // 6 first tries and 2 + 2 + 2 + 2 tries again.
+        assert_eq!(last.budget_total, 14 * 12);
+        assert_eq!(last.budget_done, last.budget_total);
+        for (o, p) in outs.iter().zip(&plain) {
+            let spec = &specs[o.index];
+            let tries = &judged[&o.id];
+            // Try 0 is the plain sample; try k is the sample seeded for try k, alone.
+            assert_eq!(tries[0], p.output.text);
+            for (k, text) in tries.iter().enumerate() {
+                assert_eq!(
+                    *text,
+                    alone(&m, &t, &primes[0], spec, 12, k as u32),
+                    "{o:?}"
+                );
+            }
+            assert_eq!(o.output.text, *tries.last().unwrap());
+        }
+        assert_ne!(judged[&2][0], judged[&2][1]);
+        // No tries at all is refused.
+        let e = generate_checked(
+            &m,
+            &t,
+            &primes,
+            &specs,
+            &cfg,
+            Some(Retry {
+                max_tries: 0,
+                check: &mut |_| Verdict::Keep,
+            }),
+            &mut |_| Ok(()),
+            &mut |_| Control::Continue,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("max-tries"), "{e}");
     }
 
     #[test]

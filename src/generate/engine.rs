@@ -440,6 +440,7 @@ mod tests {
             },
             seed: 42,
             id,
+            attempt: 0,
             max_tokens: Some(len),
             stop: vec!["!".into()],
         }

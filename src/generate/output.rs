@@ -108,9 +108,34 @@ pub struct ManifestRecord {
     pub stop_string: Option<String>,
     /// Mean natural-log probability per generated token (`null` if not finite).
     pub mean_logprob: Option<f64>,
+    /// Copy detection (`quill sample --check-copies` or `--max-copy`): the fields of
+    /// [`CopyFields`], at the top level of the line.
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub copies: Option<CopyFields>,
     /// Prime plus generated text (jsonl format only; the files format has it in `file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+}
+
+/// What copy detection found in a sample's generated text (the prime is not counted), as the
+/// manifest records it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CopyFields {
+    /// Characters of the longest span found verbatim in the training corpus.
+    pub longest_copy: usize,
+    /// The corpus file it occurs in (the first occurrence; `null` when nothing was copied).
+    pub longest_copy_file: Option<String>,
+    /// The line of that file where it starts (1-based).
+    pub longest_copy_line: Option<usize>,
+    /// Share of the text's 12-character n-grams found in the corpus (`null` for a text of
+    /// fewer than 12 characters).
+    pub copied_fraction: Option<f64>,
+    /// With `--max-copy`: the tries the sample took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
+    /// With `--max-copy`: whether the kept (last) try still copies more than the limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_copy_exceeded: Option<bool>,
 }
 
 /// Writes finished samples: each as its own file (atomically) plus a manifest line, or as a
@@ -245,6 +270,15 @@ impl SampleWriter {
     /// Writes one finished sample: its file (prime + generated text, atomically) and its
     /// manifest line, or its JSONL line.
     pub fn write(&mut self, out: &SampleOutput) -> Result<()> {
+        self.write_with_copies(out, None)
+    }
+
+    /// [`SampleWriter::write`], recording what copy detection found in the sample.
+    pub fn write_with_copies(
+        &mut self,
+        out: &SampleOutput,
+        copies: Option<CopyFields>,
+    ) -> Result<()> {
         let spec = *self.samples.get(out.index).ok_or_else(|| {
             Error::config("sample", format!("index {} is not in the plan", out.index))
         })?;
@@ -277,6 +311,7 @@ impl SampleWriter {
                 _ => None,
             },
             mean_logprob: out.output.mean_logprob(),
+            copies,
             text: None,
         };
         let fail = match self.fail_after {
@@ -338,6 +373,8 @@ mod tests {
                 stop: StopReason::StopString("\n".into()),
                 sum_logprob: -2.0,
             },
+            tries: 1,
+            rejected: false,
         }
     }
 
@@ -382,6 +419,12 @@ mod tests {
         assert_eq!(lines[1].mean_logprob, Some(-0.5));
         assert_eq!(lines[1].temperature, 0.8);
         assert!(lines[1].text.is_none());
+        assert!(lines[1].copies.is_none());
+        let raw = fs::read_to_string(out.join(MANIFEST)).unwrap();
+        assert!(
+            !raw.contains("longest_copy") && !raw.contains("tries"),
+            "{raw}"
+        );
         // only the two samples and the manifest: no temporary files left
         assert_eq!(fs::read_dir(&out).unwrap().count(), 3);
 
@@ -466,5 +509,64 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("not a directory"), "{e}");
+    }
+
+    #[test]
+    fn copy_fields_are_top_level_manifest_fields() {
+        let dir = tempfile::tempdir().unwrap();
+        let specs = plan(
+            1,
+            &Sweep {
+                count: 2,
+                ..Sweep::default()
+            },
+        )
+        .unwrap();
+        let mut w = SampleWriter::create(
+            dir.path(),
+            OutputFormat::Jsonl,
+            false,
+            ck(),
+            &[String::new()],
+            &specs,
+        )
+        .unwrap();
+        let checked = CopyFields {
+            longest_copy: 31,
+            longest_copy_file: Some("corpora/shakespeare.txt".into()),
+            longest_copy_line: Some(120),
+            copied_fraction: Some(0.25),
+            tries: Some(3),
+            max_copy_exceeded: Some(true),
+        };
+        w.write_with_copies(&output(0, 1, "a"), Some(checked.clone()))
+            .unwrap();
+        let short = CopyFields {
+            longest_copy: 0,
+            longest_copy_file: None,
+            longest_copy_line: None,
+            copied_fraction: None,
+            tries: None,
+            max_copy_exceeded: None,
+        };
+        w.write_with_copies(&output(1, 2, "b"), Some(short.clone()))
+            .unwrap();
+        let text = fs::read_to_string(w.finish().unwrap()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let v: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+        assert_eq!(v["longest_copy"], 31);
+        assert_eq!(v["copied_fraction"], 0.25);
+        assert_eq!(v["longest_copy_line"], 120);
+        assert_eq!(v["tries"], 3);
+        assert_eq!(v["max_copy_exceeded"], true);
+        let v: serde_json::Value = serde_json::from_str(lines[1]).unwrap();
+        assert!(v["copied_fraction"].is_null() && v.get("copied_fraction").is_some());
+        assert!(v.get("tries").is_none());
+        let back: Vec<ManifestRecord> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(back[0].copies, Some(checked));
+        assert_eq!(back[1].copies, Some(short));
     }
 }

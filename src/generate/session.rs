@@ -182,7 +182,7 @@ mod tests {
         }
         assert_eq!(end, Some(StopReason::Length));
         let mut gen = Generator::new(m, 1);
-        let mut sampler = Sampler::new(spec.params, sample_seed(9, 1));
+        let mut sampler = Sampler::new(spec.params, sample_seed(9, 1, 0));
         gen.feed(&prompt);
         let mut want = String::new();
         let mut want_probs = Vec::new();

@@ -22,12 +22,22 @@ fn mix64(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// The sampler seed of stream `id` under user seed `seed`: a hash of both, so neighbouring
-/// ids and seeds give unrelated random streams. Every front end seeds this way: `quill sample`
-/// to stdout is id 1, so its text equals the first sample of a batch run with the same
-/// parameters; batch samples, server choices and dashboard panes are numbered from 1.
-pub fn sample_seed(seed: u64, id: u64) -> u64 {
-    mix64(seed ^ mix64(id ^ 0x5155_494C_4C00_0000))
+/// The sampler seed of stream `id` under user seed `seed`, at try `attempt`: a hash of them,
+/// so neighbouring ids, seeds and tries give unrelated random streams. Every front end seeds
+/// this way: `quill sample` to stdout is id 1, so its text equals the first sample of a batch
+/// run with the same parameters; batch samples, server choices and dashboard panes are
+/// numbered from 1.
+///
+/// `attempt` is 0 for a first try, which is all that most callers ever make (the seed is then
+/// what it always was); a sample generated again (`quill sample --max-copy` rejected a try)
+/// takes try 1, 2, ...: the hash of the try number is mixed in with the id's, so each try is
+/// as reproducible as the first and depends only on seed, id and try.
+pub fn sample_seed(seed: u64, id: u64, attempt: u32) -> u64 {
+    let tweak = match attempt {
+        0 => 0,
+        a => mix64(u64::from(a) ^ 0x5254_5259_0000_0000),
+    };
+    mix64(seed ^ mix64(id ^ 0x5155_494C_4C00_0000) ^ tweak)
 }
 
 /// The tokens to condition on: the prime, or for an empty prime the start of a line (the
@@ -144,10 +154,12 @@ pub struct StreamSpec {
     pub prompt: Vec<u32>,
     /// Temperature, top-k, top-p, min-p, penalties, UTF-8 guard.
     pub params: SamplingParams,
-    /// The user seed; the sampler is seeded with [`sample_seed`]`(seed, id)`.
+    /// The user seed; the sampler is seeded with [`sample_seed`]`(seed, id, attempt)`.
     pub seed: u64,
     /// The stream's id (1-based in every front end).
     pub id: u64,
+    /// The try: 0, or 1, 2, ... when a sample is generated again (see [`sample_seed`]).
+    pub attempt: u32,
     /// Most tokens to sample (an end-of-text token counts); `None`: no limit.
     pub max_tokens: Option<usize>,
     /// The text ends at the first of these strings, which is cut off (never searched in the
@@ -163,6 +175,7 @@ impl StreamSpec {
             params: SamplingParams::default(),
             seed: 0,
             id: 1,
+            attempt: 0,
             max_tokens: None,
             stop: Vec::new(),
         }
@@ -243,7 +256,7 @@ impl Stream {
                 format!("token id {bad} is outside the vocabulary of {v}"),
             ));
         }
-        let mut sampler = Sampler::new(spec.params, sample_seed(spec.seed, spec.id));
+        let mut sampler = Sampler::new(spec.params, sample_seed(spec.seed, spec.id, spec.attempt));
         sampler.set_context(&spec.prompt);
         Ok(Stream {
             id: spec.id,
@@ -455,10 +468,17 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for seed in 0..20 {
             for id in 1..50 {
-                assert!(seen.insert(sample_seed(seed, id)));
+                for attempt in 0..6 {
+                    assert!(seen.insert(sample_seed(seed, id, attempt)));
+                }
             }
         }
-        assert_eq!(sample_seed(3, 9), sample_seed(3, 9));
+        assert_eq!(sample_seed(3, 9, 2), sample_seed(3, 9, 2));
+        // Try 0 keeps the seed every earlier quill gave (texts stay reproducible).
+        assert_eq!(
+            sample_seed(0, 1, 0),
+            mix64(mix64(1 ^ 0x5155_494C_4C00_0000))
+        );
     }
 
     #[test]

@@ -574,6 +574,7 @@ async fn completions_inner(
                 params: c.params,
                 seed,
                 id: j as u64 + 1,
+                attempt: 0,
                 max_tokens: Some(c.max_tokens),
                 stop: c.stop.clone(),
             };

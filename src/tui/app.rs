@@ -3,7 +3,9 @@
 //! for the worker, so the whole key → state logic is testable without threads.
 
 use std::cell::RefCell;
+use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use ratatui::crossterm::event::{Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
@@ -16,6 +18,7 @@ use super::limits::{
 };
 use super::text::{Transcript, Wrapped};
 use super::worker::{Command, ModelInfo, RunEnd, Settings, WorkerEvent};
+use crate::copies::{CopyIndex, OpenOptions};
 use crate::tokenizer::TokenizerKind;
 
 /// Lengths `l`/`L` step through, then "no limit".
@@ -24,6 +27,8 @@ pub const LENGTH_STEPS: &[usize] = &[50, 100, 200, 500, 1000, 2000, 5000, 10_000
 pub const SPEED_STEPS: &[usize] = &[1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000];
 /// Earlier generations kept in the session history.
 pub const HISTORY_MAX: usize = 100;
+/// The message when copied spans are underlined.
+const COPIES_ON: &str = "underlined: spans of 12+ characters found in the training corpus";
 /// How long a message stays in the hint line.
 pub const MESSAGE_TTL: Duration = Duration::from_secs(8);
 
@@ -192,6 +197,8 @@ pub struct Options {
     pub checkpoints: PathBuf,
     /// Default directory of saved samples.
     pub samples: PathBuf,
+    /// Where copy detection (`u`) finds the training corpus, if not where the checkpoint says.
+    pub copies: OpenOptions,
 }
 
 impl Default for Options {
@@ -202,6 +209,7 @@ impl Default for Options {
             prompt: String::new(),
             checkpoints: PathBuf::from("checkpoints"),
             samples: PathBuf::from("samples"),
+            copies: OpenOptions::default(),
         }
     }
 }
@@ -249,11 +257,26 @@ pub struct App {
     pub samples_dir: PathBuf,
     /// Layout of the last draw.
     pub view: RefCell<View>,
+    /// Underline generated text copied from the training corpus (`u`).
+    pub underline_copies: bool,
+    /// The open model's copy index, once opened.
+    pub copies: Option<Arc<CopyIndex>>,
+    /// Copied byte ranges of the transcript, for the text they were found in.
+    copy_marks: RefCell<CopyMarks>,
+    copies_options: OpenOptions,
+    copies_pending: bool,
     run: u64,
     current: Option<RunInfo>,
     history_count: usize,
     rate_count: usize,
     rate_since: Option<Instant>,
+}
+
+/// Copied spans of the transcript, computed for one text (transcript epoch and length).
+#[derive(Debug, Default)]
+struct CopyMarks {
+    key: Option<(u64, usize)>,
+    ranges: Vec<Range<usize>>,
 }
 
 /// Steps through a sorted list where `None` is beyond its end ("off", "no limit", "max").
@@ -309,6 +332,11 @@ impl App {
             checkpoints_dir: opts.checkpoints,
             samples_dir: opts.samples,
             view: RefCell::new(View::default()),
+            underline_copies: false,
+            copies: None,
+            copy_marks: RefCell::new(CopyMarks::default()),
+            copies_options: opts.copies,
+            copies_pending: false,
             run: 0,
             current: None,
             history_count: 0,
@@ -489,6 +517,7 @@ impl App {
             'n' => self.seed = self.seed.saturating_sub(1),
             'N' => self.seed = self.seed.saturating_add(1),
             'v' => self.colours = !self.colours,
+            'u' => return self.toggle_copies(),
             'd' => self.show_dist = !self.show_dist,
             'w' => self.open_save(),
             'h' => {
@@ -797,6 +826,60 @@ impl App {
         );
     }
 
+    /// `u`: underline copied spans on or off; the first time for a model, asks the worker to
+    /// open its copy index.
+    fn toggle_copies(&mut self) -> Vec<Command> {
+        if self.underline_copies {
+            self.underline_copies = false;
+            self.say(Level::Info, "copied spans not underlined");
+            return Vec::new();
+        }
+        self.underline_copies = true;
+        if self.copies.is_some() {
+            self.say(Level::Info, COPIES_ON);
+            return Vec::new();
+        }
+        if self.copies_pending {
+            return Vec::new();
+        }
+        self.copies_pending = true;
+        self.say(
+            Level::Info,
+            "reading the training corpus for copy detection...",
+        );
+        vec![Command::OpenCopies {
+            checkpoint: self.model.path.clone(),
+            options: self.copies_options.clone(),
+        }]
+    }
+
+    /// Byte ranges of the transcript's generated text that copy 12 or more characters from
+    /// the training corpus (empty unless underlining is on and the index is open). Computed
+    /// again only when the text changed.
+    pub fn copied_ranges(&self) -> std::cell::Ref<'_, [Range<usize>]> {
+        let t = &self.transcript;
+        let key = (t.epoch(), t.text().len());
+        let mut marks = self.copy_marks.borrow_mut();
+        match (&self.copies, self.underline_copies) {
+            (Some(index), true) if marks.key != Some(key) => {
+                let start = t.prompt_len();
+                marks.ranges = index
+                    .copied_ranges(&t.text()[start..])
+                    .into_iter()
+                    .map(|r| r.start + start..r.end + start)
+                    .collect();
+                marks.key = Some(key);
+            }
+            (Some(_), true) => {}
+            _ => {
+                marks.ranges.clear();
+                marks.key = None;
+            }
+        }
+        drop(marks);
+        std::cell::Ref::map(self.copy_marks.borrow(), |m| m.ranges.as_slice())
+    }
+
     fn open_save(&mut self) {
         if self.transcript.is_empty() {
             self.say(Level::Info, "nothing to save yet");
@@ -880,8 +963,27 @@ impl App {
                     format!("{what}: {tokens} tokens in {secs:.1} s"),
                 );
             }
+            WorkerEvent::Copies { checkpoint, result } if checkpoint == self.model.path => {
+                self.copies_pending = false;
+                match result {
+                    Ok((index, note)) => {
+                        self.copies = Some(index.0);
+                        if self.underline_copies {
+                            self.say(Level::Info, format!("{COPIES_ON} ({note})"));
+                        }
+                    }
+                    Err(msg) => {
+                        self.underline_copies = false;
+                        self.say(Level::Error, msg);
+                    }
+                }
+            }
             WorkerEvent::Loaded(info) => {
                 self.say(Level::Info, format!("opened {}", info.path.display()));
+                // Another model, another corpus: `u` opens its index.
+                self.copies = None;
+                self.copies_pending = false;
+                self.underline_copies = false;
                 self.model = info;
                 self.activity = Activity::Idle;
                 self.rate = 0.0;
@@ -1232,6 +1334,65 @@ mod tests {
         ));
         assert_eq!(a.focus, Focus::Output);
         assert_eq!(a.prompt.text(), "ROMEO:\nO");
+    }
+
+    #[test]
+    fn u_opens_the_copy_index_once_and_underlines_copied_generated_text() {
+        let mut a = app();
+        let path = a.model.path.clone();
+        let open = Command::OpenCopies {
+            checkpoint: path.clone(),
+            options: OpenOptions::default(),
+        };
+        assert_eq!(press(&mut a, "u"), [open]);
+        assert!(a.underline_copies);
+        // Off and on again before the answer: no second request.
+        assert!(press(&mut a, "uu").is_empty());
+        let corpus = "the quick brown fox jumps over the lazy dog";
+        let index = CopyIndex::build(vec![(PathBuf::from("c.txt"), corpus.into())], "f".into());
+        let index = super::super::worker::SharedIndex(Arc::new(index.unwrap()));
+        a.handle_worker(WorkerEvent::Copies {
+            checkpoint: path.clone(),
+            result: Ok((index.clone(), "built".into())),
+        });
+        assert!(a.copies.is_some());
+        a.prompt.set_text("the quick brown ");
+        press(&mut a, "g");
+        token(&mut a, "fox jumps over", 0.5);
+        token(&mut a, " a lazy dog", 0.5);
+        // The prompt is not checked; "fox jumps over" continues the prompt's copy.
+        let text = a.transcript.text().to_string();
+        let ranges: Vec<Range<usize>> = a.copied_ranges().to_vec();
+        assert_eq!(ranges.len(), 1, "{ranges:?}");
+        assert_eq!(&text[ranges[0].clone()], "fox jumps over ");
+        // Off: nothing underlined; on again: no new request, the index is kept.
+        assert!(press(&mut a, "u").is_empty());
+        assert!(a.copied_ranges().is_empty());
+        assert!(press(&mut a, "u").is_empty());
+        assert_eq!(a.copied_ranges().len(), 1);
+        // Another model drops the index; a failure turns underlining off with the message.
+        a.handle_worker(WorkerEvent::Loaded(info("other")));
+        assert!(a.copies.is_none() && !a.underline_copies);
+        let other = a.model.path.clone();
+        assert_eq!(
+            press(&mut a, "u"),
+            [Command::OpenCopies {
+                checkpoint: other.clone(),
+                options: OpenOptions::default(),
+            }]
+        );
+        // An answer for the previous model is ignored.
+        a.handle_worker(WorkerEvent::Copies {
+            checkpoint: path,
+            result: Ok((index, "built".into())),
+        });
+        assert!(a.copies.is_none());
+        a.handle_worker(WorkerEvent::Copies {
+            checkpoint: other,
+            result: Err("copy detection: corpus gone".into()),
+        });
+        assert!(!a.underline_copies);
+        assert!(a.message.as_ref().unwrap().text.contains("corpus gone"));
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub const HELP: &[(&str, &[(&str, &str)])] = &[
         "View",
         &[
             ("v", "colours by probability"),
+            ("u", "underline corpus copies"),
             ("d", "next-token panel on/off"),
             ("↑↓ PgUp/Dn", "scroll the text"),
             ("Home End", "top / follow the end"),
@@ -228,6 +229,9 @@ fn draw_output(frame: &mut Frame, app: &App, area: Rect) {
     if app.colours {
         title.push(Span::raw("· colours ").fg(Color::Green));
     }
+    if app.underline_copies {
+        title.push(Span::raw("· copies ").fg(Color::Green).underlined());
+    }
     let mut block = Block::bordered().title(Line::from(title));
     if app.scroll.is_some() {
         block = block.title_bottom(
@@ -262,11 +266,19 @@ fn draw_output(frame: &mut Frame, app: &App, area: Rect) {
     let top = app.scroll.unwrap_or(max_top).min(max_top);
     let text = t.text();
     let prompt_style = Style::new().add_modifier(Modifier::BOLD);
+    let copied = app.copied_ranges();
     let style_at = |at: usize| -> Style {
-        match t.prob_at(at) {
+        let st = match t.prob_at(at) {
             None if at < t.prompt_len() => prompt_style,
             Some(p) if app.colours => Style::new().fg(prob_colour(p)),
             _ => Style::new(),
+        };
+        // Ranges are few and sorted: a binary search per char.
+        let i = copied.partition_point(|r| r.end <= at);
+        if copied.get(i).is_some_and(|r| r.start <= at) {
+            st.add_modifier(Modifier::UNDERLINED)
+        } else {
+            st
         }
     };
     let mut out = Vec::with_capacity(h);

@@ -14,6 +14,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::checkpoint;
+use crate::copies::{self, CacheStatus, CopyIndex, OpenOptions};
 use crate::generate::{SamplingParams, Session, StreamSpec};
 use crate::nn::model::{Model, ModelConfig};
 use crate::tokenizer::{Tokenizer, TokenizerKind, UnknownPolicy};
@@ -111,8 +112,27 @@ pub enum Command {
     Clear,
     /// Open another checkpoint.
     Load(PathBuf),
+    /// Open the copy index of the checkpoint at this path (its training corpus, checked
+    /// against the recorded fingerprint; the suffix array cached beside it). Generation waits
+    /// while it is built: under a second for the bundled corpus.
+    OpenCopies {
+        /// The checkpoint.
+        checkpoint: PathBuf,
+        /// Where the corpus is, if not where the checkpoint says.
+        options: OpenOptions,
+    },
     /// End the thread.
     Quit,
+}
+
+/// A copy index shared with the UI; two are equal when they are the same index.
+#[derive(Clone, Debug)]
+pub struct SharedIndex(pub Arc<CopyIndex>);
+
+impl PartialEq for SharedIndex {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// Why a run of the UI ended (a stream's own end is a [`crate::generate::StopReason`]).
@@ -174,6 +194,13 @@ pub enum WorkerEvent {
     },
     /// Another checkpoint is open (state cleared).
     Loaded(ModelInfo),
+    /// The answer to [`Command::OpenCopies`].
+    Copies {
+        /// The checkpoint it was asked for.
+        checkpoint: PathBuf,
+        /// The index and a note on how it was obtained, or why it could not be opened.
+        result: std::result::Result<(SharedIndex, String), String>,
+    },
     /// A request failed; `run` when it belonged to one.
     Failed {
         /// Run number, if any.
@@ -227,6 +254,22 @@ impl WorkerHandle {
             let _ = h.join();
         }
     }
+}
+
+/// Opens the copy index of `checkpoint`; the note says whether the cache was used.
+fn open_copies(
+    checkpoint: &Path,
+    options: &OpenOptions,
+) -> std::result::Result<(SharedIndex, String), String> {
+    let r = checkpoint::read(checkpoint).map_err(|e| e.to_string())?;
+    let opened = copies::open(checkpoint, &r.meta.corpus, r.tokenizer.kind(), options)
+        .map_err(|e| format!("copy detection: {e}"))?;
+    let note = match &opened.cache {
+        CacheStatus::Reused => "index loaded from its cache".to_string(),
+        CacheStatus::Built { saved: Ok(()), .. } => "index built and cached".to_string(),
+        CacheStatus::Built { saved: Err(e), .. } => format!("index built (not cached: {e})"),
+    };
+    Ok((SharedIndex(Arc::new(opened.index)), note))
 }
 
 type Sink = Box<dyn FnMut(WorkerEvent) -> bool + Send>;
@@ -350,6 +393,13 @@ impl Worker {
                 self.session.clear();
             }
             Command::Load(path) => self.load(&path),
+            Command::OpenCopies {
+                checkpoint,
+                options,
+            } => {
+                let result = open_copies(&checkpoint, &options);
+                self.send(WorkerEvent::Copies { checkpoint, result });
+            }
             Command::Quit => {}
         }
     }
@@ -608,7 +658,7 @@ pub(crate) mod tests {
         };
         // The reference: a plain loop over the generator and a sampler seeded by the one rule.
         let mut gen = Generator::new(Arc::new(model), 1);
-        let mut sampler = Sampler::new(fast(40).sampling, sample_seed(7, 1));
+        let mut sampler = Sampler::new(fast(40).sampling, sample_seed(7, 1, 0));
         gen.feed(&tok.encode("ab").unwrap());
         let mut want = String::new();
         let mut probs = Vec::new();

@@ -1,10 +1,13 @@
 //! `quill sample --count N --out DIR`, end to end through the binary: the manifest, the
 //! reproducibility rule, stop strings, overwrite refusal and unwritable output directories.
 
+mod common;
+use common::quill;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use sha2::Digest;
@@ -55,14 +58,6 @@ fn tiny_model(dir: &Path) -> PathBuf {
     };
     let mut tr = Trainer::new(&corpus, tok, model, cfg).unwrap();
     tr.run(None, &mut |_| Control::Continue).unwrap().latest
-}
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
 }
 
 fn ok(o: &Output) {

@@ -1,20 +1,11 @@
 //! The real binary, end to end: train → sample → eval → info → export on a tiny corpus, and
 //! the error paths a user hits first.
 
+mod common;
+use common::{quill, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
-}
+use std::process::Command;
 
 fn tiny_corpus(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("tiny.txt");

@@ -3,9 +3,12 @@
 //! cached index beside the checkpoint (reused, rebuilt when damaged), a changed or missing
 //! corpus, `--corpus` pointing elsewhere, and the CLI's errors.
 
+mod common;
+use common::quill;
+
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use sha2::Digest;
 
@@ -56,14 +59,6 @@ fn tiny_model(dir: &Path) -> PathBuf {
     };
     let mut tr = Trainer::new(&corpus, tok, model, cfg).unwrap();
     tr.run(None, &mut |_| Control::Continue).unwrap().latest
-}
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
 }
 
 fn stderr(o: &Output) -> String {

@@ -3,8 +3,10 @@
 //! whose high-temperature samples are free of U+FFFD with the guard (the golden samples of
 //! the same command without it are full of them).
 
+mod common;
+use common::{quill, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -12,18 +14,6 @@ fn root() -> &'static Path {
 
 fn model(name: &str) -> String {
     root().join(name).to_string_lossy().into_owned()
-}
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
 }
 
 fn jsonl(path: &Path) -> Vec<serde_json::Value> {

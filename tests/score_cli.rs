@@ -2,8 +2,11 @@
 //! `quill eval --streams 1`, the JSONL schema, `--worst`, two checkpoints side by side, the
 //! heat map, and the errors for bad files and flags.
 
+mod common;
+use common::{quill, text};
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,18 +25,6 @@ fn bpe() -> String {
         .join("tests/data/golden_samples/bpe.safetensors")
         .to_string_lossy()
         .into_owned()
-}
-
-fn quill(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_quill"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run quill")
-}
-
-fn text(o: &[u8]) -> String {
-    String::from_utf8_lossy(o).into_owned()
 }
 
 /// Shakespeare-like lines, a blank line, and one line of nonsense (the oddest).

@@ -537,22 +537,7 @@ impl CheckpointFile {
                     info.dtype
                 )));
             }
-            let (start, end) = info.data_offsets;
-            let slice = data.get(start..end).ok_or_else(|| {
-                err(format!(
-                    "tensor {name:?}: data offsets [{start}, {end}] out of range"
-                ))
-            })?;
-            let fits = element_count(&info.shape)
-                .and_then(|n| n.checked_mul(ELEM_BYTES))
-                .is_some_and(|n| n == slice.len());
-            if !fits {
-                return Err(err(format!(
-                    "tensor {name:?}: shape {} does not match its {} data bytes",
-                    ShapeFmt(&info.shape),
-                    slice.len()
-                )));
-            }
+            let slice = tensor_bytes(name, info, data, ELEM_BYTES).map_err(err)?;
             sum.tensor_head(name, &info.shape, slice.len());
             sum.bytes(slice);
             raw.push((name, info, slice));
@@ -704,22 +689,7 @@ pub fn foreign_tensors<'a>(
                 info.dtype
             ))
         })?;
-        let (start, end) = info.data_offsets;
-        let slice = data.get(start..end).ok_or_else(|| {
-            err(format!(
-                "tensor {name:?}: data offsets [{start}, {end}] out of range"
-            ))
-        })?;
-        let fits = element_count(&info.shape)
-            .and_then(|n| n.checked_mul(size))
-            .is_some_and(|n| n == slice.len());
-        if !fits {
-            return Err(err(format!(
-                "tensor {name:?}: shape {} does not match its {} data bytes",
-                ShapeFmt(&info.shape),
-                slice.len()
-            )));
-        }
+        let slice = tensor_bytes(&name, info, data, size).map_err(err)?;
         out.insert(
             name,
             ForeignTensor {
@@ -730,6 +700,31 @@ pub fn foreign_tensors<'a>(
         );
     }
     Ok(out)
+}
+
+/// The data bytes of one tensor of a safetensors file: its offsets must lie inside `data` (the
+/// region after the header) and its length must be its shape times `elem_bytes`.
+fn tensor_bytes<'a>(
+    name: &str,
+    info: &TensorInfo,
+    data: &'a [u8],
+    elem_bytes: usize,
+) -> std::result::Result<&'a [u8], String> {
+    let (start, end) = info.data_offsets;
+    let slice = data
+        .get(start..end)
+        .ok_or_else(|| format!("tensor {name:?}: data offsets [{start}, {end}] out of range"))?;
+    let fits = element_count(&info.shape)
+        .and_then(|n| n.checked_mul(elem_bytes))
+        .is_some_and(|n| n == slice.len());
+    if !fits {
+        return Err(format!(
+            "tensor {name:?}: shape {} does not match its {} data bytes",
+            ShapeFmt(&info.shape),
+            slice.len()
+        ));
+    }
+    Ok(slice)
 }
 
 /// Writes a checkpoint's bytes to `path` through [`atomic`] (creating missing parent

@@ -36,7 +36,7 @@ use std::fs;
 use std::io::Read;
 use std::path::Path;
 
-use safetensors::tensor::TensorInfo;
+use safetensors::tensor::{Metadata, TensorInfo};
 use safetensors::{Dtype, SafeTensors};
 use serde::de::{DeserializeSeed, Error as _, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
@@ -331,6 +331,19 @@ impl<'de> Visitor<'de> for OffsetBound {
     }
 }
 
+/// The parsed header of an untrusted safetensors file and its data region (the bytes after
+/// the header), after [`precheck`]'s bounds checks.
+fn header_and_data(bytes: &[u8]) -> std::result::Result<(Metadata, &[u8]), String> {
+    let bad = |m: &dyn fmt::Display| format!("not a safetensors file, or truncated: {m}");
+    precheck(bytes).map_err(|m| bad(&m))?;
+    let (n, metadata) = SafeTensors::read_metadata(bytes).map_err(|e| bad(&e))?;
+    let data = 8usize
+        .checked_add(n)
+        .and_then(|start| bytes.get(start..))
+        .ok_or_else(|| "not a safetensors file, or truncated".to_string())?;
+    Ok((metadata, data))
+}
+
 /// Bounds checks before handing bytes to the safetensors crate: header length within limits and
 /// within the file, every data offset within the data region.
 fn precheck(bytes: &[u8]) -> std::result::Result<(), String> {
@@ -480,13 +493,7 @@ impl CheckpointFile {
             path: path_for_errors.to_path_buf(),
             msg,
         };
-        precheck(bytes).map_err(|m| err(format!("not a safetensors file, or truncated: {m}")))?;
-        let (n, metadata) = SafeTensors::read_metadata(bytes)
-            .map_err(|e| err(format!("not a safetensors file, or truncated: {e}")))?;
-        let data = 8usize
-            .checked_add(n)
-            .and_then(|start| bytes.get(start..))
-            .ok_or_else(|| err("not a safetensors file, or truncated".to_string()))?;
+        let (metadata, data) = header_and_data(bytes).map_err(err)?;
 
         let md = metadata.metadata().as_ref().ok_or_else(|| {
             err("not a quill checkpoint (the safetensors file has no __metadata__)".to_string())
@@ -674,13 +681,7 @@ pub fn foreign_tensors<'a>(
         path: path_for_errors.to_path_buf(),
         msg,
     };
-    precheck(bytes).map_err(|m| err(format!("not a safetensors file, or truncated: {m}")))?;
-    let (n, metadata) = SafeTensors::read_metadata(bytes)
-        .map_err(|e| err(format!("not a safetensors file, or truncated: {e}")))?;
-    let data = 8usize
-        .checked_add(n)
-        .and_then(|start| bytes.get(start..))
-        .ok_or_else(|| err("not a safetensors file, or truncated".to_string()))?;
+    let (metadata, data) = header_and_data(bytes).map_err(err)?;
     let mut out = BTreeMap::new();
     for (name, info) in metadata.tensors() {
         let size = float_dtype_size(info.dtype).ok_or_else(|| {

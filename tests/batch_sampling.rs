@@ -2,11 +2,11 @@
 //! reproducibility rule, stop strings, overwrite refusal and unwritable output directories.
 
 mod common;
-use common::quill;
+use common::{quill, tiny_model};
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 use std::sync::Arc;
 
@@ -16,49 +16,7 @@ use quill::checkpoint;
 use quill::generate::output::ManifestRecord;
 use quill::generate::sampler::log_prob;
 use quill::nn::generator::Generator;
-use quill::nn::model::ModelConfig;
-use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
-use quill::train::corpus::Corpus;
-use quill::train::{Control, TrainConfig, Trainer};
-
-const TEXT: &str = "ROMEO:\nBut soft, what light through yonder window breaks?\n\
-JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n";
-
-/// A small char model trained for a few steps through the library; returns its checkpoint.
-fn tiny_model(dir: &Path) -> PathBuf {
-    let text = TEXT.repeat(20);
-    let corpus = Corpus {
-        path: PathBuf::from("inline.txt"),
-        text: text.clone(),
-        fingerprint: quill::train::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
-    };
-    let opts = TokenizerOptions {
-        vocab_size: 10_000,
-        min_frequency: 1,
-    };
-    let tok = Tokenizer::train(TokenizerKind::Char, &text, &opts).unwrap();
-    let model = ModelConfig {
-        vocab: 0,
-        embed: 8,
-        hidden: 24,
-        layers: 2,
-        dropout: 0.0,
-        tie_weights: false,
-    };
-    let cfg = TrainConfig {
-        batch: 4,
-        seq: 16,
-        val_fraction: 0.0,
-        eval_every: 0,
-        save_every: 0,
-        max_steps: Some(15),
-        out: dir.to_path_buf(),
-        name: "tiny".into(),
-        ..TrainConfig::default()
-    };
-    let mut tr = Trainer::new(&corpus, tok, model, cfg).unwrap();
-    tr.run(None, &mut |_| Control::Continue).unwrap().latest
-}
+use quill::train::TrainConfig;
 
 fn ok(o: &Output) {
     assert!(
@@ -114,7 +72,7 @@ fn mean_logprob(ck: &Path, prime: &str, generated: &str) -> f64 {
 fn manifest_describes_every_sample() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 15, TrainConfig::default().lr);
     let ck_s = ck.to_str().unwrap();
     fs::write(d.join("primes.txt"), "ROMEO:\n\nJULIET:\r\n").unwrap();
     let o = quill(
@@ -229,7 +187,7 @@ fn manifest_describes_every_sample() {
 fn a_sample_is_the_same_alone_and_in_a_batch_of_64() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 15, TrainConfig::default().lr);
     fs::write(d.join("primes.txt"), "ROMEO:\nO\n").unwrap();
     let run = |out: &str, count: &str, max_batch: &str| {
         let o = quill(
@@ -276,7 +234,7 @@ fn a_sample_is_the_same_alone_and_in_a_batch_of_64() {
 fn stop_strings_end_samples_at_their_first_occurrence() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 15, TrainConfig::default().lr);
     let run = |out: &str, stops: &[&str]| {
         let mut args = vec![
             "sample",
@@ -355,7 +313,7 @@ fn stop_strings_end_samples_at_their_first_occurrence() {
 fn existing_files_are_not_overwritten_without_force() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 15, TrainConfig::default().lr);
     let run = |seed: &str, force: bool| {
         let mut args = vec![
             "sample",
@@ -418,7 +376,7 @@ fn existing_files_are_not_overwritten_without_force() {
 fn an_unwritable_output_directory_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 15, TrainConfig::default().lr);
     let run = |out: &Path| {
         quill(
             &[

@@ -4,62 +4,13 @@
 //! corpus, `--corpus` pointing elsewhere, and the CLI's errors.
 
 mod common;
-use common::quill;
+use common::{quill, tiny_model};
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
 
-use sha2::Digest;
-
 use quill::generate::output::ManifestRecord;
-use quill::nn::model::ModelConfig;
-use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
-use quill::train::corpus::Corpus;
-use quill::train::{Control, TrainConfig, Trainer};
-
-const TEXT: &str = "ROMEO:\nBut soft, what light through yonder window breaks?\n\
-JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n";
-
-/// A small char model trained for a few steps on a tiny repetitive corpus written to
-/// `DIR/corpus.txt` (which the checkpoint records); returns the checkpoint.
-fn tiny_model(dir: &Path) -> PathBuf {
-    let text = TEXT.repeat(20);
-    let path = dir.join("corpus.txt");
-    fs::write(&path, &text).unwrap();
-    let corpus = Corpus {
-        path,
-        text: text.clone(),
-        fingerprint: quill::train::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
-    };
-    let opts = TokenizerOptions {
-        vocab_size: 10_000,
-        min_frequency: 1,
-    };
-    let tok = Tokenizer::train(TokenizerKind::Char, &text, &opts).unwrap();
-    let model = ModelConfig {
-        vocab: 0,
-        embed: 8,
-        hidden: 24,
-        layers: 2,
-        dropout: 0.0,
-        tie_weights: false,
-    };
-    let cfg = TrainConfig {
-        batch: 4,
-        seq: 16,
-        val_fraction: 0.0,
-        eval_every: 0,
-        save_every: 0,
-        max_steps: Some(40),
-        lr: 1e-2,
-        out: dir.to_path_buf(),
-        name: "tiny".into(),
-        ..TrainConfig::default()
-    };
-    let mut tr = Trainer::new(&corpus, tok, model, cfg).unwrap();
-    tr.run(None, &mut |_| Control::Continue).unwrap().latest
-}
 
 fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
@@ -102,7 +53,7 @@ fn brute_longest(corpus: &str, text: &str) -> usize {
 fn check_copies_reports_on_stdout_runs_and_in_the_manifest() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 40, 1e-2);
     let ck_s = ck.to_str().unwrap();
     let corpus = fs::read_to_string(d.join("corpus.txt")).unwrap();
     let args = ["sample", "-c", ck_s, "--seed", "5", "-l", "80", "-t", "0.6"];
@@ -183,7 +134,7 @@ fn check_copies_reports_on_stdout_runs_and_in_the_manifest() {
 fn max_copy_regenerates_with_bounded_recorded_reproducible_tries() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 40, 1e-2);
     let ck_s = ck.to_str().unwrap();
     let base = [
         "sample", "-c", ck_s, "--seed", "2", "-l", "60", "-n", "16", "-t", "0.7", "--format",
@@ -282,7 +233,7 @@ fn max_copy_regenerates_with_bounded_recorded_reproducible_tries() {
 fn cache_and_corpus_problems_are_handled_with_clear_messages() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 40, 1e-2);
     let ck_s = ck.to_str().unwrap();
     let args = ["sample", "-c", ck_s, "-l", "20", "--check-copies"];
     ok(&quill(&args, d));
@@ -336,7 +287,7 @@ fn cache_and_corpus_problems_are_handled_with_clear_messages() {
 fn copy_flags_are_checked() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
-    let ck = tiny_model(d);
+    let ck = tiny_model(d, 40, 1e-2);
     let ck_s = ck.to_str().unwrap();
     fails(
         &quill(&["sample", "-c", ck_s, "--corpus", "x.txt"], d),

@@ -3,8 +3,14 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use quill::nn::model::ModelConfig;
+use quill::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
+use quill::train::corpus::Corpus;
+use quill::train::{Control, TrainConfig, Trainer};
+use sha2::Digest;
 
 use serde_json::Value;
 
@@ -15,6 +21,49 @@ pub fn quill(args: &[&str], cwd: &Path) -> Output {
         .current_dir(cwd)
         .output()
         .expect("run quill")
+}
+
+/// A small char model (2 × 24) trained through the library for `steps` steps at learning rate
+/// `lr` on a tiny repetitive corpus written to `DIR/corpus.txt` (which the checkpoint
+/// records); returns its `latest` checkpoint.
+pub fn tiny_model(dir: &Path, steps: u64, lr: f32) -> PathBuf {
+    const TEXT: &str = "ROMEO:\nBut soft, what light through yonder window breaks?\n\
+JULIET:\nO Romeo, Romeo, wherefore art thou Romeo?\n\n";
+    let text = TEXT.repeat(20);
+    let path = dir.join("corpus.txt");
+    std::fs::write(&path, &text).unwrap();
+    let corpus = Corpus {
+        path,
+        text: text.clone(),
+        fingerprint: quill::train::corpus::hex(&sha2::Sha256::digest(text.as_bytes())),
+    };
+    let opts = TokenizerOptions {
+        vocab_size: 10_000,
+        min_frequency: 1,
+    };
+    let tok = Tokenizer::train(TokenizerKind::Char, &text, &opts).unwrap();
+    let model = ModelConfig {
+        vocab: 0,
+        embed: 8,
+        hidden: 24,
+        layers: 2,
+        dropout: 0.0,
+        tie_weights: false,
+    };
+    let cfg = TrainConfig {
+        batch: 4,
+        seq: 16,
+        val_fraction: 0.0,
+        eval_every: 0,
+        save_every: 0,
+        max_steps: Some(steps),
+        lr,
+        out: dir.to_path_buf(),
+        name: "tiny".into(),
+        ..TrainConfig::default()
+    };
+    let mut tr = Trainer::new(&corpus, tok, model, cfg).unwrap();
+    tr.run(None, &mut |_| Control::Continue).unwrap().latest
 }
 
 /// Output bytes as text (invalid UTF-8 replaced).

@@ -37,3 +37,17 @@ pub fn human_bytes(n: u64) -> String {
         n => format!("{n} B"),
     }
 }
+
+/// Text from a checkpoint as it may be printed to a terminal: control characters (escape
+/// sequences, carriage returns, ...) are shown escaped instead of acted upon.
+pub fn shown(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}

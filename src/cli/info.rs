@@ -8,7 +8,7 @@ use clap::Args;
 use quill::checkpoint::CheckpointKind;
 use quill::train::checkpoint as train_checkpoint;
 
-use super::common::human_count;
+use super::common::{human_count, shown};
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
@@ -116,20 +116,6 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
     }
     writeln!(out, "written by   quill {}", shown(&m.base.quill_version))?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Text from a checkpoint as it may be printed to a terminal: control characters (escape
-/// sequences, carriage returns, ...) are shown escaped instead of acted upon.
-fn shown(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
 }
 
 #[derive(Debug, Args)]

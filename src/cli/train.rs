@@ -392,7 +392,7 @@ fn use_recorded_corpus(
     };
     let shown = |ps: &[PathBuf]| {
         ps.iter()
-            .map(|p| p.display().to_string().escape_debug().to_string())
+            .map(|p| super::common::shown(&p.display().to_string()))
             .collect::<Vec<_>>()
             .join(" ")
     };
@@ -408,7 +408,7 @@ fn use_recorded_corpus(
              prepared with)",
             checkpoint.display(),
             shown(&paths),
-            missing.display().to_string().escape_debug()
+            super::common::shown(&missing.display().to_string())
         );
     }
     eprintln!(

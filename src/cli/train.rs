@@ -396,12 +396,8 @@ fn use_recorded_corpus(
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let all = paths.iter().chain(if val_given {
-        [].iter()
-    } else {
-        recorded.val_paths.iter()
-    });
-    if let Some(missing) = all.clone().find(|p| !p.exists()) {
+    let val: &[PathBuf] = if val_given { &[] } else { &recorded.val_paths };
+    if let Some(missing) = paths.iter().chain(val).find(|p| !p.exists()) {
         anyhow::bail!(
             "{}: was trained on {} ({} is not there from this directory); pass that corpus \
              with --corpus PATH... (and the --glob, --separator and --val-corpus flags it was \
@@ -416,8 +412,8 @@ fn use_recorded_corpus(
         shown(&paths)
     );
     args.data.corpus = paths;
-    if !val_given && !recorded.val_paths.is_empty() {
-        args.data.val_corpus = recorded.val_paths.clone();
+    if !val.is_empty() {
+        args.data.val_corpus = val.to_vec();
     }
     Ok(())
 }

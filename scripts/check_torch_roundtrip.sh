@@ -33,6 +33,8 @@ TOK=$W/shk.tokens
 MODEL=(--tokens "$TOK" --layers 2 --hidden 64 --embed 16 --dropout 0 --batch 8 --seq 32 --lr 3e-3
        --warmup 5 --eval-every 20 --save-every 20)
 TORCH=(--log-every 0 --device cpu)
+# quill train's regularisers that the PyTorch trainer does not have, off.
+PLAIN=(--dropout-mask element --dropout-input 0 --dropout-embed 0 --weight-drop 0 --ema 0)
 
 # Compares the `kind` records of two metrics logs at the steps both have: max |a - b| of `key`.
 compare() { # compare LOG_A LOG_B KIND KEY TOL LABEL [FROM_STEP]
@@ -95,7 +97,7 @@ compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" train loss 1e-4 "qui
 compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch continuation" 40
 
 echo "== PyTorch continues a quill train run (stopped at step 20 of 40) as quill does"
-"$QUILL" train "${MODEL[@]}" --max-steps 40 --steps-this-run 20 --out "$W/qa" --quiet 2>"$W/qa.log"
+"$QUILL" train "${MODEL[@]}" "${PLAIN[@]}" --max-steps 40 --steps-this-run 20 --out "$W/qa" --quiet 2>"$W/qa.log"
 cp "$W/qa/shk-latest.safetensors" "$W/qa-step20.safetensors"
 "$QUILL" train --tokens "$TOK" --resume "$W/qa/shk-latest.safetensors" --out "$W/qa" --quiet 2>>"$W/qa.log"
 $PY -m quill_torch.train --tokens "$TOK" --resume "$W/qa-step20.safetensors" --out "$W/pa" --device cpu --log-every 0 2>"$W/pa.log"
@@ -170,5 +172,7 @@ cp "$CK" "$W/flipped.safetensors"
 printf '\x01' | dd of="$W/flipped.safetensors" bs=1 seek=$(( $(stat -c %s "$CK") - 100 )) conv=notrunc 2>/dev/null
 refuse "checksum mismatch" --tokens "$TOK" --resume "$W/flipped.safetensors" --out "$W/e"
 refuse "invalid dropout" --tokens "$TOK" --dropout 1.5 --max-steps 2 --out "$W/e"
+"$QUILL" train "${MODEL[@]}" --max-steps 2 --out "$W/reg" --quiet 2>"$W/reg.log"
+refuse "which the PyTorch trainer does not implement" --tokens "$TOK" --resume "$W/reg/shk-latest.safetensors" --out "$W/e"
 
 echo "all PyTorch round-trip checks passed"

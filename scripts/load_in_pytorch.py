@@ -12,7 +12,7 @@ class LM(nn.Module):
         super().__init__(); s.embed = nn.Embedding(c["vocab"], c["embed"])
         s.rnn = nn.LSTM(c["embed"], c["hidden"], c["layers"]); s.out = nn.Linear(c["hidden"], c["vocab"])
 m = LM()
-sd = {k: v for k, v in load_file(path).items() if not k.startswith(("optim.", "state."))}
+sd = {k: v for k, v in load_file(path).items() if not k.startswith(("optim.", "state.", "train."))}
 print(m.load_state_dict(sd, strict=True))
 tok = json.loads(meta["tokenizer"]); chars = tok["chars"]
 x = torch.tensor([[chars.index(ch)] for ch in "ROMEO:"])

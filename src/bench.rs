@@ -3,9 +3,12 @@
 //! Everything runs on random tokens and freshly initialised weights, so no corpus or
 //! checkpoint is needed and every run of a configuration does the same work:
 //!
-//! - training: full optimizer steps (zero gradients, forward, loss, backward, global-norm
-//!   clipping at 5, Adam), `warmup` untimed steps, then `runs` timed runs of `steps` steps
-//!   each; the median run gives ms/step and tokens/s (B·T tokens per step);
+//! - training: full optimizer steps of the trainer ([`Stepper`]: zero gradients, forward,
+//!   loss, backward, global-norm clipping at 5, Adam), `warmup` untimed steps, then `runs`
+//!   timed runs of `steps` steps each; the median run gives ms/step and tokens/s (B·T tokens
+//!   per step). Without regularisation by default (the PyTorch peer's work); with
+//!   [`BenchOptions::regularise`], the regularisation and weight average of the recipe
+//!   (`train::budget`) for that kind of model;
 //! - generation, one stream: the [`Engine`] stepping one stream with the default sampling
 //!   parameters (temperature 0.8), decoding its tokens; the median of `runs` runs of
 //!   `gen_tokens` tokens;
@@ -25,9 +28,12 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::generate::{Engine, Stream, StreamSpec};
-use crate::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
+use crate::nn::model::{LstmState, Model, ModelConfig};
 use crate::tokenizer::{Tokenizer, TokenizerKind, TokenizerOptions};
-use crate::train::optim::{clip_grad_norm, Adam, AdamConfig};
+use crate::train::budget::{self, Limit};
+use crate::train::config::TrainConfig;
+use crate::train::optim::{Adam, AdamConfig};
+use crate::train::step::Stepper;
 
 /// A named benchmark configuration: a model and the training window shape.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -136,6 +142,8 @@ pub struct BenchOptions {
     pub batch_gen_steps: usize,
     /// Seed of the weights, tokens and sampler.
     pub seed: u64,
+    /// Train with the recipe's regularisation and weight average instead of none.
+    pub regularise: bool,
 }
 
 impl Default for BenchOptions {
@@ -148,6 +156,7 @@ impl Default for BenchOptions {
             batch_streams: 256,
             batch_gen_steps: 20,
             seed: 0,
+            regularise: false,
         }
     }
 }
@@ -238,22 +247,49 @@ pub fn reset_peak_rss() -> bool {
 /// Times `steps` full training steps, `runs` times after `warmup` steps; returns the median
 /// seconds per step.
 fn time_training(cfg: &BenchConfig, opts: &BenchOptions, rng: &mut Pcg64) -> Result<f64> {
-    let mut model = Model::<f32>::new(cfg.model.clone(), rng)?;
+    let (model_cfg, train) = if opts.regularise {
+        // The recipe's regularisation for this kind of model (char: its 6-to-15-passes row,
+        // tiny-shakespeare's 20 minutes; word: its 2-to-6-passes row), on the bench's model.
+        let (kind, passes) = if cfg.model.vocab <= 256 {
+            (TokenizerKind::Char, 10.0)
+        } else {
+            (TokenizerKind::Word, 3.0)
+        };
+        let r = budget::recipe(kind, 1 << 20, &[Limit::Epochs(passes)]);
+        let m = ModelConfig {
+            dropout: r.dropout,
+            ..cfg.model.clone()
+        };
+        let t = TrainConfig {
+            dropout_mask: r.dropout_mask,
+            dropout_input: r.dropout_input,
+            dropout_embed: r.dropout_embed,
+            weight_drop: r.weight_drop,
+            ema: r.ema,
+            ..TrainConfig::default()
+        };
+        (m, t)
+    } else {
+        let t = TrainConfig {
+            dropout_input: 0.0,
+            dropout_embed: 0.0,
+            weight_drop: 0.0,
+            ema: 0.0,
+            ..TrainConfig::default()
+        };
+        (cfg.model.clone(), t)
+    };
+    let mut model = Model::<f32>::new(model_cfg, rng)?;
     let n = cfg.tokens_per_step();
     let v = cfg.model.vocab as u32;
     let x: Vec<u32> = (0..n).map(|_| rng.random_range(0..v)).collect();
     let y: Vec<u32> = (0..n).map(|_| rng.random_range(0..v)).collect();
-    let mut ws = Workspace::default();
-    let mut grads = Params::zeros(&cfg.model);
-    let mut adam = Adam::new(AdamConfig::default(), &cfg.model);
-    let mut state = LstmState::zeros(&cfg.model, cfg.batch);
+    let adam = Adam::new(AdamConfig::default(), &model.config);
+    let mut stepper = Stepper::new(&model, &train, adam, None);
+    let mut state = LstmState::zeros(&model.config, cfg.batch);
+    let mut drop_rng = Pcg64::seed_from_u64(rng.random());
     let mut step = |model: &mut Model<f32>| {
-        grads.zero();
-        let loss = model.forward_backward(&mut ws, &mut grads, &x, &y, &mut state, None);
-        let norm = clip_grad_norm(&mut grads, 5.0);
-        if loss.is_finite() && norm.is_finite() {
-            adam.step(&mut model.params, &grads, 2e-3);
-        }
+        stepper.step(model, &train, &x, &y, &mut state, &mut drop_rng, 2e-3);
     };
     for _ in 0..opts.warmup {
         step(&mut model);
@@ -419,6 +455,7 @@ mod tests {
             batch_streams: 3,
             batch_gen_steps: 2,
             seed: 1,
+            regularise: false,
         };
         let r = run_config(&cfg, &opts).unwrap();
         assert!(r.train_tokens_per_s > 0.0 && r.train_tokens_per_s.is_finite());
@@ -430,6 +467,15 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(r.peak_rss_bytes > 0);
         }
+        let reg = run_config(
+            &cfg,
+            &BenchOptions {
+                regularise: true,
+                ..opts
+            },
+        )
+        .unwrap();
+        assert!(reg.train_tokens_per_s > 0.0 && reg.train_tokens_per_s.is_finite());
         let bad = BenchOptions { runs: 0, ..opts };
         assert!(run_config(&cfg, &bad).is_err());
     }

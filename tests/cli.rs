@@ -157,6 +157,19 @@ fn bad_input_gives_clear_errors() {
             "hidden",
         ),
         (
+            vec!["train", "--corpus", "tiny.txt", "--weight-drop", "1"],
+            "weight-drop",
+        ),
+        (
+            vec!["train", "--corpus", "tiny.txt", "--dropout-embed", "-0.1"],
+            "dropout-embed",
+        ),
+        (
+            vec!["train", "--corpus", "tiny.txt", "--dropout-input", "NaN"],
+            "dropout-input",
+        ),
+        (vec!["train", "--corpus", "tiny.txt", "--ema", "1.0"], "ema"),
+        (
             vec![
                 "train", "--corpus", "tiny.txt", "--batch", "5000", "--seq", "500",
             ],

@@ -78,6 +78,18 @@ fn tiny_model_overfits_a_200_char_string() {
     assert!(last < 0.05, "final training loss {last}");
 }
 
+/// The default config with every regulariser and the weight average on, so that their masks
+/// and state are part of what must resume exactly.
+fn regularised() -> TrainConfig {
+    TrainConfig {
+        dropout_input: 0.1,
+        dropout_embed: 0.1,
+        weight_drop: 0.2,
+        ema: 0.9,
+        ..TrainConfig::default()
+    }
+}
+
 fn run_steps(dir: &Path, max_steps: u64, this_run: Option<u64>, resume: Option<&Path>) -> PathBuf {
     let text = TEXT200.repeat(8);
     let c = corpus(&text);
@@ -90,7 +102,7 @@ fn run_steps(dir: &Path, max_steps: u64, this_run: Option<u64>, resume: Option<&
         max_steps: Some(max_steps),
         out: dir.to_path_buf(),
         name: "t".into(),
-        ..TrainConfig::default()
+        ..regularised()
     };
     let mut tr = match resume {
         Some(p) => Trainer::resume(&c, checkpoint::load_resumable(p).unwrap(), cfg).unwrap(),
@@ -121,6 +133,19 @@ fn resume_is_bit_for_bit_identical() {
     assert_eq!(x.state, y.state);
     assert_eq!(x.meta.progress.rng, y.meta.progress.rng);
     assert_eq!(x.meta.progress.best_val, y.meta.progress.best_val);
+    assert!(x.average.is_some(), "the weight average is kept");
+    assert_eq!(x.average, y.average, "weight averages differ");
+    assert_ne!(x.average.as_ref(), Some(&x.loaded.model.params));
+}
+
+#[test]
+fn the_weight_average_is_what_checkpoints_give_to_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let latest = run_steps(dir.path(), 12, None, None);
+    let r = checkpoint::load_resumable(&latest).unwrap();
+    let sampled = quill::checkpoint::load_model(&latest).unwrap();
+    assert_eq!(Some(&sampled.model.params), r.average.as_ref());
+    assert_ne!(sampled.model.params, r.loaded.model.params);
 }
 
 /// As `run_steps`, on the same text prepared into a token file (written on the first call,
@@ -145,7 +170,7 @@ fn run_steps_prepared(
         max_steps: Some(max_steps),
         out: dir.to_path_buf(),
         name: "t".into(),
-        ..TrainConfig::default()
+        ..regularised()
     };
     let r = resume.map(|p| checkpoint::load_resumable(p).unwrap());
     let opts = PrepareOptions {
@@ -244,7 +269,7 @@ fn checkpoint_round_trip_keeps_everything() {
     tr.save(&path).unwrap();
     let r = checkpoint::load_resumable(&path).unwrap();
     assert_eq!(r.loaded.model, tr.model);
-    assert_eq!(r.adam, tr.adam);
+    assert_eq!(r.adam, *tr.adam());
     assert_eq!(r.state, tr.state);
     assert_eq!(r.meta.progress, tr.progress);
     assert_eq!(r.loaded.tokenizer.to_json(), tr.tokenizer.to_json());

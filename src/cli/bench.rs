@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// Seed of weights, tokens and sampling.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Train with the recipe's regularisation (dropout, DropConnect, weight average; see
+    /// `quill train`) instead of none (the PyTorch peer's work).
+    #[arg(long)]
+    regularised: bool,
 }
 
 pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
@@ -58,6 +62,7 @@ pub fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         batch_streams: a.batch_streams,
         batch_gen_steps: a.batch_gen_steps,
         seed: a.seed,
+        regularise: a.regularised,
     };
     opts.validate()?;
     if !a.json {

@@ -78,6 +78,21 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
         m.train.seq,
         m.train.lr
     )?;
+    let t = &m.train;
+    writeln!(
+        out,
+        "regularised  dropout masks {:?}, input dropout {}, embedding dropout {}, weight drop {}, \
+         weight average {}",
+        t.dropout_mask,
+        t.dropout_input,
+        t.dropout_embed,
+        t.weight_drop,
+        if t.ema > 0.0 {
+            format!("{} (the weights shown are the average)", t.ema)
+        } else {
+            "off".into()
+        }
+    )?;
     let c = &m.base.corpus;
     let more = match (c.paths.len(), c.files) {
         (n, _) if n > 1 => format!(" and {} more path(s)", n - 1),

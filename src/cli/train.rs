@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use quill::nn::dropout::MaskShape;
 use quill::nn::model::ModelConfig;
 use quill::plot::{write_plot, PlotOptions};
 use quill::tokenizer::{Tokenizer, TokenizerKind};
+use quill::train::budget::{self, Limit, Recipe};
 use quill::train::checkpoint;
+use quill::train::config::DEFAULT_DROPOUT;
 use quill::train::metrics::RunMetrics;
 use quill::train::optim::Schedule;
 use quill::train::prepare::{open_token_file, scan, TokenizerPlan, AUTO_TOKEN_FILE_BYTES};
@@ -37,6 +40,30 @@ fn corpus_label(args: &TrainArgs) -> String {
     }
 }
 
+/// The model and regularisation a new run trains with, in one line.
+fn describe(m: &ModelConfig, c: &TrainConfig) -> String {
+    format!(
+        "model {} x {} (embed {}{}), batch {} x seq {}; dropout {} ({:?} masks), input {}, \
+         embedding {}, weight drop {}, weight average {}",
+        m.layers,
+        m.hidden,
+        m.embed,
+        if m.tie_weights { ", tied" } else { "" },
+        c.batch,
+        c.seq,
+        m.dropout,
+        c.dropout_mask,
+        c.dropout_input,
+        c.dropout_embed,
+        c.weight_drop,
+        if c.ema > 0.0 {
+            format!("{}", c.ema)
+        } else {
+            "off".into()
+        }
+    )
+}
+
 /// Time limit of a `train` with no limit flags, so the default run ends within ~10 minutes.
 const DEFAULT_MINUTES: f64 = 8.0;
 
@@ -56,30 +83,50 @@ pub struct TrainArgs {
     /// in memory). A valid existing file is used in `auto` and `always`.
     #[arg(long, value_enum, default_value_t = PrepareMode::Auto)]
     prepare: PrepareMode,
-    /// LSTM layers L [default: 2].
+    /// LSTM layers L [default: the recipe's].
     #[arg(long)]
     layers: Option<usize>,
-    /// Hidden size H [default: 256].
+    /// Hidden size H [default: the recipe's].
     #[arg(long)]
     hidden: Option<usize>,
-    /// Embedding size E [default: 64 for char, = hidden otherwise].
+    /// Embedding size E [default: the recipe's: 64 for char, = hidden otherwise].
     #[arg(long)]
     embed: Option<usize>,
-    /// Dropout on each layer's output while training, in [0, 1).
-    #[arg(long, default_value_t = 0.2)]
-    dropout: f32,
-    /// Share input embedding and output weights (needs embed = hidden).
+    /// Dropout on each layer's output while training, in [0, 1) [default: the recipe's].
     #[arg(long)]
-    tie_weights: bool,
-    /// Parallel streams B.
-    #[arg(long, default_value_t = 32)]
-    batch: usize,
-    /// Window length T (truncated BPTT).
-    #[arg(long, default_value_t = 64)]
-    seq: usize,
-    /// Peak learning rate (Adam).
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f32,
+    dropout: Option<f32>,
+    /// Shape of the dropout masks: `stream` holds one mask per stream for a whole window
+    /// (locked, variational dropout), `element` draws one per element [default: stream].
+    #[arg(long, value_enum)]
+    dropout_mask: Option<MaskShapeArg>,
+    /// Dropout on the embedded inputs of layer 0, in [0, 1) [default: the recipe's].
+    #[arg(long)]
+    dropout_input: Option<f32>,
+    /// Embedding dropout: drop whole tokens of the vocabulary for a window, in [0, 1)
+    /// [default: the recipe's].
+    #[arg(long)]
+    dropout_embed: Option<f32>,
+    /// DropConnect on the recurrent weights W_h, one mask per step, in [0, 1) [default: the
+    /// recipe's].
+    #[arg(long)]
+    weight_drop: Option<f32>,
+    /// Decay of the moving average of the weights that validation uses and checkpoints hold
+    /// as the model, in [0, 1); 0 turns it off [default: the recipe's].
+    #[arg(long)]
+    ema: Option<f32>,
+    /// Share input embedding and output weights (needs embed = hidden) [default: the
+    /// recipe's: on for word and BPE].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    tie_weights: Option<bool>,
+    /// Parallel streams B [default: the recipe's].
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Window length T (truncated BPTT) [default: the recipe's].
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Peak learning rate (Adam) [default: the recipe's].
+    #[arg(long)]
+    lr: Option<f32>,
     /// Linear warm-up steps.
     #[arg(long, default_value_t = 100)]
     warmup: u64,
@@ -110,8 +157,9 @@ pub struct TrainArgs {
     /// Stop after N epochs (fractions allowed).
     #[arg(long)]
     epochs: Option<f64>,
-    /// Stop after N minutes of training [default: 8 when no other limit is given].
-    #[arg(long)]
+    /// Stop after N minutes of training [default: 8 when no other limit is given]. The
+    /// recipe (model size, batch, dropout, weight average) is chosen for this budget.
+    #[arg(long, visible_alias = "minutes")]
     max_minutes: Option<f64>,
     /// Stop this run after N steps without changing the planned schedule (resume later).
     #[arg(long)]
@@ -143,6 +191,24 @@ pub struct TrainArgs {
     sample_temperatures: Vec<f32>,
 }
 
+/// `--dropout-mask`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MaskShapeArg {
+    /// One mask per stream, held over the window (locked dropout).
+    Stream,
+    /// One mask per element.
+    Element,
+}
+
+impl From<MaskShapeArg> for MaskShape {
+    fn from(a: MaskShapeArg) -> Self {
+        match a {
+            MaskShapeArg::Stream => MaskShape::Stream,
+            MaskShapeArg::Element => MaskShape::Element,
+        }
+    }
+}
+
 /// When `quill train` writes a token file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum PrepareMode {
@@ -155,13 +221,37 @@ enum PrepareMode {
 }
 
 impl TrainArgs {
-    fn train_config(&self) -> TrainConfig {
+    /// The limits of this run, for the recipe.
+    fn limits(&self) -> Vec<Limit> {
+        let mut v = Vec::new();
+        v.extend(self.max_minutes.map(Limit::Minutes));
+        v.extend(self.epochs.map(Limit::Epochs));
+        v.extend(self.max_steps.map(Limit::Steps));
+        v
+    }
+
+    /// The training configuration: flags given, then the recipe's choices (a new run, once
+    /// the corpus is read), then the library's defaults.
+    fn train_config(&self, recipe: Option<&Recipe>) -> TrainConfig {
         let no_limit =
             self.max_steps.is_none() && self.epochs.is_none() && self.max_minutes.is_none();
+        let d = TrainConfig::default();
+        let pick = |flag: Option<f32>, r: fn(&Recipe) -> f32, default: f32| {
+            flag.or(recipe.map(r)).unwrap_or(default)
+        };
         TrainConfig {
-            batch: self.batch,
-            seq: self.seq,
-            lr: self.lr,
+            dropout_mask: self
+                .dropout_mask
+                .map(Into::into)
+                .or(recipe.map(|r| r.dropout_mask))
+                .unwrap_or(d.dropout_mask),
+            dropout_input: pick(self.dropout_input, |r| r.dropout_input, d.dropout_input),
+            dropout_embed: pick(self.dropout_embed, |r| r.dropout_embed, d.dropout_embed),
+            weight_drop: pick(self.weight_drop, |r| r.weight_drop, d.weight_drop),
+            ema: pick(self.ema, |r| r.ema, d.ema),
+            batch: self.batch.or(recipe.map(|r| r.batch)).unwrap_or(d.batch),
+            seq: self.seq.or(recipe.map(|r| r.seq)).unwrap_or(d.seq),
+            lr: self.lr.or(recipe.map(|r| r.lr)).unwrap_or(d.lr),
             warmup_steps: self.warmup,
             schedule: self.schedule,
             min_lr_ratio: self.min_lr_ratio,
@@ -190,19 +280,30 @@ impl TrainArgs {
         }
     }
 
-    fn model_config(&self, kind: TokenizerKind) -> ModelConfig {
-        let hidden = self.hidden.unwrap_or(256);
-        let embed = self.embed.unwrap_or(match kind {
-            TokenizerKind::Char => 64,
+    /// The architecture: flags given, then the recipe's choices, then 2 × 256 (E 64 for
+    /// char, = H otherwise). The recipe's tied weights apply only where E = H.
+    fn model_config(&self, kind: TokenizerKind, recipe: Option<&Recipe>) -> ModelConfig {
+        let hidden = self.hidden.or(recipe.map(|r| r.hidden)).unwrap_or(256);
+        let embed = self.embed.unwrap_or(match (kind, recipe) {
+            // The recipe's E = H holds for the H given on the command line too.
+            (TokenizerKind::Char, Some(r)) if r.embed == r.hidden => hidden,
+            (TokenizerKind::Char, Some(r)) => r.embed,
+            (TokenizerKind::Char, None) => 64,
             _ => hidden,
         });
+        let tie_weights = self
+            .tie_weights
+            .unwrap_or(recipe.is_some_and(|r| r.tie_weights) && embed == hidden);
         ModelConfig {
             vocab: 1, // set from the tokenizer
             embed,
             hidden,
-            layers: self.layers.unwrap_or(2),
-            dropout: self.dropout,
-            tie_weights: self.tie_weights,
+            layers: self.layers.or(recipe.map(|r| r.layers)).unwrap_or(2),
+            dropout: self
+                .dropout
+                .or(recipe.map(|r| r.dropout))
+                .unwrap_or(DEFAULT_DROPOUT),
+            tie_weights,
         }
     }
 
@@ -237,7 +338,7 @@ impl TrainArgs {
                 );
             }
         }
-        if self.tie_weights && !m.tie_weights {
+        if self.tie_weights == Some(true) && !m.tie_weights {
             anyhow::bail!("{}: the checkpoint's weights are not tied", path.display());
         }
         Ok(())
@@ -248,7 +349,7 @@ impl TrainArgs {
 /// command line taking precedence; the output directory is always this command line's.
 fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> TrainConfig {
     let given = |id: &str| m.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-    let new = args.train_config();
+    let new = args.train_config(None);
     let mut c = old.clone();
     macro_rules! take {
         ($($field:ident = $flag:literal),*) => {$( if given($flag) { c.$field = new.$field.clone(); } )*};
@@ -262,6 +363,11 @@ fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> 
         min_lr_ratio = "min_lr_ratio",
         weight_decay = "weight_decay",
         clip = "clip",
+        dropout_mask = "dropout_mask",
+        dropout_input = "dropout_input",
+        dropout_embed = "dropout_embed",
+        weight_drop = "weight_drop",
+        ema = "ema",
         seed = "seed",
         val_fraction = "val_fraction",
         eval_every = "eval_every",
@@ -424,11 +530,11 @@ fn train(
     interrupts: Arc<AtomicUsize>,
     cancel: Arc<AtomicBool>,
 ) -> anyhow::Result<ExitCode> {
-    let mut config = args.train_config();
+    let mut config = args.train_config(None);
     config.validate()?;
     args.check_dashboard_flags()?;
     if args.resume.is_none() {
-        let mut check = args.model_config(args.data.tokenizer_kind());
+        let mut check = args.model_config(args.data.tokenizer_kind(), None);
         check.vocab = 1;
         check.validate()?;
     }
@@ -468,7 +574,13 @@ fn train(
         None => {
             let (tokenizer, data) =
                 load_data(&args, &config, args.data.train_plan(), None, &cancel)?;
-            let model_config = args.model_config(tokenizer.kind());
+            let recipe = budget::recipe(tokenizer.kind(), data.train.len(), &args.limits());
+            let model_config = args.model_config(tokenizer.kind(), Some(&recipe));
+            let config = TrainConfig {
+                val_fraction: config.val_fraction,
+                ..args.train_config(Some(&recipe))
+            };
+            eprintln!("{}", describe(&model_config, &config));
             Trainer::from_data(data, tokenizer, model_config, config)
                 .with_context(|| format!("training on {}", corpus_label(&args)))?
         }
@@ -638,7 +750,7 @@ fn run_dashboard(
     let (tx, rx) = mpsc::channel();
     let mut hook = TrainHook::new(tx, controls.clone(), args.sample_every);
     if args.resume.is_some() {
-        hook.sample_weights(trainer.progress.step, Arc::new(trainer.model.clone()));
+        hook.sample_weights(trainer.progress.step, Arc::new(trainer.eval_model()));
     }
     let tokenizer = trainer.tokenizer.clone();
     let opts = UiOptions {

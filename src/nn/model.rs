@@ -1,14 +1,18 @@
 //! The language model: embedding (V→E) → L LSTM layers → dropout → linear (H→V) → softmax.
 //!
-//! Dropout (inverted) is applied to the output of every LSTM layer, i.e. between layers and
-//! before the output layer, only while training.
+//! While training, a window may be regularised ([`crate::nn::dropout`]): dropout on every
+//! LSTM layer's output (between layers and before the output layer), on the embedded inputs,
+//! and of whole tokens of the embedding table. Evaluation and generation use none of it.
 
 use ndarray::{Array1, Array2, ArrayView2};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::nn::dropout::{dropout_backward, dropout_forward};
+use crate::nn::dropout::{
+    add_masked_rows, apply_mask, draw_mask, draw_mask1, mask_in_place, mask_rows, Dropout,
+    MaskShape,
+};
 use crate::nn::embedding::{embedding_backward, embedding_forward};
 use crate::nn::linear::{
     linear_forward_packed, linear_weight_grad, loss_backward_packed, LinearPacked,
@@ -351,10 +355,18 @@ pub struct Workspace<F> {
     /// Embedded inputs, (T·B, E).
     x0: Array2<F>,
     caches: Vec<LstmCache<F>>,
-    /// Dropout masks per layer, (T·B, H).
+    /// Dropout masks of the layers' outputs, (T·B or B, H) each.
     masks: Vec<Array2<F>>,
     /// Layer outputs after dropout, (T·B, H).
     dropped: Vec<Array2<F>>,
+    /// Dropout mask of the embedded inputs, (T·B or B, E).
+    in_mask: Array2<F>,
+    /// Embedding dropout: the mask over the table's rows, (V).
+    embed_mask: Array1<F>,
+    /// Embedding dropout: the table with its rows masked, (V, E).
+    table: Array2<F>,
+    /// Embedding dropout: the input side's gradient w.r.t. the masked table, (V, E).
+    dtable: Array2<F>,
     /// Logits, then their gradient, (T·B, V).
     logits: Array2<F>,
     /// Gradient w.r.t. the current layer's output, (T·B, H).
@@ -395,8 +407,8 @@ impl<F: Float> Workspace<F> {
         } else {
             shape(&mut self.x0, n, cfg.embed);
         }
-        if drop && self.masks.len() != cfg.layers {
-            self.masks = vec![Array2::zeros((n, cfg.hidden)); cfg.layers];
+        if drop && self.dropped.len() != cfg.layers {
+            self.masks = vec![Array2::zeros((0, 0)); cfg.layers];
             self.dropped = vec![Array2::zeros((n, cfg.hidden)); cfg.layers];
         }
     }
@@ -437,24 +449,49 @@ impl<F: Float> Model<F> {
     }
 
     /// Forward pass over a window of T steps of B streams: `tokens` (T·B) time-major,
-    /// `state` the carried state (B streams). Dropout is active when `rng` is given and the
-    /// configured probability is non-zero. Logits land in `ws`.
+    /// `state` the carried state (B streams). With `train`, the window is regularised by its
+    /// [`Dropout`], masks drawn from its RNG; without, nothing is dropped. Logits land in
+    /// `ws`.
     pub fn forward(
         &self,
         ws: &mut Workspace<F>,
         tokens: &[u32],
         state: &LstmState<F>,
-        mut rng: Option<&mut dyn rand::RngCore>,
+        train: Option<(&Dropout, &mut dyn rand::RngCore)>,
     ) {
         let cfg = &self.config;
         let b = state.batch();
         let n = tokens.len();
         let t_len = n / b;
-        let drop = rng.is_some() && cfg.dropout > 0.0;
-        let fold = fold_embedding(cfg.vocab, n);
+        let (plan, mut rng) = match train {
+            Some((d, rng)) => (*d, Some(rng)),
+            None => (Dropout::default(), None),
+        };
+        let drop = plan.output > 0.0;
+        let mask_rows_of = |shape: MaskShape| match shape {
+            MaskShape::Element => n,
+            MaskShape::Stream => b,
+        };
+        let fold = fold_embedding(cfg.vocab, n) && plan.input == 0.0;
         ws.ensure(cfg, n, fold, drop);
+        if plan.embed > 0.0 {
+            let rng = rng.as_mut().expect("embedding dropout implies rng");
+            draw_mask1(&mut ws.embed_mask, cfg.vocab, plan.embed, &mut **rng);
+            mask_rows(&self.params.embed, &ws.embed_mask, &mut ws.table);
+        }
+        let table = if plan.embed > 0.0 {
+            &ws.table
+        } else {
+            &self.params.embed
+        };
         if !fold {
-            embedding_forward(&self.params.embed, tokens, ws.x0.view_mut());
+            embedding_forward(table, tokens, ws.x0.view_mut());
+            if plan.input > 0.0 {
+                let rng = rng.as_mut().expect("input dropout implies rng");
+                let rows = mask_rows_of(plan.shape);
+                draw_mask(&mut ws.in_mask, rows, cfg.embed, plan.input, &mut **rng);
+                mask_in_place(ws.x0.view_mut(), &ws.in_mask);
+            }
         }
         for l in 0..cfg.layers {
             let (done, rest) = ws.caches.split_at_mut(l);
@@ -462,7 +499,7 @@ impl<F: Float> Model<F> {
             let (dropped_done, dropped_rest) = ws.dropped.split_at_mut(l.min(nd));
             let input = match l {
                 0 if fold => LstmInput::Tokens {
-                    table: self.params.embed.view(),
+                    table: table.view(),
                     tokens,
                 },
                 0 => LstmInput::Dense(ws.x0.view()),
@@ -480,13 +517,15 @@ impl<F: Float> Model<F> {
             );
             if drop {
                 let rng = rng.as_mut().expect("drop implies rng");
-                dropout_forward(
-                    cache.output(),
-                    cfg.dropout,
-                    rng,
-                    &mut ws.masks[l],
-                    dropped_rest[0].view_mut(),
+                let mask = &mut ws.masks[l];
+                draw_mask(
+                    mask,
+                    mask_rows_of(plan.shape),
+                    cfg.hidden,
+                    plan.output,
+                    &mut **rng,
                 );
+                apply_mask(cache.output(), mask, dropped_rest[0].view_mut());
             }
         }
         ws.out.wt.pack(self.params.out_weight().t());
@@ -511,9 +550,10 @@ impl<F: Float> Model<F> {
         }
     }
 
-    /// One training window: forward, mean cross-entropy against `targets` (T·B), backward.
-    /// Gradients are *accumulated* into `grads`; `state` is advanced to the window's end.
-    /// Returns the mean loss in nats per token.
+    /// One training window: forward (regularised as [`Model::forward`] with `train`), mean
+    /// cross-entropy against `targets` (T·B), backward through the same masks. Gradients are
+    /// *accumulated* into `grads`; `state` is advanced to the window's end. Returns the mean
+    /// loss in nats per token.
     pub fn forward_backward(
         &self,
         ws: &mut Workspace<F>,
@@ -521,13 +561,15 @@ impl<F: Float> Model<F> {
         tokens: &[u32],
         targets: &[u32],
         state: &mut LstmState<F>,
-        rng: Option<&mut dyn rand::RngCore>,
+        train: Option<(&Dropout, &mut dyn rand::RngCore)>,
     ) -> f64 {
         let cfg = &self.config;
-        let drop = rng.is_some() && cfg.dropout > 0.0;
-        self.forward(ws, tokens, state, rng);
+        let plan = train.as_ref().map(|(d, _)| **d).unwrap_or_default();
+        let drop = plan.output > 0.0;
+        self.forward(ws, tokens, state, train);
         let n = tokens.len();
-        let fold = fold_embedding(cfg.vocab, n);
+        let fold = fold_embedding(cfg.vocab, n) && plan.input == 0.0;
+        let embed_drop = plan.embed > 0.0;
         ws.ensure_backward(cfg, fold);
 
         // Output layer: loss, dlogits and dh fused per block of rows, then dW and db.
@@ -558,15 +600,26 @@ impl<F: Float> Model<F> {
                 grads.out_b.as_slice_mut().expect("standard layout"),
             );
         }
+        // With embedding dropout, the input side's gradient of the table is gathered apart
+        // (w.r.t. the masked table) and masked into `grads.embed` at the end; the output
+        // layer's share (tied weights) is not masked.
+        if embed_drop {
+            shape(&mut ws.dtable, cfg.vocab, cfg.embed);
+            ws.dtable.fill(F::zero());
+        }
         // LSTM layers, top to bottom.
         for l in (0..cfg.layers).rev() {
             if drop {
-                dropout_backward(ws.dh.view_mut(), &ws.masks[l]);
+                mask_in_place(ws.dh.view_mut(), &ws.masks[l]);
             }
             let (done, rest) = ws.caches.split_at_mut(l);
             let input = match l {
                 0 if fold => LstmInput::Tokens {
-                    table: self.params.embed.view(),
+                    table: if embed_drop {
+                        ws.table.view()
+                    } else {
+                        self.params.embed.view()
+                    },
                     tokens,
                 },
                 0 => LstmInput::Dense(ws.x0.view()),
@@ -578,7 +631,11 @@ impl<F: Float> Model<F> {
             } else {
                 ws.dxh.view_mut()
             };
-            let dtable = (l == 0 && fold).then_some(&mut grads.embed);
+            let dtable = (l == 0 && fold).then_some(if embed_drop {
+                &mut ws.dtable
+            } else {
+                &mut grads.embed
+            });
             lstm_backward_input(
                 &self.params.lstm[l],
                 input,
@@ -593,7 +650,18 @@ impl<F: Float> Model<F> {
             }
         }
         if !fold {
-            embedding_backward(&mut grads.embed, tokens, ws.dx0.view());
+            if plan.input > 0.0 {
+                mask_in_place(ws.dx0.view_mut(), &ws.in_mask);
+            }
+            let dtable = if embed_drop {
+                &mut ws.dtable
+            } else {
+                &mut grads.embed
+            };
+            embedding_backward(dtable, tokens, ws.dx0.view());
+        }
+        if embed_drop {
+            add_masked_rows(&mut grads.embed, &ws.dtable, &ws.embed_mask);
         }
         self.carry(ws, state);
         loss

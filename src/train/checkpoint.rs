@@ -2,7 +2,9 @@
 //! so that `--resume` continues exactly.
 //!
 //! Tensors added to the model's: the Adam moments under `optim.m.` and `optim.v.` (the model's
-//! names after the prefix) and the carried state `state.h` and `state.c`, (L, B, H).
+//! names after the prefix) and the carried state `state.h` and `state.c`, (L, B, H). A run
+//! that keeps a weight average (`ema` > 0) writes the average as the model, so sampling,
+//! evaluation and export use it, and the raw training weights under `train.`.
 //!
 //! Metadata (JSON, [`TrainMeta`]): the model part ([`ModelMeta`]) and, beside it, the training
 //! config, progress (step, epoch, data cursor, timings, losses, RNG) and Adam's settings.
@@ -17,7 +19,7 @@ use super::optim::{Adam, AdamConfig};
 use crate::checkpoint::format::CheckpointFile;
 use crate::checkpoint::{self, CheckpointKind, LoadedModel, ModelMeta, ReadCheckpoint};
 use crate::error::{Error, Result};
-use crate::nn::model::{LstmState, Model};
+use crate::nn::model::{LstmState, Model, Params};
 
 /// The JSON metadata of a checkpoint written by the trainer.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -46,17 +48,44 @@ pub struct Resumable {
     pub adam: Adam,
     /// Carried (h, c) of the B training streams.
     pub state: LstmState<f32>,
+    /// The weight average (`loaded.model` then holds the raw training weights).
+    pub average: Option<Params<f32>>,
 }
 
-/// The checkpoint file of `model` with `meta`; with `full`, the optimizer moments and
-/// carried state too.
+/// What a full checkpoint holds beside the model.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainState<'a> {
+    /// Optimizer state.
+    pub adam: &'a Adam,
+    /// Carried (h, c) of the B training streams.
+    pub state: &'a LstmState<f32>,
+    /// The weight average, written as the model (the raw weights go under `train.`).
+    pub average: Option<&'a Params<f32>>,
+}
+
+/// The checkpoint file of `model` with `meta`; with `full`, the optimizer moments, the
+/// carried state and the weight average too.
 pub fn build(
     model: &Model<f32>,
     meta: &TrainMeta,
-    full: Option<(&Adam, &LstmState<f32>)>,
+    full: Option<TrainState<'_>>,
 ) -> Result<CheckpointFile> {
-    let mut f = checkpoint::build(model, meta)?;
-    if let Some((adam, state)) = full {
+    let average = full.and_then(|t| t.average);
+    let mut f = match average {
+        Some(avg) => {
+            let shown = Model {
+                config: model.config.clone(),
+                params: avg.clone(),
+            };
+            let mut f = checkpoint::build(&shown, meta)?;
+            for (name, shape, data) in model.params.to_named("train.") {
+                f.insert(name, shape, data)?;
+            }
+            f
+        }
+        None => checkpoint::build(model, meta)?,
+    };
+    if let Some(TrainState { adam, state, .. }) = full {
         for (prefix, p) in [("optim.m.", &adam.m), ("optim.v.", &adam.v)] {
             for (name, shape, data) in p.to_named(prefix) {
                 f.insert(name, shape, data)?;
@@ -75,7 +104,7 @@ pub fn save(
     path: &Path,
     model: &Model<f32>,
     meta: &TrainMeta,
-    full: Option<(&Adam, &LstmState<f32>)>,
+    full: Option<TrainState<'_>>,
 ) -> Result<()> {
     build(model, meta, full)?.save_atomic(path)
 }
@@ -164,6 +193,11 @@ fn resumable(r: ReadCheckpoint, path: &Path) -> Result<Resumable> {
     let meta = parse_train_meta(&r.file, path)?;
     let cfg = r.meta.model.clone();
     let mut f = r.file;
+    let raw = if meta.train.ema > 0.0 {
+        Some(checkpoint::take_params(&mut f, &cfg, "train.", path)?)
+    } else {
+        None
+    };
     let m = checkpoint::take_params(&mut f, &cfg, "optim.m.", path)?;
     let v = checkpoint::take_params(&mut f, &cfg, "optim.v.", path)?;
     let (l, b, h) = (cfg.layers, meta.train.batch, cfg.hidden);
@@ -179,7 +213,7 @@ fn resumable(r: ReadCheckpoint, path: &Path) -> Result<Resumable> {
         c: layers(cs)?,
     };
     let sha256 = r.sha256;
-    let loaded = checkpoint::into_model(
+    let mut loaded = checkpoint::into_model(
         ReadCheckpoint {
             file: f,
             meta: r.meta,
@@ -194,10 +228,12 @@ fn resumable(r: ReadCheckpoint, path: &Path) -> Result<Resumable> {
         v,
         t: meta.adam_t,
     };
+    let average = raw.map(|raw| std::mem::replace(&mut loaded.model.params, raw));
     Ok(Resumable {
         loaded,
         meta,
         adam,
         state,
+        average,
     })
 }

@@ -8,11 +8,17 @@ use rand_pcg::Pcg32;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::nn::dropout::MaskShape;
 use crate::train::optim::{LrSchedule, Schedule};
 
 /// Most tokens one window (B × T) may hold: bounds what a run, or a resumed checkpoint,
 /// can ask to allocate per window.
 pub const MAX_WINDOW_TOKENS: usize = 1 << 22;
+
+/// Dropout on every layer's output of `quill train` (the model's [`ModelConfig::dropout`]).
+///
+/// [`ModelConfig::dropout`]: crate::nn::model::ModelConfig::dropout
+pub const DEFAULT_DROPOUT: f32 = 0.2;
 
 /// Training hyper-parameters and run control. Saved in every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,6 +39,25 @@ pub struct TrainConfig {
     pub weight_decay: f32,
     /// Global gradient-norm limit (0 = no clipping).
     pub clip: f32,
+    /// Shape of the activation dropout masks: one per stream per window (locked) or one per
+    /// element. Checkpoints from before this field trained with `element`.
+    #[serde(default)]
+    pub dropout_mask: MaskShape,
+    /// Dropout on the embedded inputs of layer 0, in [0, 1).
+    #[serde(default)]
+    pub dropout_input: f32,
+    /// Embedding dropout: the probability of dropping a token of the vocabulary for a whole
+    /// window, in [0, 1).
+    #[serde(default)]
+    pub dropout_embed: f32,
+    /// DropConnect on the recurrent weights `W_h`: drop probability per weight and step, in
+    /// [0, 1).
+    #[serde(default)]
+    pub weight_drop: f32,
+    /// Decay of the exponential moving average of the weights that validation uses and
+    /// checkpoints hold as the model, in [0, 1) (0 = no average).
+    #[serde(default)]
+    pub ema: f32,
     /// Seed of initialisation and dropout.
     pub seed: u64,
     /// Fraction of the corpus (its end) held out for validation.
@@ -64,6 +89,11 @@ impl Default for TrainConfig {
             min_lr_ratio: 0.1,
             weight_decay: 0.0,
             clip: 5.0,
+            dropout_mask: MaskShape::Stream,
+            dropout_input: 0.0,
+            dropout_embed: 0.0,
+            weight_drop: 0.0,
+            ema: 0.0,
             seed: 1,
             val_fraction: 0.1,
             eval_every: 200,
@@ -115,6 +145,16 @@ impl TrainConfig {
         }
         if !(self.clip.is_finite() && self.clip >= 0.0) {
             return Err(Error::config("clip", "must be >= 0 (0 disables clipping)"));
+        }
+        for (name, v) in [
+            ("dropout-input", self.dropout_input),
+            ("dropout-embed", self.dropout_embed),
+            ("weight-drop", self.weight_drop),
+            ("ema", self.ema),
+        ] {
+            if !(0.0..1.0).contains(&v) {
+                return Err(Error::config(name, format!("{v} is outside [0, 1)")));
+            }
         }
         if !(0.0..0.9).contains(&self.val_fraction) {
             return Err(Error::config(

@@ -147,6 +147,28 @@ pub fn clip_grad_norm(grads: &mut Params<f32>, max_norm: f32) -> f64 {
     norm
 }
 
+/// The decay of the weight average after `t` updates: `min(decay, (1 + t) / (10 + t))`, so
+/// the first updates are not held back by the initial weights.
+pub fn average_decay(decay: f32, t: u64) -> f32 {
+    decay.min(((1 + t) as f64 / (10 + t) as f64) as f32)
+}
+
+/// One update of an exponential moving average of the weights (Polyak averaging, used for
+/// evaluation and saved as the model): `avg ← d · avg + (1 − d) · params`.
+pub fn update_average(avg: &mut Params<f32>, params: &Params<f32>, d: f32) {
+    let mut chunks: Vec<(&mut [f32], &[f32])> = avg
+        .slices_mut()
+        .into_iter()
+        .zip(params.slices())
+        .flat_map(|(a, p)| a.chunks_mut(CHUNK).zip(p.chunks(CHUNK)))
+        .collect();
+    pool::for_each_mut(&mut chunks, &|(a, p)| {
+        for (a, &p) in a.iter_mut().zip(p.iter()) {
+            *a += (1.0 - d) * (p - *a);
+        }
+    });
+}
+
 /// Shape of the learning-rate decay after warm-up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -197,6 +219,21 @@ impl LrSchedule {
 mod tests {
     use super::*;
     use ndarray::Array1;
+
+    #[test]
+    fn the_weight_average_warms_up_then_decays_at_its_rate() {
+        assert_eq!(average_decay(0.995, 0), 0.1);
+        assert_eq!(average_decay(0.995, 80), 0.9);
+        assert_eq!(average_decay(0.995, 100_000), 0.995);
+        let cfg = tiny();
+        let mut avg = Params::<f32>::zeros(&cfg);
+        let mut p = Params::<f32>::zeros(&cfg);
+        p.out_b.fill(2.0);
+        update_average(&mut avg, &p, 0.75);
+        // avg ← 0.75 · 0 + 0.25 · 2
+        assert!(avg.out_b.iter().all(|&v| v == 0.5));
+        assert!(avg.embed.iter().all(|&v| v == 0.0));
+    }
 
     fn tiny() -> ModelConfig {
         ModelConfig {

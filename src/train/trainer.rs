@@ -21,7 +21,8 @@ use crate::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
 use crate::tokenizer::Tokenizer;
 use crate::train::batcher::Batcher;
 use crate::train::corpus::Corpus;
-use crate::train::optim::{clip_grad_norm, Adam, AdamConfig};
+use crate::train::optim::{Adam, AdamConfig};
+use crate::train::step::Stepper;
 use crate::train::tokens::{TokenView, Tokens, TrainData};
 
 /// Mapped training tokens are released from memory every this many windows.
@@ -199,10 +200,8 @@ pub fn evaluate_tokens_each<T: Copy + Into<u32>>(
 
 /// A training session: model, optimizer, data and progress.
 pub struct Trainer {
-    /// The model being trained.
+    /// The model being trained (its raw weights; see [`Trainer::eval_model`]).
     pub model: Model<f32>,
-    /// Optimizer state.
-    pub adam: Adam,
     /// Carried state of the B streams.
     pub state: LstmState<f32>,
     /// Progress (cursor, losses, RNG).
@@ -212,8 +211,8 @@ pub struct Trainer {
     /// The tokenizer.
     pub tokenizer: Tokenizer,
     corpus: CorpusInfo,
-    grads: Params<f32>,
-    ws: Workspace<f32>,
+    /// Optimizer state, weight average and the step's buffers.
+    stepper: Stepper,
     train_tokens: Tokens,
     val_tokens: Tokens,
     batcher: Batcher,
@@ -287,7 +286,7 @@ impl Trainer {
             &model.config,
         );
         let progress = Progress::new(config.seed);
-        Self::assemble(data, tokenizer, model, adam, None, progress, config)
+        Self::assemble(data, tokenizer, model, (adam, None), None, progress, config)
     }
 
     /// Continues from a full checkpoint on an in-memory corpus, which must be the one it was
@@ -365,7 +364,7 @@ impl Trainer {
             data,
             r.loaded.tokenizer,
             r.loaded.model,
-            r.adam,
+            (r.adam, r.average),
             Some(r.state),
             progress,
             config,
@@ -376,7 +375,7 @@ impl Trainer {
         data: TrainData,
         tokenizer: Tokenizer,
         model: Model<f32>,
-        adam: Adam,
+        (adam, average): (Adam, Option<Params<f32>>),
         state: Option<LstmState<f32>>,
         progress: Progress,
         config: TrainConfig,
@@ -402,19 +401,17 @@ impl Trainer {
         let n = config.batch * config.seq;
         let released = progress.window;
         Ok(Trainer {
-            grads: Params::zeros(&model.config),
+            stepper: Stepper::new(&model, &config, adam, average),
             corpus: CorpusInfo {
                 train_tokens: data.train.len(),
                 val_tokens: data.val.len(),
                 ..data.corpus
             },
             model,
-            adam,
             state,
             progress,
             config,
             tokenizer,
-            ws: Workspace::default(),
             train_tokens: data.train,
             val_tokens: data.val,
             batcher,
@@ -477,22 +474,18 @@ impl Trainer {
             TokenView::U16(t) => self.batcher.fill(t, p.window, &mut self.x, &mut self.y),
             TokenView::U32(t) => self.batcher.fill(t, p.window, &mut self.x, &mut self.y),
         }
-        self.grads.zero();
-        let loss = self.model.forward_backward(
-            &mut self.ws,
-            &mut self.grads,
+        let frac = self.planned_fraction().unwrap_or(0.0);
+        let p = &mut self.progress;
+        let lr = self.config.schedule().lr(p.step, frac) * p.lr_scale;
+        let (loss, norm) = self.stepper.step(
+            &mut self.model,
+            &self.config,
             &self.x,
             &self.y,
             &mut self.state,
-            Some(&mut p.rng),
+            &mut p.rng,
+            lr,
         );
-        let norm = clip_grad_norm(&mut self.grads, self.config.clip);
-        let frac = self.planned_fraction().unwrap_or(0.0);
-        let lr = self.config.schedule().lr(self.progress.step, frac) * self.progress.lr_scale;
-        if loss.is_finite() && norm.is_finite() {
-            self.adam.step(&mut self.model.params, &self.grads, lr);
-        }
-        let p = &mut self.progress;
         p.step += 1;
         p.tokens_seen += self.x.len() as u64;
         p.window += 1;
@@ -514,14 +507,45 @@ impl Trainer {
         (loss, norm, lr)
     }
 
-    /// Validation loss (nats/token) over the held-out split, or `None` without one.
+    /// Optimizer state.
+    pub fn adam(&self) -> &Adam {
+        &self.stepper.adam
+    }
+
+    /// The weight average, when the run keeps one.
+    pub fn average(&self) -> Option<&Params<f32>> {
+        self.stepper.average.as_ref()
+    }
+
+    /// A copy of the model as it is evaluated and saved (the weight average, if kept).
+    pub fn eval_model(&self) -> Model<f32> {
+        Model {
+            config: self.model.config.clone(),
+            params: self
+                .stepper
+                .average
+                .clone()
+                .unwrap_or_else(|| self.model.params.clone()),
+        }
+    }
+
+    /// Validation loss (nats/token) over the held-out split, or `None` without one; with a
+    /// weight average, the average's.
     pub fn validate(&mut self) -> Option<f64> {
         let (b, t) = (self.config.batch, self.config.seq);
+        // The average, when kept, is swapped in for the evaluation and out again.
+        if let Some(avg) = self.stepper.average.as_mut() {
+            std::mem::swap(&mut self.model.params, avg);
+        }
+        let (m, ws) = (&self.model, &mut self.stepper.ws);
         let (sum, n) = match self.val_tokens.view() {
-            TokenView::U8(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
-            TokenView::U16(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
-            TokenView::U32(v) => evaluate_tokens(&self.model, &mut self.ws, v, b, t),
+            TokenView::U8(v) => evaluate_tokens(m, ws, v, b, t),
+            TokenView::U16(v) => evaluate_tokens(m, ws, v, b, t),
+            TokenView::U32(v) => evaluate_tokens(m, ws, v, b, t),
         };
+        if let Some(avg) = self.stepper.average.as_mut() {
+            std::mem::swap(&mut self.model.params, avg);
+        }
         self.val_tokens.release(0..self.val_tokens.len());
         (n > 0).then(|| sum / n as f64)
     }
@@ -538,8 +562,8 @@ impl Trainer {
             },
             train: self.config.clone(),
             progress: self.progress.clone(),
-            adam: self.adam.config,
-            adam_t: self.adam.t,
+            adam: self.stepper.adam.config,
+            adam_t: self.stepper.adam.t,
         }
     }
 
@@ -548,12 +572,20 @@ impl Trainer {
         self.clock = clock;
     }
 
+    fn train_state(&self) -> checkpoint::TrainState<'_> {
+        checkpoint::TrainState {
+            adam: &self.stepper.adam,
+            state: &self.state,
+            average: self.stepper.average.as_ref(),
+        }
+    }
+
     /// The full (resumable) checkpoint of the current state.
     pub fn checkpoint(&self) -> Result<crate::checkpoint::format::CheckpointFile> {
         checkpoint::build(
             &self.model,
             &self.meta(CheckpointKind::Full),
-            Some((&self.adam, &self.state)),
+            Some(self.train_state()),
         )
     }
 
@@ -575,7 +607,7 @@ impl Trainer {
             path,
             &self.model,
             &self.meta(CheckpointKind::Full),
-            Some((&self.adam, &self.state)),
+            Some(self.train_state()),
         )
     }
 
@@ -729,7 +761,7 @@ impl Trainer {
             if control == Control::Weights {
                 control = on_event(&Event::Weights {
                     step,
-                    model: Arc::new(self.model.clone()),
+                    model: Arc::new(self.eval_model()),
                 });
             }
             match control {

@@ -51,3 +51,20 @@ pub fn shown(s: &str) -> String {
         })
         .collect()
 }
+
+/// The regularisation of a training configuration, in one line (`quill train`, `quill info`).
+pub fn regularisation(t: &quill::train::TrainConfig) -> String {
+    format!(
+        "dropout masks {:?}, input dropout {}, embedding dropout {}, weight drop {}, \
+         weight average {}",
+        t.dropout_mask,
+        t.dropout_input,
+        t.dropout_embed,
+        t.weight_drop,
+        if t.ema > 0.0 {
+            t.ema.to_string()
+        } else {
+            "off".into()
+        }
+    )
+}

@@ -78,19 +78,14 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
         m.train.seq,
         m.train.lr
     )?;
-    let t = &m.train;
     writeln!(
         out,
-        "regularised  dropout masks {:?}, input dropout {}, embedding dropout {}, weight drop {}, \
-         weight average {}",
-        t.dropout_mask,
-        t.dropout_input,
-        t.dropout_embed,
-        t.weight_drop,
-        if t.ema > 0.0 {
-            format!("{} (the weights shown are the average)", t.ema)
+        "regularised  {}{}",
+        super::common::regularisation(&m.train),
+        if m.train.ema > 0.0 {
+            " (the weights shown are the average)"
         } else {
-            "off".into()
+            ""
         }
     )?;
     let c = &m.base.corpus;

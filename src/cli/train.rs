@@ -43,8 +43,7 @@ fn corpus_label(args: &TrainArgs) -> String {
 /// The model and regularisation a new run trains with, in one line.
 fn describe(m: &ModelConfig, c: &TrainConfig) -> String {
     format!(
-        "model {} x {} (embed {}{}), batch {} x seq {}; dropout {} ({:?} masks), input {}, \
-         embedding {}, weight drop {}, weight average {}",
+        "model {} x {} (embed {}{}), batch {} x seq {}; dropout {}; {}",
         m.layers,
         m.hidden,
         m.embed,
@@ -52,15 +51,7 @@ fn describe(m: &ModelConfig, c: &TrainConfig) -> String {
         c.batch,
         c.seq,
         m.dropout,
-        c.dropout_mask,
-        c.dropout_input,
-        c.dropout_embed,
-        c.weight_drop,
-        if c.ema > 0.0 {
-            format!("{}", c.ema)
-        } else {
-            "off".into()
-        }
+        super::common::regularisation(c)
     )
 }
 

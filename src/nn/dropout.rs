@@ -54,14 +54,7 @@ pub fn draw_mask<F: Float>(
     if mask.dim() != (rows, cols) {
         *mask = Array2::zeros((rows, cols));
     }
-    let keep = F::c(1.0 / (1.0 - p as f64));
-    mask.mapv_inplace(|_| {
-        if rng.random::<f32>() < p {
-            F::zero()
-        } else {
-            keep
-        }
-    });
+    fill_mask(mask.iter_mut(), p, rng);
 }
 
 /// `mask` as (n) values of 0 or 1/(1−p), each kept with probability 1 − p.
@@ -69,14 +62,23 @@ pub fn draw_mask1<F: Float>(mask: &mut Array1<F>, n: usize, p: f32, rng: &mut dy
     if mask.len() != n {
         *mask = Array1::zeros(n);
     }
+    fill_mask(mask.iter_mut(), p, rng);
+}
+
+/// The one draw of every mask: each value 0 with probability p, else 1/(1−p).
+fn fill_mask<'a, F: Float + 'a>(
+    values: impl Iterator<Item = &'a mut F>,
+    p: f32,
+    rng: &mut dyn RngCore,
+) {
     let keep = F::c(1.0 / (1.0 - p as f64));
-    mask.mapv_inplace(|_| {
-        if rng.random::<f32>() < p {
+    for v in values {
+        *v = if rng.random::<f32>() < p {
             F::zero()
         } else {
             keep
-        }
-    });
+        };
+    }
 }
 
 /// `out[r] = x[r] * mask[r % mask.rows]`; `x`, `out` (N, H), `mask` (N or B, H) with B | N.

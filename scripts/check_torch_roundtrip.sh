@@ -172,6 +172,8 @@ cp "$CK" "$W/flipped.safetensors"
 printf '\x01' | dd of="$W/flipped.safetensors" bs=1 seek=$(( $(stat -c %s "$CK") - 100 )) conv=notrunc 2>/dev/null
 refuse "checksum mismatch" --tokens "$TOK" --resume "$W/flipped.safetensors" --out "$W/e"
 refuse "invalid dropout" --tokens "$TOK" --dropout 1.5 --max-steps 2 --out "$W/e"
+refuse "invalid forget-bias" --tokens "$TOK" --forget-bias nan --max-steps 2 --out "$W/e"
+refuse "only initialises a new model" --tokens "$TOK" --resume "$CK" --forget-bias 0 --out "$W/e"
 "$QUILL" train "${MODEL[@]}" --max-steps 2 --out "$W/reg" --quiet 2>"$W/reg.log"
 refuse "which the PyTorch trainer does not implement" --tokens "$TOK" --resume "$W/reg/shk-latest.safetensors" --out "$W/e"
 

@@ -170,6 +170,10 @@ fn bad_input_gives_clear_errors() {
         ),
         (vec!["train", "--corpus", "tiny.txt", "--ema", "1.0"], "ema"),
         (
+            vec!["train", "--corpus", "tiny.txt", "--forget-bias", "inf"],
+            "forget-bias",
+        ),
+        (
             vec![
                 "train", "--corpus", "tiny.txt", "--batch", "5000", "--seq", "500",
             ],
@@ -218,6 +222,7 @@ fn resume_refuses_other_architecture_or_tokenizer() {
     for (flag, val, needle) in [
         ("--hidden", "32", "hidden 16"),
         ("--tokenizer", "bpe", "tokenizer"),
+        ("--forget-bias", "0", "only initialises a new model"),
     ] {
         let o = quill(
             &[

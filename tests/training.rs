@@ -78,6 +78,50 @@ fn tiny_model_overfits_a_200_char_string() {
     assert!(last < 0.05, "final training loss {last}");
 }
 
+#[test]
+fn a_new_run_starts_from_the_forget_bias_it_is_given() {
+    let c = corpus(TEXT200);
+    let dir = tempfile::tempdir().unwrap();
+    let h = 8;
+    let start = |forget_bias: f32| {
+        let cfg = TrainConfig {
+            forget_bias,
+            batch: 2,
+            seq: 8,
+            out: dir.path().to_path_buf(),
+            ..TrainConfig::default()
+        };
+        let tr = Trainer::new(&c, char_tok(TEXT200), model_cfg(h, 0.0), cfg).unwrap();
+        tr.model.params
+    };
+    let (one, zero) = (start(TrainConfig::default().forget_bias), start(0.0));
+    assert_eq!(TrainConfig::default().forget_bias, 1.0);
+    for (a, b) in one.lstm.iter().zip(&zero.lstm) {
+        // Gate order i, f, g, o: only the forget gate's H entries differ.
+        assert!(a.b.iter().skip(h).take(h).all(|&v| v == 1.0));
+        assert!(b.b.iter().all(|&v| v == 0.0));
+        assert!(a
+            .b
+            .iter()
+            .enumerate()
+            .all(|(k, &v)| (h..2 * h).contains(&k) || v == 0.0));
+        // The same seed draws the same weights.
+        assert_eq!(a.wx, b.wx);
+        assert_eq!(a.wh, b.wh);
+    }
+    let bad = TrainConfig {
+        forget_bias: f32::NAN,
+        batch: 2,
+        seq: 8,
+        ..TrainConfig::default()
+    };
+    let Err(e) = Trainer::new(&c, char_tok(TEXT200), model_cfg(h, 0.0), bad) else {
+        panic!("a NaN forget bias is refused");
+    };
+    let e = e.to_string();
+    assert!(e.contains("forget-bias"), "{e}");
+}
+
 /// The default config with every regulariser and the weight average on, so that their masks
 /// and state are part of what must resume exactly.
 fn regularised() -> TrainConfig {

@@ -9,7 +9,7 @@ Semantics kept identical to quill (src/nn/model.rs):
   (two trained biases would receive two Adam updates per step where quill makes one);
 - tied weights share the embedding table with the output layer (E = H);
 - initialisation: embedding N(0, 1) (U(-0.1, 0.1) when tied), LSTM and output weights
-  U(-1/sqrt(H), 1/sqrt(H)), biases zero except the forget gate's (rows H..2H), which is 1.
+  U(-1/sqrt(H), 1/sqrt(H)), biases zero except the forget gate's (rows H..2H), which is 1 (or `forget_bias`).
 """
 
 import math
@@ -37,7 +37,7 @@ class QuillLM(nn.Module):
             getattr(self.rnn, f"bias_hh_l{k}").requires_grad_(False)
 
     @torch.no_grad()
-    def init_weights(self):
+    def init_weights(self, forget_bias=1.0):
         c = self.config
         h = c["hidden"]
         if c["tie_weights"]:
@@ -50,7 +50,7 @@ class QuillLM(nn.Module):
             getattr(self.rnn, f"weight_hh_l{l}").uniform_(-k, k)
             b = getattr(self.rnn, f"bias_ih_l{l}")
             b.zero_()
-            b[h:2 * h] = 1.0
+            b[h:2 * h] = forget_bias
             getattr(self.rnn, f"bias_hh_l{l}").zero_()
         if not c["tie_weights"]:
             self.out.weight.uniform_(-k, k)

@@ -41,7 +41,8 @@ from .tokens import TokenFileError, open_token_file
 DEFAULTS = dict(layers=2, hidden=256, embed=None, dropout=0.2, tie_weights=False, batch=32,
                 seq=64, lr=2e-3, warmup=100, schedule="cosine", min_lr_ratio=0.1,
                 weight_decay=0.0, clip=5.0, seed=1, eval_every=200, save_every=200,
-                max_steps=None, epochs=None, max_minutes=None, out="checkpoints", name=None)
+                max_steps=None, epochs=None, max_minutes=None, out="checkpoints", name=None,
+                forget_bias=1.0)
 # TrainConfig field <- flag, for the flags a resumed run may override (quill's resumed_config).
 CONFIG_FLAGS = dict(batch="batch", seq="seq", lr="lr", warmup_steps="warmup",
                     schedule="schedule", min_lr_ratio="min_lr_ratio",
@@ -78,6 +79,7 @@ def parse_args(argv):
     a("--weight-decay", type=float, help="AdamW decoupled weight decay (0 = Adam) [0]")
     a("--clip", type=float, help="global gradient-norm clip (0 = off) [5]")
     a("--seed", type=int, help="initialisation and dropout [1]")
+    a("--forget-bias", type=float, help="initial forget-gate bias of a new model [1]")
     a("--eval-every", type=int, help="validate every N steps (0 = only at the end) [200]")
     a("--save-every", type=int, help="write NAME-latest every N steps (0 = only at the end) [200]")
     a("--max-steps", type=int, help="stop after N steps in total")
@@ -208,6 +210,10 @@ class Run:
             for field, flag in CONFIG_FLAGS.items():
                 v = getattr(args, flag)
                 cfg[field] = DEFAULTS[flag] if v is None else v
+            fb = DEFAULTS["forget_bias"] if args.forget_bias is None else args.forget_bias
+            if not (math.isfinite(fb) and -10.0 <= fb <= 10.0):
+                raise Fatal(f"invalid forget-bias: {fb} is outside [-10, 10]")
+            cfg["forget_bias"] = fb
             cfg["name"] = cfg["name"] or os.path.splitext(os.path.basename(args.tokens))[0]
             cfg.update(max_steps=args.max_steps, epochs=args.epochs, max_minutes=args.max_minutes,
                        val_fraction=self.tf.meta["val_fraction"])
@@ -220,7 +226,7 @@ class Run:
             self.check_config(mc)
             torch.manual_seed(cfg["seed"])
             self.model = QuillLM(**mc)
-            self.model.init_weights()
+            self.model.init_weights(cfg["forget_bias"])
             self.adam_cfg = {"beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
                              "weight_decay": cfg["weight_decay"]}
             self.adam_t = 0
@@ -310,6 +316,9 @@ class Run:
             if given(flag) and getattr(args, flag) != v:
                 raise err(f"the checkpoint has {flag} {v}, but --{flag} {getattr(args, flag)} was given; "
                           "a resumed run keeps the checkpoint's architecture")
+        if given("forget_bias"):
+            raise err(f"--forget-bias {args.forget_bias} only initialises a new model; a resumed run "
+                      "goes on from the checkpoint's weights")
         cfg = dict(old)
         for field, flag in CONFIG_FLAGS.items():
             if given(flag):
@@ -463,7 +472,8 @@ class Run:
             "quill_version": self.tf.meta.get("quill_version", "0.1.0"),
             "train": {k: c[k] for k in ("batch", "seq", "lr", "warmup_steps", "schedule", "min_lr_ratio",
                                         "weight_decay", "clip", "seed", "val_fraction", "eval_every",
-                                        "save_every", "max_steps", "epochs", "max_minutes", "name", "out")},
+                                        "save_every", "max_steps", "epochs", "max_minutes", "name", "out")}
+            | {"forget_bias": c.get("forget_bias", DEFAULTS["forget_bias"])},
             "progress": self.progress,
             "adam": self.adam_cfg,
             "adam_t": self.adam_t,

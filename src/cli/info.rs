@@ -69,14 +69,16 @@ pub fn run(a: InfoArgs) -> anyhow::Result<ExitCode> {
     )?;
     writeln!(
         out,
-        "training     step {}, epoch {}, {:.1} min, {} tokens seen; batch {} x seq {}, lr {}",
+        "training     step {}, epoch {}, {:.1} min, {} tokens seen; batch {} x seq {}, lr {}, \
+         started from forget bias {}",
         p.step,
         p.epoch,
         p.elapsed_secs / 60.0,
         p.tokens_seen,
         m.train.batch,
         m.train.seq,
-        m.train.lr
+        m.train.lr,
+        m.train.forget_bias
     )?;
     writeln!(
         out,

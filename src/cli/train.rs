@@ -43,13 +43,15 @@ fn corpus_label(args: &TrainArgs) -> String {
 /// The model and regularisation a new run trains with, in one line.
 fn describe(m: &ModelConfig, c: &TrainConfig) -> String {
     format!(
-        "model {} x {} (embed {}{}), batch {} x seq {}; dropout {}; {}",
+        "model {} x {} (embed {}{}, forget bias {}), batch {} x seq {}, lr {}; dropout {}; {}",
         m.layers,
         m.hidden,
         m.embed,
         if m.tie_weights { ", tied" } else { "" },
+        c.forget_bias,
         c.batch,
         c.seq,
+        c.lr,
         m.dropout,
         super::common::regularisation(c)
     )
@@ -105,6 +107,10 @@ pub struct TrainArgs {
     /// as the model, in [0, 1); 0 turns it off [default: the recipe's].
     #[arg(long)]
     ema: Option<f32>,
+    /// Initial bias of the forget gates of a new model [default: the recipe's; 1 without
+    /// one].
+    #[arg(long)]
+    forget_bias: Option<f32>,
     /// Share input embedding and output weights (needs embed = hidden) [default: the
     /// recipe's: on for word and BPE].
     #[arg(long, num_args = 0..=1, default_missing_value = "true")]
@@ -240,6 +246,7 @@ impl TrainArgs {
             dropout_embed: pick(self.dropout_embed, |r| r.dropout_embed, d.dropout_embed),
             weight_drop: pick(self.weight_drop, |r| r.weight_drop, d.weight_drop),
             ema: pick(self.ema, |r| r.ema, d.ema),
+            forget_bias: pick(self.forget_bias, |r| r.forget_bias, d.forget_bias),
             batch: self.batch.or(recipe.map(|r| r.batch)).unwrap_or(d.batch),
             seq: self.seq.or(recipe.map(|r| r.seq)).unwrap_or(d.seq),
             lr: self.lr.or(recipe.map(|r| r.lr)).unwrap_or(d.lr),
@@ -328,6 +335,13 @@ impl TrainArgs {
                     path.display()
                 );
             }
+        }
+        if let Some(v) = self.forget_bias {
+            anyhow::bail!(
+                "{}: --forget-bias {v} only initialises a new model; a resumed run goes on \
+                 from the checkpoint's weights",
+                path.display()
+            );
         }
         if self.tie_weights == Some(true) && !m.tie_weights {
             anyhow::bail!("{}: the checkpoint's weights are not tied", path.display());

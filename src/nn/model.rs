@@ -145,6 +145,14 @@ impl<F: Float> Params<F> {
         p
     }
 
+    /// Sets every layer's forget-gate bias (gate order i, f, g, o: entries H..2H) to `v`.
+    pub fn set_forget_bias(&mut self, v: F) {
+        let h = self.lstm.first().map_or(0, |l| l.hidden_size());
+        for l in &mut self.lstm {
+            l.b.slice_mut(ndarray::s![h..2 * h]).fill(v);
+        }
+    }
+
     /// The output layer's weight (V, H): its own, or the embedding when tied.
     pub fn out_weight(&self) -> &Array2<F> {
         self.out_w.as_ref().unwrap_or(&self.embed)

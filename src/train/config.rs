@@ -20,6 +20,14 @@ pub const MAX_WINDOW_TOKENS: usize = 1 << 22;
 /// [`ModelConfig::dropout`]: crate::nn::model::ModelConfig::dropout
 pub const DEFAULT_DROPOUT: f32 = 0.2;
 
+/// The forget-gate bias a new model starts from (the LSTM's usual initialisation: the cell
+/// remembers by default).
+pub const DEFAULT_FORGET_BIAS: f32 = 1.0;
+
+fn default_forget_bias() -> f32 {
+    DEFAULT_FORGET_BIAS
+}
+
 /// Training hyper-parameters and run control. Saved in every checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -58,6 +66,10 @@ pub struct TrainConfig {
     /// checkpoints hold as the model, in [0, 1) (0 = no average).
     #[serde(default)]
     pub ema: f32,
+    /// Initial bias of every layer's forget gate (the other biases start at 0). Only a new
+    /// run's initialisation reads it.
+    #[serde(default = "default_forget_bias")]
+    pub forget_bias: f32,
     /// Seed of initialisation and dropout.
     pub seed: u64,
     /// Fraction of the corpus (its end) held out for validation.
@@ -94,6 +106,7 @@ impl Default for TrainConfig {
             dropout_embed: 0.0,
             weight_drop: 0.0,
             ema: 0.0,
+            forget_bias: DEFAULT_FORGET_BIAS,
             seed: 1,
             val_fraction: 0.1,
             eval_every: 200,
@@ -145,6 +158,12 @@ impl TrainConfig {
         }
         if !(self.clip.is_finite() && self.clip >= 0.0) {
             return Err(Error::config("clip", "must be >= 0 (0 disables clipping)"));
+        }
+        if !(-10.0..=10.0).contains(&self.forget_bias) {
+            return Err(Error::config(
+                "forget-bias",
+                format!("{} is outside [-10, 10]", self.forget_bias),
+            ));
         }
         for (name, v) in [
             ("dropout-input", self.dropout_input),

@@ -277,7 +277,8 @@ impl Trainer {
         model_config.vocab = tokenizer.vocab_size();
         model_config.validate()?;
         let mut rng = Pcg32::seed_from_u64(config.seed);
-        let model = Model::new(model_config, &mut rng)?;
+        let mut model = Model::new(model_config, &mut rng)?;
+        model.params.set_forget_bias(config.forget_bias);
         let adam = Adam::new(
             AdamConfig {
                 weight_decay: config.weight_decay,

@@ -260,15 +260,7 @@ fn time_training(cfg: &BenchConfig, opts: &BenchOptions, rng: &mut Pcg64) -> Res
             dropout: r.dropout,
             ..cfg.model.clone()
         };
-        let t = TrainConfig {
-            dropout_mask: r.dropout_mask,
-            dropout_input: r.dropout_input,
-            dropout_embed: r.dropout_embed,
-            weight_drop: r.weight_drop,
-            ema: r.ema,
-            ..TrainConfig::default()
-        };
-        (m, t)
+        (m, r.train_config(TrainConfig::default()))
     } else {
         let t = TrainConfig {
             dropout_input: 0.0,

@@ -232,24 +232,20 @@ impl TrainArgs {
     fn train_config(&self, recipe: Option<&Recipe>) -> TrainConfig {
         let no_limit =
             self.max_steps.is_none() && self.epochs.is_none() && self.max_minutes.is_none();
-        let d = TrainConfig::default();
-        let pick = |flag: Option<f32>, r: fn(&Recipe) -> f32, default: f32| {
-            flag.or(recipe.map(r)).unwrap_or(default)
-        };
+        // The library's defaults, with the recipe's choices over them; flags given win.
+        let d = recipe.map_or_else(TrainConfig::default, |r| {
+            r.train_config(TrainConfig::default())
+        });
         TrainConfig {
-            dropout_mask: self
-                .dropout_mask
-                .map(Into::into)
-                .or(recipe.map(|r| r.dropout_mask))
-                .unwrap_or(d.dropout_mask),
-            dropout_input: pick(self.dropout_input, |r| r.dropout_input, d.dropout_input),
-            dropout_embed: pick(self.dropout_embed, |r| r.dropout_embed, d.dropout_embed),
-            weight_drop: pick(self.weight_drop, |r| r.weight_drop, d.weight_drop),
-            ema: pick(self.ema, |r| r.ema, d.ema),
-            forget_bias: pick(self.forget_bias, |r| r.forget_bias, d.forget_bias),
-            batch: self.batch.or(recipe.map(|r| r.batch)).unwrap_or(d.batch),
-            seq: self.seq.or(recipe.map(|r| r.seq)).unwrap_or(d.seq),
-            lr: self.lr.or(recipe.map(|r| r.lr)).unwrap_or(d.lr),
+            dropout_mask: self.dropout_mask.map(Into::into).unwrap_or(d.dropout_mask),
+            dropout_input: self.dropout_input.unwrap_or(d.dropout_input),
+            dropout_embed: self.dropout_embed.unwrap_or(d.dropout_embed),
+            weight_drop: self.weight_drop.unwrap_or(d.weight_drop),
+            ema: self.ema.unwrap_or(d.ema),
+            forget_bias: self.forget_bias.unwrap_or(d.forget_bias),
+            batch: self.batch.unwrap_or(d.batch),
+            seq: self.seq.unwrap_or(d.seq),
+            lr: self.lr.unwrap_or(d.lr),
             warmup_steps: self.warmup,
             schedule: self.schedule,
             min_lr_ratio: self.min_lr_ratio,

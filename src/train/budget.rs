@@ -10,6 +10,7 @@
 
 use crate::nn::dropout::MaskShape;
 use crate::tokenizer::TokenizerKind;
+use crate::train::config::TrainConfig;
 
 /// Training tokens per second of a char model of 2 × 512 at B = 64, T = 64 on the project's
 /// 2-core machine (`quill train`, validation included), the yardstick of `epochs512`.
@@ -53,6 +54,25 @@ pub struct Recipe {
     /// usual 1: 2 × 512 on tiny-shakespeare after 200 steps, 1.7476 nats/char against
     /// 1.7971, and 1.4270 against 1.4491 after 20 minutes (README).
     pub forget_bias: f32,
+}
+
+impl Recipe {
+    /// `config` with the recipe's training choices: B, T, learning rate, regularisation,
+    /// weight average and forget bias (the model's own choices are in the other fields).
+    pub fn train_config(&self, config: TrainConfig) -> TrainConfig {
+        TrainConfig {
+            batch: self.batch,
+            seq: self.seq,
+            lr: self.lr,
+            dropout_mask: self.dropout_mask,
+            dropout_input: self.dropout_input,
+            dropout_embed: self.dropout_embed,
+            weight_drop: self.weight_drop,
+            ema: self.ema,
+            forget_bias: self.forget_bias,
+            ..config
+        }
+    }
 }
 
 /// Passes over `train_tokens` that `minutes` allow at `tokens_per_s`.
@@ -216,6 +236,24 @@ mod tests {
         // The measured rows start the forget gate at 0 (README: 1.4438 against 1.4954 for
         // the bundled corpus, 1.4270 against 1.4491 for tiny-shakespeare in 20 minutes).
         assert_eq!((bundled.forget_bias, r20.forget_bias), (0.0, 0.0));
+        // A recipe fills its own fields of a training configuration and leaves the rest.
+        let d = TrainConfig::default();
+        let c = r20.train_config(d.clone());
+        assert_eq!(
+            (
+                c.batch,
+                c.lr,
+                c.dropout_mask,
+                c.weight_drop,
+                c.ema,
+                c.forget_bias
+            ),
+            (64, 3e-3, MaskShape::Stream, 0.25, 0.995, 0.0)
+        );
+        assert_eq!(
+            (c.clip, c.seed, c.warmup_steps),
+            (d.clip, d.seed, d.warmup_steps)
+        );
         assert!(r60.dropout > r20.dropout && r60.weight_drop > r20.weight_drop);
         assert!(r1.hidden < r20.hidden && r1.dropout < r20.dropout);
         let w = recipe(TokenizerKind::Word, 800_000, &[Limit::Minutes(15.0)]);

@@ -36,24 +36,7 @@ TORCH=(--log-every 0 --device cpu)
 # quill train's regularisers that the PyTorch trainer does not have, off.
 PLAIN=(--dropout-mask element --dropout-input 0 --dropout-embed 0 --weight-drop 0 --ema 0)
 
-# Compares the `kind` records of two metrics logs at the steps both have: max |a - b| of `key`.
-compare() { # compare LOG_A LOG_B KIND KEY TOL LABEL [FROM_STEP]
-    $PY - "$@" <<'EOF'
-import json, sys
-a, b, kind, key, tol, label = sys.argv[1:7]
-start = int(sys.argv[7]) if len(sys.argv) > 7 else 0
-def read(p):
-    return {r["step"]: r[key] for r in map(json.loads, open(p)) if r["kind"] == kind and r["step"] > start}
-ra, rb = read(a), read(b)
-steps = sorted(set(ra) & set(rb))
-assert steps, f"{label}: no common {kind} records"
-diff = max(abs(ra[s] - rb[s]) for s in steps)
-print(f"{label}: {kind} {key} at steps {steps}: max |diff| = {diff:.2e} (tolerance {tol})")
-for s in steps:
-    print(f"    step {s}: {ra[s]:.6f} vs {rb[s]:.6f}")
-sys.exit(0 if diff <= float(tol) else 1)
-EOF
-}
+. "$ROOT/scripts/torch_compare.sh"
 
 echo "== 1 process vs 2 gloo processes, global batch 8, 40 steps"
 $PY -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" --max-steps 40 --out "$W/p1" 2>"$W/p1.log"

@@ -1,0 +1,31 @@
+# Sourced by scripts/check_torch_roundtrip.sh and scripts/check_torch_gpu.sh (needs $PY).
+# Compares the `kind` records of two metrics logs at the steps both have: max |a - b| of `key`.
+compare() { # compare LOG_A LOG_B KIND KEY TOL LABEL [FROM_STEP]
+    $PY - "$@" <<'EOF'
+import json, sys
+a, b, kind, key, tol, label = sys.argv[1:7]
+start = int(sys.argv[7]) if len(sys.argv) > 7 else 0
+def read(p):
+    return {r["step"]: r[key] for r in map(json.loads, open(p)) if r["kind"] == kind and r["step"] > start}
+ra, rb = read(a), read(b)
+steps = sorted(set(ra) & set(rb))
+assert steps, f"{label}: no common {kind} records"
+diff = max(abs(ra[s] - rb[s]) for s in steps)
+print(f"{label}: {kind} {key} at steps {steps}: max |diff| = {diff:.2e} (tolerance {tol})")
+for s in steps:
+    print(f"    step {s}: {ra[s]:.6f} vs {rb[s]:.6f}")
+sys.exit(0 if diff <= float(tol) else 1)
+EOF
+}
+
+# Compares two `eval --json` answers (quill's and quill_torch's): same tokens, |loss diff| <= TOL.
+eval_compare() { # eval_compare JSON_A JSON_B TOL LABEL
+    $PY - "$@" <<'EOF'
+import json, sys
+a, b = (json.loads(s) for s in sys.argv[1:3])
+tol, label = float(sys.argv[3]), sys.argv[4]
+d = abs(a["loss_per_token"] - b["loss_per_token"])
+print(f"{label}: {a['loss_per_token']:.6f} vs {b['loss_per_token']:.6f} over {a['tokens']} tokens: |diff| = {d:.2e} (tolerance {tol})")
+sys.exit(0 if a["tokens"] == b["tokens"] and d <= tol else 1)
+EOF
+}

@@ -21,19 +21,10 @@
 # Then, not a check, training tokens/s on this GPU for a few sizes (f32, TF32, bf16).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-QUILL=${QUILL:-$ROOT/target/release/quill}
-W=${1:-$(mktemp -d)}
-mkdir -p "$W"
-export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
-PY=python3
-[ -x "$QUILL" ] || { echo "error: no quill binary at $QUILL (cargo build --release, or set QUILL)" >&2; exit 1; }
-$PY -c 'import torch, numpy, safetensors' || { echo "error: $PY cannot import torch, numpy and safetensors" >&2; exit 1; }
+. "$ROOT/scripts/torch_check_common.sh"
 $PY -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null || { echo "error: torch sees no CUDA device" >&2; exit 1; }
 echo "torch $($PY -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(0))'), work dir $W"
-. "$ROOT/scripts/torch_compare.sh"
 
-TOK=$W/shk.tokens
-"$QUILL" prepare --corpus "$ROOT/corpora/shakespeare.txt" --val-fraction 0.01 --out "$W" --name shk >/dev/null 2>"$W/prepare.log"
 MODEL=(--tokens "$TOK" --layers 2 --hidden 64 --embed 16 --dropout 0 --batch 8 --seq 32 --lr 3e-3
        --warmup 5 --eval-every 20 --save-every 20 --log-every 0)
 

@@ -14,21 +14,13 @@
 # Exit status 0 when every check passes; each check prints its figures.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-QUILL=${QUILL:-$ROOT/target/release/quill}
-W=${1:-$(mktemp -d)}
-mkdir -p "$W"
-export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
 export GLOO_SOCKET_IFNAME=lo
 # One thread per process (what torchrun sets for several): on a busy machine a second OpenMP
 # thread per process costs far more than it gives at these sizes.
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-PY=python3
-[ -x "$QUILL" ] || { echo "error: no quill binary at $QUILL (cargo build --release, or set QUILL)" >&2; exit 1; }
-$PY -c 'import torch, numpy, safetensors' || { echo "error: $PY cannot import torch, numpy and safetensors" >&2; exit 1; }
+. "$ROOT/scripts/torch_check_common.sh"
 echo "torch $($PY -c 'import torch; print(torch.__version__)'), work dir $W"
 
-TOK=$W/shk.tokens
-"$QUILL" prepare --corpus "$ROOT/corpora/shakespeare.txt" --val-fraction 0.01 --out "$W" --name shk >/dev/null 2>"$W/prepare.log"
 # The same flags for quill train and quill_torch.train, and the trainer's own.
 MODEL=(--tokens "$TOK" --layers 2 --hidden 64 --embed 16 --dropout 0 --batch 8 --seq 32 --lr 3e-3
        --warmup 5 --eval-every 20 --save-every 20)
@@ -36,7 +28,6 @@ TORCH=(--log-every 0 --device cpu)
 # quill train's regularisers that the PyTorch trainer does not have, off.
 PLAIN=(--dropout-mask element --dropout-input 0 --dropout-embed 0 --weight-drop 0 --ema 0)
 
-. "$ROOT/scripts/torch_compare.sh"
 
 echo "== 1 process vs 2 gloo processes, global batch 8, 40 steps"
 $PY -m quill_torch.train "${MODEL[@]}" "${TORCH[@]}" --max-steps 40 --out "$W/p1" 2>"$W/p1.log"

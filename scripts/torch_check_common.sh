@@ -1,4 +1,17 @@
-# Sourced by scripts/check_torch_roundtrip.sh and scripts/check_torch_gpu.sh (needs $PY).
+# Sourced by scripts/check_torch_roundtrip.sh and scripts/check_torch_gpu.sh after they set
+# ROOT (the repository) and pass their WORKDIR argument: the quill binary ($QUILL, default
+# target/release/quill), the work directory $W, python3 as $PY with quill_torch importable,
+# the token file $TOK of the bundled corpus (prepared by quill), and the comparisons.
+QUILL=${QUILL:-$ROOT/target/release/quill}
+W=${1:-$(mktemp -d)}
+mkdir -p "$W"
+export PYTHONPATH="$ROOT/python${PYTHONPATH:+:$PYTHONPATH}"
+PY=python3
+[ -x "$QUILL" ] || { echo "error: no quill binary at $QUILL (cargo build --release, or set QUILL)" >&2; exit 1; }
+$PY -c 'import torch, numpy, safetensors' || { echo "error: $PY cannot import torch, numpy and safetensors" >&2; exit 1; }
+TOK=$W/shk.tokens
+"$QUILL" prepare --corpus "$ROOT/corpora/shakespeare.txt" --val-fraction 0.01 --out "$W" --name shk >/dev/null 2>"$W/prepare.log"
+
 # Compares the `kind` records of two metrics logs at the steps both have: max |a - b| of `key`.
 compare() { # compare LOG_A LOG_B KIND KEY TOL LABEL [FROM_STEP]
     $PY - "$@" <<'EOF'

@@ -51,8 +51,14 @@ impl<F: Float> LstmParams<F> {
         let mut p = Self::zeros(d, h);
         p.wx.mapv_inplace(|_| F::c(rng.random_range(-k..k)));
         p.wh.mapv_inplace(|_| F::c(rng.random_range(-k..k)));
-        p.b.slice_mut(s![h..2 * h]).fill(F::one());
+        p.set_forget_bias(F::one());
         p
+    }
+
+    /// Sets the forget gate's bias (gate order i, f, g, o: entries H..2H) to `v`.
+    pub fn set_forget_bias(&mut self, v: F) {
+        let h = self.hidden_size();
+        self.b.slice_mut(s![h..2 * h]).fill(v);
     }
 
     /// Input size D.

@@ -145,11 +145,10 @@ impl<F: Float> Params<F> {
         p
     }
 
-    /// Sets every layer's forget-gate bias (gate order i, f, g, o: entries H..2H) to `v`.
+    /// Sets every layer's forget-gate bias to `v` ([`LstmParams::set_forget_bias`]).
     pub fn set_forget_bias(&mut self, v: F) {
-        let h = self.lstm.first().map_or(0, |l| l.hidden_size());
         for l in &mut self.lstm {
-            l.b.slice_mut(ndarray::s![h..2 * h]).fill(v);
+            l.set_forget_bias(v);
         }
     }
 

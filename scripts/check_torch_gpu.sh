@@ -52,16 +52,7 @@ compare "$W/gpu/shk-metrics.jsonl" "$W/nccl/shk-metrics.jsonl" train loss 1e-4 "
 
 CK=$W/gpu/shk-latest.safetensors
 echo "== quill opens and evaluates the CUDA checkpoint"
-"$QUILL" info "$CK" | head -n 5
-"$QUILL" sample -c "$CK" --prime "ROMEO:" --length 80 --seed 1 >"$W/sample.txt"
-echo "sample: $(head -c 80 "$W/sample.txt" | tr '\n' '|')"
-q=$("$QUILL" eval -c "$CK" --tokens "$TOK" --split val --json)
-t=$($PY -m quill_torch.eval -c "$CK" --tokens "$TOK" --split val --device cuda --json)
-eval_compare "$q" "$t" 1e-4 "quill eval vs quill_torch.eval on CUDA"
-q8=$("$QUILL" eval -c "$CK" --tokens "$TOK" --split val --batch 8 --seq 32 --json)
-last=$($PY -c 'import json,sys; print([r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "eval"][-1]["val_loss"])' "$W/gpu/shk-metrics.jsonl")
-eval_compare "$q8" "{\"loss_per_token\": $last, \"tokens\": $($PY -c 'import json,sys; print(json.loads(sys.argv[1])["tokens"])' "$q8")}" 1e-4 \
-    "quill eval (B 8, T 32) vs the CUDA trainer's last validation"
+quill_opens "$CK" "$W/gpu/shk-metrics.jsonl" cuda
 
 echo "== quill train --resume continues the CUDA run to step 60; PyTorch continues it on CUDA"
 "$QUILL" train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/q" --quiet 2>"$W/q.log"

@@ -39,27 +39,8 @@ compare "$W/p1/shk-metrics.jsonl" "$W/p2/shk-metrics.jsonl" train loss 1e-4 "1 v
 compare "$W/p1/shk-metrics.jsonl" "$W/p2/shk-metrics.jsonl" eval val_loss 1e-4 "1 vs 2 processes"
 
 CK=$W/p2/shk-latest.safetensors
-echo "== quill opens the PyTorch checkpoint"
-"$QUILL" info "$CK"
-"$QUILL" sample -c "$CK" --prime "ROMEO:" --length 80 --seed 1 >"$W/sample.txt"
-echo "sample: $(head -c 80 "$W/sample.txt" | tr '\n' '|')"
-
-echo "== quill eval vs PyTorch on the same tokens (validation split)"
-q=$("$QUILL" eval -c "$CK" --tokens "$TOK" --split val --json)
-t=$($PY -m quill_torch.eval -c "$CK" --tokens "$TOK" --split val --json)
-# The trainer's last validation (B = 8, T = 32) against quill eval with the same B and T.
-q8=$("$QUILL" eval -c "$CK" --tokens "$TOK" --split val --batch 8 --seq 32 --json)
-$PY - "$q" "$t" "$q8" "$W/p2/shk-metrics.jsonl" <<'EOF'
-import json, sys
-q, t, q8 = (json.loads(s) for s in sys.argv[1:4])
-last = [r for r in map(json.loads, open(sys.argv[4])) if r["kind"] == "eval"][-1]["val_loss"]
-d1 = abs(q["loss_per_token"] - t["loss_per_token"])
-d2 = abs(q8["loss_per_token"] - last)
-print(f"quill eval {q['loss_per_token']:.6f}, PyTorch {t['loss_per_token']:.6f} over {q['tokens']} tokens: |diff| = {d1:.2e} (tolerance 1e-4)")
-print(f"quill eval (B 8, T 32) {q8['loss_per_token']:.6f}, the trainer's validation {last:.6f}: |diff| = {d2:.2e} (tolerance 1e-4)")
-assert q["tokens"] == t["tokens"]
-sys.exit(0 if d1 <= 1e-4 and d2 <= 1e-4 else 1)
-EOF
+echo "== quill opens the PyTorch checkpoint; quill eval vs PyTorch on the same tokens (validation split)"
+quill_opens "$CK" "$W/p2/shk-metrics.jsonl" cpu
 
 echo "== quill train --resume continues the 2-process run to step 60; PyTorch continues it too"
 "$QUILL" train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/q" --quiet 2>"$W/q.log"

@@ -42,3 +42,22 @@ print(f"{label}: {a['loss_per_token']:.6f} vs {b['loss_per_token']:.6f} over {a[
 sys.exit(0 if a["tokens"] == b["tokens"] and d <= tol else 1)
 EOF
 }
+
+# quill opens checkpoint CK (info, a sample); quill eval on $TOK's validation split equals
+# quill_torch.eval (on DEVICE), and quill eval with the trainer's B = 8, T = 32 equals the
+# trainer's own last validation in its metrics log METRICS; each within 1e-4.
+quill_opens() { # quill_opens CK METRICS DEVICE
+    local q t q8 last
+    "$QUILL" info "$1"
+    "$QUILL" sample -c "$1" --prime "ROMEO:" --length 80 --seed 1 >"$W/sample.txt"
+    echo "sample: $(head -c 80 "$W/sample.txt" | tr '\n' '|')"
+    q=$("$QUILL" eval -c "$1" --tokens "$TOK" --split val --json)
+    t=$($PY -m quill_torch.eval -c "$1" --tokens "$TOK" --split val --device "$3" --json)
+    eval_compare "$q" "$t" 1e-4 "quill eval vs quill_torch.eval on $3"
+    q8=$("$QUILL" eval -c "$1" --tokens "$TOK" --split val --batch 8 --seq 32 --json)
+    last=$($PY -c '
+import json, sys
+v = [r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "eval"][-1]["val_loss"]
+print(json.dumps({"loss_per_token": v, "tokens": json.loads(sys.argv[2])["tokens"]}))' "$2" "$q8")
+    eval_compare "$q8" "$last" 1e-4 "quill eval (B 8, T 32) vs the trainer's last validation"
+}

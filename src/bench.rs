@@ -34,6 +34,7 @@ use crate::train::budget::{self, Limit};
 use crate::train::config::TrainConfig;
 use crate::train::optim::{Adam, AdamConfig};
 use crate::train::step::Stepper;
+use crate::train::tokens::Tokens;
 
 /// A named benchmark configuration: a model and the training window shape.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -277,7 +278,9 @@ fn time_training(cfg: &BenchConfig, opts: &BenchOptions, rng: &mut Pcg64) -> Res
     let x: Vec<u32> = (0..n).map(|_| rng.random_range(0..v)).collect();
     let y: Vec<u32> = (0..n).map(|_| rng.random_range(0..v)).collect();
     let adam = Adam::new(AdamConfig::default(), &model.config);
-    let mut stepper = Stepper::new(&model, &train, adam, None);
+    let mut stepper = Stepper::new(&model, &train, adam, None, || {
+        Tokens::from_ids(&y, model.config.vocab).counts()
+    })?;
     let mut state = LstmState::zeros(&model.config, cfg.batch);
     let mut drop_rng = Pcg64::seed_from_u64(rng.random());
     let mut step = |model: &mut Model<f32>| {

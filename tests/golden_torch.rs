@@ -102,7 +102,7 @@ fn logits_loss_state_and_gradients_match_pytorch() {
 
     let mut grads = Params::<f64>::zeros(&cfg);
     let mut state = state0.clone();
-    let loss = model.forward_backward(&mut ws, &mut grads, &x, &y, &mut state, None);
+    let loss = model.forward_backward(&mut ws, &mut grads, &x, &y, &mut state, None, None);
     assert_close("loss", &[loss], &g["expected.loss"].1, 1e-6);
     let flat = |a: &[Array2<f64>]| a.iter().flat_map(|m| m.iter().copied()).collect::<Vec<_>>();
     assert_close("h_n", &flat(&state.h), &g["expected.h_n"].1, 1e-5);

@@ -6,13 +6,15 @@
 //! cut as truncated BPTT does (the loss is a function of the parameters with (h0, c0) held
 //! constant). The regularisers (dropout on layer outputs and inputs, per stream or per element,
 //! embedding dropout, DropConnect on W_h) are checked with their masks held fixed: every
-//! evaluation draws them from the same seed, so the loss is a function of the raw weights. Numerical derivatives use the fourth-order central
+//! evaluation draws them from the same seed, so the loss is a function of the raw weights; the
+//! sampled softmax with its candidates held fixed (a repeat and accidental hits among them). Numerical derivatives use the fourth-order central
 //! stencil  f'(x) ≈ [8(f(x+ε) − f(x−ε)) − (f(x+2ε) − f(x−2ε))] / (12ε)  with ε = 1e-3, whose
 //! truncation error (~ε⁴) and rounding error (~1e-16/ε) are both far below the 1e-6 bar.
 
 use ndarray::Array2;
 use quill::nn::dropout::{Dropout, MaskShape, WeightDrop};
 use quill::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
+use quill::nn::sampled::{Candidates, Proposal};
 use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg64;
 
@@ -27,7 +29,13 @@ struct Reg {
     drop: Dropout,
     weight_drop: f32,
     seed: u64,
+    /// Output layer: a sampled softmax over [`CANDIDATES`] instead of the full one.
+    sampled: bool,
 }
+
+/// The sampled softmax's candidates of the checked windows (V = 7): the head of the
+/// proposal below (entries 0 and 5), then two draws, a repeat.
+const CANDIDATES: [u32; 4] = [0, 5, 2, 2];
 
 fn tiny_config(tie: bool) -> ModelConfig {
     ModelConfig {
@@ -88,7 +96,7 @@ fn analytic_reg(
     let mut grads = Params::zeros(&model.config);
     let mut s = state.clone();
     let Some(reg) = reg else {
-        let loss = model.forward_backward(&mut ws, &mut grads, x, y, &mut s, None);
+        let loss = model.forward_backward(&mut ws, &mut grads, x, y, &mut s, None, None);
         return (loss, grads);
     };
     let mut rng = Pcg64::seed_from_u64(reg.seed);
@@ -97,6 +105,11 @@ fn analytic_reg(
     if reg.weight_drop > 0.0 {
         wd.apply(&mut m.params.lstm, reg.weight_drop, &mut rng);
     }
+    let proposal = Proposal::from_counts(&[9, 1, 4, 0, 2, 7, 3], CANDIDATES.len()).unwrap();
+    let cand = reg.sampled.then(|| Candidates {
+        ids: &CANDIDATES,
+        log_expected: proposal.log_expected(),
+    });
     let loss = m.forward_backward(
         &mut ws,
         &mut grads,
@@ -104,6 +117,7 @@ fn analytic_reg(
         y,
         &mut s,
         Some((&reg.drop, &mut rng)),
+        cand,
     );
     if reg.weight_drop > 0.0 {
         wd.restore(&mut m.params.lstm, &mut grads.lstm);
@@ -171,7 +185,12 @@ fn reg(output: f32, input: f32, embed: f32, shape: MaskShape, weight_drop: f32) 
         },
         weight_drop,
         seed: 3,
+        sampled: false,
     })
+}
+
+fn sampled(r: Option<Reg>) -> Option<Reg> {
+    r.map(|r| Reg { sampled: true, ..r })
 }
 
 #[test]
@@ -206,6 +225,18 @@ fn dropconnect_on_recurrent_weights_gradient_matches() {
 fn every_regulariser_at_once_gradient_matches() {
     check_window(false, T, reg(0.25, 0.25, 0.25, MaskShape::Stream, 0.25));
     check_window(true, T_FOLD, reg(0.25, 0.0, 0.25, MaskShape::Stream, 0.25));
+}
+
+#[test]
+fn sampled_softmax_gradient_matches() {
+    let none = reg(0.0, 0.0, 0.0, MaskShape::Stream, 0.0);
+    check_window(false, T, sampled(none));
+    check_window(true, T_FOLD, sampled(none));
+    check_window(
+        true,
+        T,
+        sampled(reg(0.25, 0.25, 0.25, MaskShape::Stream, 0.25)),
+    );
 }
 
 #[test]
@@ -246,7 +277,7 @@ fn f32_path_agrees_with_f64() {
     let mut ws = Workspace::default();
     let mut g32 = Params::<f32>::zeros(&model32.config);
     let mut s = state32.clone();
-    let loss32 = model32.forward_backward(&mut ws, &mut g32, &x, &y, &mut s, None);
+    let loss32 = model32.forward_backward(&mut ws, &mut g32, &x, &y, &mut s, None, None);
     assert!((loss32 - loss64).abs() < 1e-5, "{loss32} vs {loss64}");
     let g32 = g32.cast::<f64>();
     let mut worst = 0.0f64;

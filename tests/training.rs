@@ -122,15 +122,48 @@ fn a_new_run_starts_from_the_forget_bias_it_is_given() {
     assert!(e.contains("forget-bias"), "{e}");
 }
 
-/// The default config with every regulariser and the weight average on, so that their masks
-/// and state are part of what must resume exactly.
+/// The default config with every regulariser, the weight average and the sampled softmax on,
+/// so that their masks, state and candidates are part of what must resume exactly.
 fn regularised() -> TrainConfig {
     TrainConfig {
         dropout_input: 0.1,
         dropout_embed: 0.1,
         weight_drop: 0.2,
         ema: 0.9,
+        sampled_softmax: 12,
         ..TrainConfig::default()
+    }
+}
+
+#[test]
+fn the_sampled_softmax_refuses_candidates_the_vocabulary_cannot_give() {
+    let text = TEXT200.repeat(4);
+    let tok = char_tok(&text);
+    let v = tok.vocab_size();
+    let dir = tempfile::tempdir().unwrap();
+    for s in [2 * v, 2 * v + 5] {
+        let cfg = TrainConfig {
+            sampled_softmax: s,
+            out: dir.path().to_path_buf(),
+            ..TrainConfig::default()
+        };
+        let e = Trainer::new(&corpus(&text), tok.clone(), model_cfg(8, 0.0), cfg).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains("sampled-softmax") && e.contains(&format!("for V = {v}")),
+            "{e}"
+        );
+    }
+    for s in [1, 1 << 21] {
+        let cfg = TrainConfig {
+            sampled_softmax: s,
+            ..TrainConfig::default()
+        };
+        let e = cfg.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("sampled-softmax") && e.contains("give 0 (off) or 2 to"),
+            "{e}"
+        );
     }
 }
 

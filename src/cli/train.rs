@@ -103,6 +103,12 @@ pub struct TrainArgs {
     /// recipe's].
     #[arg(long)]
     weight_drop: Option<f32>,
+    /// Sampled softmax while training: score each target against N candidates drawn from the
+    /// training tokens' frequencies instead of the whole vocabulary (word and BPE models:
+    /// faster steps); 0 = the full softmax. Validation, eval and sampling always use the full
+    /// one [default: the recipe's].
+    #[arg(long, value_name = "N")]
+    sampled_softmax: Option<usize>,
     /// Decay of the moving average of the weights that validation uses and checkpoints hold
     /// as the model, in [0, 1); 0 turns it off [default: the recipe's].
     #[arg(long)]
@@ -241,6 +247,7 @@ impl TrainArgs {
             dropout_input: self.dropout_input.unwrap_or(d.dropout_input),
             dropout_embed: self.dropout_embed.unwrap_or(d.dropout_embed),
             weight_drop: self.weight_drop.unwrap_or(d.weight_drop),
+            sampled_softmax: self.sampled_softmax.unwrap_or(d.sampled_softmax),
             ema: self.ema.unwrap_or(d.ema),
             forget_bias: self.forget_bias.unwrap_or(d.forget_bias),
             batch: self.batch.unwrap_or(d.batch),
@@ -368,6 +375,7 @@ fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> 
         dropout_input = "dropout_input",
         dropout_embed = "dropout_embed",
         weight_drop = "weight_drop",
+        sampled_softmax = "sampled_softmax",
         ema = "ema",
         seed = "seed",
         val_fraction = "val_fraction",

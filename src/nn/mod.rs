@@ -20,6 +20,7 @@ pub mod loss;
 pub mod lstm;
 pub mod model;
 pub mod pool;
+pub mod sampled;
 
 use std::fmt::{Debug, Display};
 

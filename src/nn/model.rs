@@ -21,6 +21,7 @@ use crate::nn::loss::xent_row;
 use crate::nn::lstm::{
     fold_embedding, lstm_backward_input, lstm_forward_input, LstmCache, LstmInput, LstmParams,
 };
+use crate::nn::sampled::{sampled_loss_backward, Candidates, SampledWorkspace};
 use crate::nn::{pool, Float};
 
 /// Largest sizes a model may declare; guards allocations driven by untrusted checkpoints.
@@ -386,6 +387,8 @@ pub struct Workspace<F> {
     out: LinearPacked<F>,
     /// Loss of each row of the window, (T·B).
     row_loss: Vec<f64>,
+    /// The sampled output layer's buffers (training with sampled softmax).
+    sampled: SampledWorkspace<F>,
 }
 
 /// `a` as a zero (r, c) array, reallocated only if its shape differs.
@@ -466,6 +469,40 @@ impl<F: Float> Model<F> {
         state: &LstmState<F>,
         train: Option<(&Dropout, &mut dyn rand::RngCore)>,
     ) {
+        let drop = train.as_ref().is_some_and(|(d, _)| d.output > 0.0);
+        self.forward_hidden(ws, tokens, state, train);
+        ws.out.wt.pack(self.params.out_weight().t());
+        linear_forward_packed(
+            Self::top(&ws.dropped, &ws.caches, drop)
+                .to_slice()
+                .expect("standard layout"),
+            &ws.out.wt,
+            self.params.out_b.as_slice().expect("standard layout"),
+            ws.logits.as_slice_mut().expect("standard layout"),
+        );
+    }
+
+    /// The top layer's output that the output layer reads, (T·B, H): after its dropout when
+    /// the window drops.
+    fn top<'a>(
+        dropped: &'a [Array2<F>],
+        caches: &'a [LstmCache<F>],
+        drop: bool,
+    ) -> ArrayView2<'a, F> {
+        match drop {
+            true => dropped[caches.len() - 1].view(),
+            false => caches[caches.len() - 1].output(),
+        }
+    }
+
+    /// [`Model::forward`] up to the output layer: embedding, every LSTM layer and its dropout.
+    fn forward_hidden(
+        &self,
+        ws: &mut Workspace<F>,
+        tokens: &[u32],
+        state: &LstmState<F>,
+        train: Option<(&Dropout, &mut dyn rand::RngCore)>,
+    ) {
         let cfg = &self.config;
         let b = state.batch();
         let n = tokens.len();
@@ -535,18 +572,6 @@ impl<F: Float> Model<F> {
                 apply_mask(cache.output(), mask, dropped_rest[0].view_mut());
             }
         }
-        ws.out.wt.pack(self.params.out_weight().t());
-        let top = if drop {
-            ws.dropped[cfg.layers - 1].view()
-        } else {
-            ws.caches[cfg.layers - 1].output()
-        };
-        linear_forward_packed(
-            top.to_slice().expect("standard layout"),
-            &ws.out.wt,
-            self.params.out_b.as_slice().expect("standard layout"),
-            ws.logits.as_slice_mut().expect("standard layout"),
-        );
     }
 
     /// Copies each layer's final (h, c) into `state` (the carry to the next window).
@@ -560,7 +585,9 @@ impl<F: Float> Model<F> {
     /// One training window: forward (regularised as [`Model::forward`] with `train`), mean
     /// cross-entropy against `targets` (T·B), backward through the same masks. Gradients are
     /// *accumulated* into `grads`; `state` is advanced to the window's end. Returns the mean
-    /// loss in nats per token.
+    /// loss in nats per token. With `sampled`, the output layer is a sampled softmax over
+    /// those candidates ([`crate::nn::sampled`]) and the loss is its estimate.
+    #[allow(clippy::too_many_arguments)]
     pub fn forward_backward(
         &self,
         ws: &mut Workspace<F>,
@@ -569,44 +596,59 @@ impl<F: Float> Model<F> {
         targets: &[u32],
         state: &mut LstmState<F>,
         train: Option<(&Dropout, &mut dyn rand::RngCore)>,
+        sampled: Option<Candidates<'_>>,
     ) -> f64 {
         let cfg = &self.config;
         let plan = train.as_ref().map(|(d, _)| **d).unwrap_or_default();
         let drop = plan.output > 0.0;
-        self.forward(ws, tokens, state, train);
         let n = tokens.len();
         let fold = fold_embedding(cfg.vocab, n) && plan.input == 0.0;
         let embed_drop = plan.embed > 0.0;
-        ws.ensure_backward(cfg, fold);
-
-        // Output layer: loss, dlogits and dh fused per block of rows, then dW and db.
-        ws.out.w.pack(self.params.out_weight().view());
-        let loss = loss_backward_packed(
-            ws.logits.as_slice_mut().expect("standard layout"),
-            targets,
-            &ws.out.w,
-            ws.dh.as_slice_mut().expect("standard layout"),
-            &mut ws.row_loss,
-        ) / n as f64;
-        let last = cfg.layers - 1;
-        {
-            let top = if drop {
-                ws.dropped[last].view()
-            } else {
-                ws.caches[last].output()
-            };
-            let dw = match grads.out_w.as_mut() {
-                Some(w) => w,
-                None => &mut grads.embed,
-            };
-            linear_weight_grad(
-                top.to_slice().expect("standard layout"),
-                ws.logits.as_slice().expect("standard layout"),
-                n,
-                dw.as_slice_mut().expect("standard layout"),
-                grads.out_b.as_slice_mut().expect("standard layout"),
-            );
-        }
+        let loss = match sampled {
+            None => {
+                // Output layer: loss, dlogits and dh fused per block of rows, then dW and db.
+                self.forward(ws, tokens, state, train);
+                ws.ensure_backward(cfg, fold);
+                ws.out.w.pack(self.params.out_weight().view());
+                let loss = loss_backward_packed(
+                    ws.logits.as_slice_mut().expect("standard layout"),
+                    targets,
+                    &ws.out.w,
+                    ws.dh.as_slice_mut().expect("standard layout"),
+                    &mut ws.row_loss,
+                );
+                let dw = grads.out_w.as_mut().unwrap_or(&mut grads.embed);
+                linear_weight_grad(
+                    Self::top(&ws.dropped, &ws.caches, drop)
+                        .to_slice()
+                        .expect("standard layout"),
+                    ws.logits.as_slice().expect("standard layout"),
+                    n,
+                    dw.as_slice_mut().expect("standard layout"),
+                    grads.out_b.as_slice_mut().expect("standard layout"),
+                );
+                loss
+            }
+            Some(cand) => {
+                self.forward_hidden(ws, tokens, state, train);
+                ws.ensure_backward(cfg, fold);
+                let dw = grads.out_w.as_mut().unwrap_or(&mut grads.embed);
+                sampled_loss_backward(
+                    Self::top(&ws.dropped, &ws.caches, drop)
+                        .to_slice()
+                        .expect("standard layout"),
+                    targets,
+                    self.params.out_weight().view(),
+                    self.params.out_b.as_slice().expect("standard layout"),
+                    cand,
+                    &mut ws.sampled,
+                    dw.as_slice_mut().expect("standard layout"),
+                    grads.out_b.as_slice_mut().expect("standard layout"),
+                    ws.dh.as_slice_mut().expect("standard layout"),
+                    &mut ws.row_loss,
+                )
+            }
+        } / n as f64;
         // With embedding dropout, the input side's gradient of the table is gathered apart
         // (w.r.t. the masked table) and masked into `grads.embed` at the end; the output
         // layer's share (tied weights) is not masked.

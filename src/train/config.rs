@@ -15,6 +15,9 @@ use crate::train::optim::{LrSchedule, Schedule};
 /// can ask to allocate per window.
 pub const MAX_WINDOW_TOKENS: usize = 1 << 22;
 
+/// Most candidates of the sampled softmax (it must also stay below the vocabulary size).
+pub const MAX_SAMPLED: usize = 1 << 20;
+
 /// Dropout on every layer's output of `quill train` (the model's [`ModelConfig::dropout`]).
 ///
 /// [`ModelConfig::dropout`]: crate::nn::model::ModelConfig::dropout
@@ -70,6 +73,12 @@ pub struct TrainConfig {
     /// run's initialisation reads it.
     #[serde(default = "default_forget_bias")]
     pub forget_bias: f32,
+    /// Sampled softmax while training: N candidates per window, the N / 2 most frequent
+    /// entries of the training tokens and N − N / 2 draws from the rest by their frequency,
+    /// scored with each row's target instead of all V entries (0 = the full softmax;
+    /// [`crate::nn::sampled`]). Validation, evaluation and generation use the full one.
+    #[serde(default)]
+    pub sampled_softmax: usize,
     /// Seed of initialisation and dropout.
     pub seed: u64,
     /// Fraction of the corpus (its end) held out for validation.
@@ -107,6 +116,7 @@ impl Default for TrainConfig {
             weight_drop: 0.0,
             ema: 0.0,
             forget_bias: DEFAULT_FORGET_BIAS,
+            sampled_softmax: 0,
             seed: 1,
             val_fraction: 0.1,
             eval_every: 200,
@@ -163,6 +173,15 @@ impl TrainConfig {
             return Err(Error::config(
                 "forget-bias",
                 format!("{} is outside [-10, 10]", self.forget_bias),
+            ));
+        }
+        if self.sampled_softmax == 1 || self.sampled_softmax > MAX_SAMPLED {
+            return Err(Error::config(
+                "sampled-softmax",
+                format!(
+                    "{} candidates: give 0 (off) or 2 to {MAX_SAMPLED}",
+                    self.sampled_softmax
+                ),
             ));
         }
         for (name, v) in [

@@ -1,16 +1,18 @@
 //! One optimizer step on one window, the one step of training: shared by the trainer and
 //! `quill bench`, so the benchmark times what training does.
 //!
-//! The step: DropConnect masks into `W_h` (once per step), forward and backward of the
-//! regularised window, raw weights back, global-norm clipping, Adam(W), and the update of the
-//! weight average.
+//! The step: DropConnect masks into `W_h` (once per step), the sampled softmax's candidates
+//! (with `TrainConfig::sampled_softmax`), forward and backward of the regularised window, raw
+//! weights back, global-norm clipping, Adam(W), and the update of the weight average.
 
 use rand::RngCore;
 
 use super::config::TrainConfig;
 use super::optim::{average_decay, clip_grad_norm, update_average, Adam};
+use crate::error::Result;
 use crate::nn::dropout::{Dropout, WeightDrop};
 use crate::nn::model::{LstmState, Model, Params, Workspace};
+use crate::nn::sampled::{Candidates, Proposal};
 
 /// The buffers and optimizer state a step works with.
 #[derive(Clone, Debug)]
@@ -24,25 +26,39 @@ pub struct Stepper {
     /// Exponential moving average of the weights (with `TrainConfig::ema` > 0).
     pub average: Option<Params<f32>>,
     weight_drop: WeightDrop<f32>,
+    /// The sampled softmax's proposal and this step's candidates.
+    sampled: Option<(Proposal, Vec<u32>)>,
 }
 
 impl Stepper {
     /// A stepper for `model`, with the optimizer state and weight average to continue from;
-    /// a missing average starts as a copy of the weights when `config.ema` > 0.
+    /// a missing average starts as a copy of the weights when `config.ema` > 0. With
+    /// `config.sampled_softmax` > 0, `counts` (how often each of the V entries occurs in the
+    /// training tokens) make the candidates' proposal ([`Proposal::from_counts`]).
     pub fn new(
         model: &Model<f32>,
         config: &TrainConfig,
         adam: Adam,
         average: Option<Params<f32>>,
-    ) -> Self {
+        counts: impl FnOnce() -> Vec<u64>,
+    ) -> Result<Self> {
+        let sampled = match config.sampled_softmax {
+            0 => None,
+            n => {
+                let mut c = counts();
+                c.resize(model.config.vocab, 0);
+                Some((Proposal::from_counts(&c, n)?, Vec::with_capacity(n)))
+            }
+        };
         let average = (config.ema > 0.0).then(|| average.unwrap_or_else(|| model.params.clone()));
-        Stepper {
+        Ok(Stepper {
             ws: Workspace::default(),
             grads: Params::zeros(&model.config),
             adam,
             average,
             weight_drop: WeightDrop::default(),
-        }
+            sampled,
+        })
     }
 
     /// The dropout of a training window of `model` under `config`.
@@ -75,6 +91,13 @@ impl Stepper {
             self.weight_drop
                 .apply(&mut model.params.lstm, config.weight_drop, rng);
         }
+        let cand = self.sampled.as_mut().map(|(p, ids)| {
+            p.draw(rng, ids);
+            Candidates {
+                ids,
+                log_expected: p.log_expected(),
+            }
+        });
         let loss = model.forward_backward(
             &mut self.ws,
             &mut self.grads,
@@ -82,6 +105,7 @@ impl Stepper {
             y,
             state,
             Some((&plan, rng)),
+            cand,
         );
         if config.weight_drop > 0.0 {
             self.weight_drop

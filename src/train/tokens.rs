@@ -152,6 +152,9 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+/// Most tokens [`Tokens::counts`] reads.
+pub const COUNT_ALL_UP_TO: usize = 1 << 24;
+
 /// The tokens of a [`Tokens`], borrowed in their stored width.
 #[derive(Clone, Copy, Debug)]
 pub enum TokenView<'a> {
@@ -255,6 +258,36 @@ impl Tokens {
             TokenView::U16(t) => t.iter().map(|&x| x as u32).collect(),
             TokenView::U32(t) => t.to_vec(),
         }
+    }
+
+    /// How often each id `< V` occurs: over every token when there are at most
+    /// [`COUNT_ALL_UP_TO`], else over 256 evenly spaced runs of that many tokens in all (a
+    /// corpus of gigabytes is not read whole for a unigram estimate). Mapped pages read here
+    /// are released again.
+    pub fn counts(&self) -> Vec<u64> {
+        fn add<T: Copy + Into<u32>>(t: &[T], c: &mut [u64]) {
+            for &x in t {
+                if let Some(n) = c.get_mut(x.into() as usize) {
+                    *n += 1;
+                }
+            }
+        }
+        let mut c = vec![0u64; self.vocab];
+        let (k, w) = match self.len <= COUNT_ALL_UP_TO {
+            true => (1, self.len),
+            false => (256, COUNT_ALL_UP_TO / 256),
+        };
+        for i in 0..k {
+            let a = (i * (self.len - w)).checked_div(k - 1).unwrap_or(0);
+            let r = a..a + w;
+            match self.view() {
+                TokenView::U8(t) => add(&t[r.clone()], &mut c),
+                TokenView::U16(t) => add(&t[r.clone()], &mut c),
+                TokenView::U32(t) => add(&t[r.clone()], &mut c),
+            }
+            self.release(r);
+        }
+        c
     }
 
     /// Tells the OS that tokens `range` will not be read again soon: their pages leave this
@@ -869,6 +902,21 @@ impl TokenFileHead {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_read_every_token_of_a_small_split_and_evenly_spaced_runs_of_a_large_one() {
+        let t = Tokens::from_ids(&[3, 1, 3, 0, 3], 5);
+        assert_eq!(t.counts(), [1, 1, 0, 3, 0]);
+        assert_eq!(Tokens::from_ids(&[], 2).counts(), [0, 0]);
+        let n = COUNT_ALL_UP_TO + 12_345;
+        let ids: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+        let c = Tokens::from_ids(&ids, 4).counts();
+        assert_eq!(c.iter().sum::<u64>(), COUNT_ALL_UP_TO as u64);
+        assert!(c[..3]
+            .iter()
+            .all(|&k| k.abs_diff(COUNT_ALL_UP_TO as u64 / 3) <= 256));
+        assert_eq!(c[3], 0);
+    }
 
     fn write_file(dir: &Path, ids: &[u32], vocab: usize, val_start: u64) -> PathBuf {
         let p = dir.join("t.tokens");

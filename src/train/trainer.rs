@@ -18,6 +18,7 @@ use super::metrics::{self, Line};
 use crate::checkpoint::{CheckpointKind, CorpusInfo, ModelMeta};
 use crate::error::{Error, Result};
 use crate::nn::model::{LstmState, Model, ModelConfig, Params, Workspace};
+use crate::nn::sampled::check_candidates;
 use crate::tokenizer::Tokenizer;
 use crate::train::batcher::Batcher;
 use crate::train::corpus::Corpus;
@@ -276,6 +277,9 @@ impl Trainer {
         check_tokenizer(&data, &tokenizer)?;
         model_config.vocab = tokenizer.vocab_size();
         model_config.validate()?;
+        if config.sampled_softmax > 0 {
+            check_candidates(config.sampled_softmax, model_config.vocab)?;
+        }
         let mut rng = Pcg32::seed_from_u64(config.seed);
         let mut model = Model::new(model_config, &mut rng)?;
         model.params.set_forget_bias(config.forget_bias);
@@ -401,8 +405,9 @@ impl Trainer {
         let state = state.unwrap_or_else(|| LstmState::zeros(&model.config, config.batch));
         let n = config.batch * config.seq;
         let released = progress.window;
+        let stepper = Stepper::new(&model, &config, adam, average, || data.train.counts())?;
         Ok(Trainer {
-            stepper: Stepper::new(&model, &config, adam, average),
+            stepper,
             corpus: CorpusInfo {
                 train_tokens: data.train.len(),
                 val_tokens: data.val.len(),

@@ -314,6 +314,33 @@ mod tests {
         (x, w, b, y)
     }
 
+    /// The mean loss and the gradients (dW, db, dx) of one window, from fresh buffers.
+    fn mean_loss_and_grads(
+        x: &[f64],
+        y: &[u32],
+        w: &Array2<f64>,
+        b: &[f64],
+        cand: Candidates<'_>,
+        ws: &mut SampledWorkspace<f64>,
+    ) -> (f64, Vec<f64>, Vec<f64>, Vec<f64>) {
+        let ((v, h), n) = (w.dim(), y.len());
+        let (mut dw, mut db, mut dx) = (vec![0.0; v * h], vec![0.0; v], vec![0.0; n * h]);
+        let mut rl = vec![0.0; n];
+        let l = sampled_loss_backward(
+            x,
+            y,
+            w.view(),
+            b,
+            cand,
+            ws,
+            &mut dw,
+            &mut db,
+            &mut dx,
+            &mut rl,
+        );
+        (l / n as f64, dw, db, dx)
+    }
+
     /// Every other entry once, with S · q = 1: the estimate is the full normaliser, so the
     /// loss and every gradient equal the full softmax's.
     #[test]
@@ -326,25 +353,8 @@ mod tests {
             ids: &ids,
             log_expected: &le,
         };
-        let (mut dw, mut db, mut dx, mut rl) = (
-            vec![0.0; v * h],
-            vec![0.0; v],
-            vec![0.0; n * h],
-            vec![0.0; n],
-        );
-        let mut ws = SampledWorkspace::default();
-        let loss = sampled_loss_backward(
-            &x,
-            &y,
-            w.view(),
-            &b,
-            cand,
-            &mut ws,
-            &mut dw,
-            &mut db,
-            &mut dx,
-            &mut rl,
-        );
+        let (loss, dw, db, dx) =
+            mean_loss_and_grads(&x, &y, &w, &b, cand, &mut SampledWorkspace::default());
         let xa = ndarray::ArrayView2::from_shape((n, h), &x).unwrap();
         let mut logits = xa.dot(&w.t()) + ndarray::ArrayView1::from(&b);
         let full = xent_row(logits.as_slice_mut().unwrap(), y[0] as usize, Some(1.0));
@@ -375,30 +385,11 @@ mod tests {
         let counts: Vec<u64> = (0..v as u64).map(|i| 20 - i).collect();
         let p = Proposal::new(&counts, ids.len(), 0).unwrap();
         let loss_of = |x: &[f64], w: &Array2<f64>, b: &[f64]| {
-            let (mut dw, mut db, mut dx, mut rl) = (
-                vec![0.0; v * h],
-                vec![0.0; v],
-                vec![0.0; n * h],
-                vec![0.0; n],
-            );
             let cand = Candidates {
                 ids: &ids,
                 log_expected: p.log_expected(),
             };
-            let mut ws = SampledWorkspace::default();
-            let l = sampled_loss_backward(
-                x,
-                &y,
-                w.view(),
-                b,
-                cand,
-                &mut ws,
-                &mut dw,
-                &mut db,
-                &mut dx,
-                &mut rl,
-            );
-            (l / n as f64, dw, db, dx)
+            mean_loss_and_grads(x, &y, w, b, cand, &mut SampledWorkspace::default())
         };
         let (_, dw, db, dx) = loss_of(&x, &w, &b);
         let eps = 1e-6;
@@ -455,25 +446,7 @@ mod tests {
                 ids: &ids,
                 log_expected: p.log_expected(),
             };
-            let (mut dw, mut db, mut dx, mut rl) = (
-                vec![0.0; v * h],
-                vec![0.0; v],
-                vec![0.0; n * h],
-                vec![0.0; n],
-            );
-            mean += sampled_loss_backward(
-                &x,
-                &y,
-                w.view(),
-                &b,
-                cand,
-                &mut ws,
-                &mut dw,
-                &mut db,
-                &mut dx,
-                &mut rl,
-            ) / n as f64
-                / draws as f64;
+            mean += mean_loss_and_grads(&x, &y, &w, &b, cand, &mut ws).0 / draws as f64;
         }
         assert!((mean - full).abs() < 0.05, "{mean} vs {full}");
     }

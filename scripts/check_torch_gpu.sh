@@ -55,11 +55,7 @@ echo "== quill opens and evaluates the CUDA checkpoint"
 quill_opens "$CK" "$W/gpu/shk-metrics.jsonl" cuda
 
 echo "== quill train --resume continues the CUDA run to step 60; PyTorch continues it on CUDA"
-"$QUILL" train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/q" --quiet 2>"$W/q.log"
-grep -E "^(resuming|done)" "$W/q.log"
-$PY -m quill_torch.train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/gpuc" --device cuda --log-every 0 2>"$W/gpuc.log"
-compare "$W/q/shk-metrics.jsonl" "$W/gpuc/shk-metrics.jsonl" train loss 1e-4 "quill vs PyTorch CUDA continuation" 40
-compare "$W/q/shk-metrics.jsonl" "$W/gpuc/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch CUDA continuation" 40
+continue_both "$CK" gpuc "quill vs PyTorch CUDA continuation" --device cuda
 
 echo "== a CUDA run stopped at step 20 of 40 and resumed equals the uninterrupted one"
 $PY -m quill_torch.train "${MODEL[@]}" --device cuda --max-steps 40 --steps-this-run 20 --out "$W/gr" 2>"$W/gr.log"

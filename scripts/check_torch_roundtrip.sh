@@ -43,13 +43,9 @@ echo "== quill opens the PyTorch checkpoint; quill eval vs PyTorch on the same t
 quill_opens "$CK" "$W/p2/shk-metrics.jsonl" cpu
 
 echo "== quill train --resume continues the 2-process run to step 60; PyTorch continues it too"
-"$QUILL" train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/q" --quiet 2>"$W/q.log"
-grep -E "^(resuming|done)" "$W/q.log"
+continue_both "$CK" p2c "quill vs PyTorch continuation"
 grep -q "resuming .* at step 40" "$W/q.log"
 grep -q "^done: 60 steps (20 this run" "$W/q.log"
-$PY -m quill_torch.train --tokens "$TOK" --resume "$CK" --max-steps 60 --out "$W/p2c" --log-every 0 2>"$W/p2c.log"
-compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" train loss 1e-4 "quill vs PyTorch continuation" 40
-compare "$W/q/shk-metrics.jsonl" "$W/p2c/shk-metrics.jsonl" eval val_loss 1e-4 "quill vs PyTorch continuation" 40
 
 echo "== PyTorch continues a quill train run (stopped at step 20 of 40) as quill does"
 "$QUILL" train "${MODEL[@]}" "${PLAIN[@]}" --max-steps 40 --steps-this-run 20 --out "$W/qa" --quiet 2>"$W/qa.log"

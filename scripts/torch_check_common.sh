@@ -61,3 +61,17 @@ v = [r for r in map(json.loads, open(sys.argv[1])) if r["kind"] == "eval"][-1]["
 print(json.dumps({"loss_per_token": v, "tokens": json.loads(sys.argv[2])["tokens"]}))' "$2" "$q8")
     eval_compare "$q8" "$last" 1e-4 "quill eval (B 8, T 32) vs the trainer's last validation"
 }
+
+# quill train --resume (in $W/q) and quill_torch.train (in $W/OUT, with TORCH_ARGS) both
+# continue checkpoint CK, saved at step 40, to step 60; their training and validation losses
+# from step 40 on agree within 1e-4.
+continue_both() { # continue_both CK OUT LABEL [TORCH_ARGS...]
+    local ck=$1 out=$2 label=$3
+    shift 3
+    "$QUILL" train --tokens "$TOK" --resume "$ck" --max-steps 60 --out "$W/q" --quiet 2>"$W/q.log"
+    grep -E "^(resuming|done)" "$W/q.log"
+    $PY -m quill_torch.train --tokens "$TOK" --resume "$ck" --max-steps 60 --out "$W/$out" \
+        --log-every 0 "$@" 2>"$W/$out.log"
+    compare "$W/q/shk-metrics.jsonl" "$W/$out/shk-metrics.jsonl" train loss 1e-4 "$label" 40
+    compare "$W/q/shk-metrics.jsonl" "$W/$out/shk-metrics.jsonl" eval val_loss 1e-4 "$label" 40
+}

@@ -604,50 +604,38 @@ impl<F: Float> Model<F> {
         let n = tokens.len();
         let fold = fold_embedding(cfg.vocab, n) && plan.input == 0.0;
         let embed_drop = plan.embed > 0.0;
+        match sampled {
+            None => self.forward(ws, tokens, state, train),
+            Some(_) => self.forward_hidden(ws, tokens, state, train),
+        }
+        ws.ensure_backward(cfg, fold);
+        let top = Self::top(&ws.dropped, &ws.caches, drop);
+        let top = top.to_slice().expect("standard layout");
+        let dw = grads.out_w.as_mut().unwrap_or(&mut grads.embed);
+        let dw = dw.as_slice_mut().expect("standard layout");
+        let db = grads.out_b.as_slice_mut().expect("standard layout");
+        let dh = ws.dh.as_slice_mut().expect("standard layout");
         let loss = match sampled {
             None => {
                 // Output layer: loss, dlogits and dh fused per block of rows, then dW and db.
-                self.forward(ws, tokens, state, train);
-                ws.ensure_backward(cfg, fold);
                 ws.out.w.pack(self.params.out_weight().view());
-                let loss = loss_backward_packed(
-                    ws.logits.as_slice_mut().expect("standard layout"),
-                    targets,
-                    &ws.out.w,
-                    ws.dh.as_slice_mut().expect("standard layout"),
-                    &mut ws.row_loss,
-                );
-                let dw = grads.out_w.as_mut().unwrap_or(&mut grads.embed);
-                linear_weight_grad(
-                    Self::top(&ws.dropped, &ws.caches, drop)
-                        .to_slice()
-                        .expect("standard layout"),
-                    ws.logits.as_slice().expect("standard layout"),
-                    n,
-                    dw.as_slice_mut().expect("standard layout"),
-                    grads.out_b.as_slice_mut().expect("standard layout"),
-                );
+                let logits = ws.logits.as_slice_mut().expect("standard layout");
+                let loss = loss_backward_packed(logits, targets, &ws.out.w, dh, &mut ws.row_loss);
+                linear_weight_grad(top, logits, n, dw, db);
                 loss
             }
-            Some(cand) => {
-                self.forward_hidden(ws, tokens, state, train);
-                ws.ensure_backward(cfg, fold);
-                let dw = grads.out_w.as_mut().unwrap_or(&mut grads.embed);
-                sampled_loss_backward(
-                    Self::top(&ws.dropped, &ws.caches, drop)
-                        .to_slice()
-                        .expect("standard layout"),
-                    targets,
-                    self.params.out_weight().view(),
-                    self.params.out_b.as_slice().expect("standard layout"),
-                    cand,
-                    &mut ws.sampled,
-                    dw.as_slice_mut().expect("standard layout"),
-                    grads.out_b.as_slice_mut().expect("standard layout"),
-                    ws.dh.as_slice_mut().expect("standard layout"),
-                    &mut ws.row_loss,
-                )
-            }
+            Some(cand) => sampled_loss_backward(
+                top,
+                targets,
+                self.params.out_weight().view(),
+                self.params.out_b.as_slice().expect("standard layout"),
+                cand,
+                &mut ws.sampled,
+                dw,
+                db,
+                dh,
+                &mut ws.row_loss,
+            ),
         } / n as f64;
         // With embedding dropout, the input side's gradient of the table is gathered apart
         // (w.r.t. the masked table) and masked into `grads.embed` at the end; the output

@@ -26,7 +26,7 @@ MODEL=(--tokens "$TOK" --layers 2 --hidden 64 --embed 16 --dropout 0 --batch 8 -
        --warmup 5 --eval-every 20 --save-every 20)
 TORCH=(--log-every 0 --device cpu)
 # quill train's regularisers that the PyTorch trainer does not have, off.
-PLAIN=(--dropout-mask element --dropout-input 0 --dropout-embed 0 --weight-drop 0 --ema 0 --sampled-softmax 0)
+PLAIN=(--dropout-mask element --dropout-input 0 --dropout-embed 0 --weight-drop 0 --ema 0 --sampled-softmax 0 --shift-windows false)
 
 
 echo "== 1 process vs 2 gloo processes, global batch 8, 40 steps"

@@ -131,8 +131,16 @@ fn regularised() -> TrainConfig {
         weight_drop: 0.2,
         ema: 0.9,
         sampled_softmax: 12,
+        shift_windows: true,
         ..TrainConfig::default()
     }
+}
+
+/// The corpus of the exact-resume runs: 17 windows per epoch (B 3, T 8), so that 40 steps
+/// cross two epoch boundaries and a resume at step 25 starts inside the second epoch, whose
+/// windows are shifted.
+fn resume_text() -> String {
+    TEXT200.repeat(2)
 }
 
 #[test]
@@ -168,7 +176,7 @@ fn the_sampled_softmax_refuses_candidates_the_vocabulary_cannot_give() {
 }
 
 fn run_steps(dir: &Path, max_steps: u64, this_run: Option<u64>, resume: Option<&Path>) -> PathBuf {
-    let text = TEXT200.repeat(8);
+    let text = resume_text();
     let c = corpus(&text);
     let cfg = TrainConfig {
         batch: 3,
@@ -193,14 +201,24 @@ fn resume_is_bit_for_bit_identical() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     // One run of 2N steps ...
-    let straight = run_steps(a.path(), 30, None, None);
-    // ... and N steps, a resume from the checkpoint, N more steps (dropout on, epochs cross).
-    let half = run_steps(b.path(), 30, Some(15), None);
-    let resumed = run_steps(b.path(), 30, None, Some(&half));
+    let straight = run_steps(a.path(), 40, None, None);
+    // ... and 25 steps, a resume from the checkpoint (inside the second, shifted epoch), the
+    // rest (dropout on, two epoch boundaries crossed).
+    let half = run_steps(b.path(), 40, Some(25), None);
+    assert_eq!(
+        checkpoint::load_resumable(&half)
+            .unwrap()
+            .meta
+            .progress
+            .epoch,
+        1
+    );
+    let resumed = run_steps(b.path(), 40, None, Some(&half));
     let x = checkpoint::load_resumable(&straight).unwrap();
     let y = checkpoint::load_resumable(&resumed).unwrap();
-    assert_eq!(x.meta.progress.step, 30);
-    assert_eq!(y.meta.progress.step, 30);
+    assert_eq!(x.meta.progress.step, 40);
+    assert_eq!(x.meta.progress.epoch, 2);
+    assert_eq!(y.meta.progress.step, 40);
     assert_eq!(
         x.loaded.model.params, y.loaded.model.params,
         "weights differ"
@@ -213,6 +231,39 @@ fn resume_is_bit_for_bit_identical() {
     assert!(x.average.is_some(), "the weight average is kept");
     assert_eq!(x.average, y.average, "weight averages differ");
     assert_ne!(x.average.as_ref(), Some(&x.loaded.model.params));
+}
+
+#[test]
+fn shifted_windows_change_only_the_epochs_after_the_first() {
+    let text = resume_text();
+    let c = corpus(&text);
+    let dir = tempfile::tempdir().unwrap();
+    let train = |shift_windows: bool, steps: u64| {
+        let cfg = TrainConfig {
+            batch: 3,
+            seq: 8,
+            eval_every: 0,
+            save_every: 0,
+            max_steps: Some(steps),
+            shift_windows,
+            out: dir.path().to_path_buf(),
+            ..TrainConfig::default()
+        };
+        let mut tr = Trainer::new(&c, char_tok(&text), model_cfg(8, 0.0), cfg).unwrap();
+        let windows = tr.windows_per_epoch() as u64;
+        tr.run(None, &mut quiet).unwrap();
+        (windows, tr.progress.epoch, tr.model.params.clone())
+    };
+    let (w, ..) = train(false, 1);
+    // Through the first epoch both read the same windows ...
+    let (_, epoch, fixed) = train(false, w);
+    let (_, _, shifted) = train(true, w);
+    assert_eq!(epoch, 1);
+    assert_eq!(fixed, shifted);
+    // ... and from the second on, the shifted run reads others.
+    let (_, _, fixed) = train(false, w + 3);
+    let (_, _, shifted) = train(true, w + 3);
+    assert_ne!(fixed, shifted);
 }
 
 #[test]
@@ -233,7 +284,7 @@ fn run_steps_prepared(
     this_run: Option<u64>,
     resume: Option<&Path>,
 ) -> PathBuf {
-    let text = TEXT200.repeat(8);
+    let text = resume_text();
     let corpus = dir.join("corpus.txt");
     if !corpus.exists() {
         std::fs::write(&corpus, &text).unwrap();
@@ -295,14 +346,14 @@ fn resume_is_bit_for_bit_identical_on_a_prepared_memory_mapped_corpus() {
     let b = tempfile::tempdir().unwrap();
     let c = tempfile::tempdir().unwrap();
     // In memory, straight; prepared and mapped, in two runs with a resume between.
-    let in_memory = run_steps(a.path(), 30, None, None);
-    let half = run_steps_prepared(b.path(), 30, Some(15), None);
-    let resumed = run_steps_prepared(b.path(), 30, None, Some(&half));
-    let straight = run_steps_prepared(c.path(), 30, None, None);
+    let in_memory = run_steps(a.path(), 40, None, None);
+    let half = run_steps_prepared(b.path(), 40, Some(25), None);
+    let resumed = run_steps_prepared(b.path(), 40, None, Some(&half));
+    let straight = run_steps_prepared(c.path(), 40, None, None);
     let x = checkpoint::load_resumable(&in_memory).unwrap();
     for other in [&resumed, &straight] {
         let y = checkpoint::load_resumable(other).unwrap();
-        assert_eq!(y.meta.progress.step, 30);
+        assert_eq!(y.meta.progress.step, 40);
         assert_eq!(
             x.loaded.model.params, y.loaded.model.params,
             "weights differ"

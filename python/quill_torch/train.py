@@ -295,16 +295,16 @@ class Run:
         # quill's regularisers beyond element-wise dropout are not implemented here: refuse
         # rather than continue a different run.
         unsupported = [f"{k} {old[k]}" for k in ("dropout_input", "dropout_embed", "weight_drop", "ema",
-                                                 "sampled_softmax")
+                                                 "sampled_softmax", "shift_windows")
                        if old.get(k)]
         if old.get("dropout_mask", "element") != "element":
             unsupported.append(f"dropout_mask {old['dropout_mask']}")
         if unsupported:
             raise err("was trained with " + ", ".join(unsupported) + ", which the PyTorch trainer does "
-                      "not implement (element-wise dropout only, no weight average, full softmax); continue "
+                      "not implement (element-wise dropout only, no weight average, full softmax, fixed windows); continue "
                       "it with `quill train --resume`, or train with those off (quill train --dropout-mask "
                       "element --dropout-input 0 --dropout-embed 0 --weight-drop 0 --ema 0 "
-                      "--sampled-softmax 0)")
+                      "--sampled-softmax 0 --shift-windows false)")
         if corpus.get("fingerprint") != self.tf.meta["fingerprint"]:
             raise err(f"was trained on a different corpus (fingerprint {corpus.get('fingerprint', '')[:12]}…, "
                       f"{args.tokens} has {self.tf.meta['fingerprint'][:12]}…); resume with the original corpus")

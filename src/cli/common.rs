@@ -56,7 +56,7 @@ pub fn shown(s: &str) -> String {
 pub fn regularisation(t: &quill::train::TrainConfig) -> String {
     format!(
         "dropout masks {:?}, input dropout {}, embedding dropout {}, weight drop {}, \
-         weight average {}{}",
+         weight average {}{}{}",
         t.dropout_mask,
         t.dropout_input,
         t.dropout_embed,
@@ -69,6 +69,11 @@ pub fn regularisation(t: &quill::train::TrainConfig) -> String {
         match t.sampled_softmax {
             0 => String::new(),
             s => format!(", sampled softmax {s}"),
+        },
+        if t.shift_windows {
+            ", shifted windows"
+        } else {
+            ""
         }
     )
 }

@@ -109,6 +109,11 @@ pub struct TrainArgs {
     /// one [default: the recipe's].
     #[arg(long, value_name = "N")]
     sampled_softmax: Option<usize>,
+    /// Start each epoch after the first a random 0 to T − 1 tokens into every stream, so that
+    /// a token is not always at the same place in its window (`--shift-windows false` turns
+    /// it off) [default: the recipe's].
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    shift_windows: Option<bool>,
     /// Decay of the moving average of the weights that validation uses and checkpoints hold
     /// as the model, in [0, 1); 0 turns it off [default: the recipe's].
     #[arg(long)]
@@ -248,6 +253,7 @@ impl TrainArgs {
             dropout_embed: self.dropout_embed.unwrap_or(d.dropout_embed),
             weight_drop: self.weight_drop.unwrap_or(d.weight_drop),
             sampled_softmax: self.sampled_softmax.unwrap_or(d.sampled_softmax),
+            shift_windows: self.shift_windows.unwrap_or(d.shift_windows),
             ema: self.ema.unwrap_or(d.ema),
             forget_bias: self.forget_bias.unwrap_or(d.forget_bias),
             batch: self.batch.unwrap_or(d.batch),
@@ -376,6 +382,7 @@ fn resumed_config(args: &TrainArgs, m: &clap::ArgMatches, old: &TrainConfig) -> 
         dropout_embed = "dropout_embed",
         weight_drop = "weight_drop",
         sampled_softmax = "sampled_softmax",
+        shift_windows = "shift_windows",
         ema = "ema",
         seed = "seed",
         val_fraction = "val_fraction",

@@ -6,6 +6,11 @@
 //! and targets one position later, so an epoch has ⌊(S − 1) / T⌋ windows and consecutive
 //! windows continue each stream exactly where the last one ended (which is what makes carrying
 //! (h, c) from window to window meaningful).
+//!
+//! A phase P (0 ≤ P < T) starts every stream's windows P tokens later: window w then reads
+//! positions P + w·T .. P + w·T + T, and an epoch has ⌊(S − 1 − P) / T⌋ windows. Training
+//! with `--shift-windows` gives each epoch after the first its own phase, so a token is not
+//! always at the same place in its window (the aim of AWD-LSTM's variable BPTT length).
 
 use crate::error::{Error, Result};
 
@@ -18,6 +23,8 @@ pub struct Batcher {
     pub t: usize,
     /// Tokens per stream S.
     pub stream_len: usize,
+    /// Tokens each stream skips before its first window, P (0 ≤ P < T).
+    pub phase: usize,
 }
 
 impl Batcher {
@@ -43,7 +50,18 @@ impl Batcher {
             b,
             t,
             stream_len: n / b,
+            phase: 0,
         })
+    }
+
+    /// The same streams with the windows starting `phase` tokens in; the phase is reduced to
+    /// below T, and to what still leaves one window.
+    pub fn with_phase(self, phase: usize) -> Self {
+        let fits = self.stream_len - 1 - self.t; // ≥ 0: `new` asks for S ≥ T + 1
+        Batcher {
+            phase: (phase % self.t).min(fits),
+            ..self
+        }
     }
 
     /// Fewest tokens that give one window: B · (T + 1).
@@ -53,7 +71,7 @@ impl Batcher {
 
     /// Windows per epoch.
     pub fn windows(&self) -> usize {
-        (self.stream_len - 1) / self.t
+        (self.stream_len - 1 - self.phase) / self.t
     }
 
     /// Writes window `w`'s inputs and targets, each (T·B) time-major: entry `t·B + b`.
@@ -63,7 +81,7 @@ impl Batcher {
         debug_assert!(w < self.windows());
         for b in 0..b_n {
             // Stream b's window: T + 1 consecutive tokens (the last is only a target).
-            let start = b * s + w * t_n;
+            let start = b * s + self.phase + w * t_n;
             let run = &tokens[start..start + t_n + 1];
             for t in 0..t_n {
                 x[t * b_n + b] = run[t].into();
@@ -80,7 +98,7 @@ impl Batcher {
         to: usize,
     ) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
         (0..self.b).map(move |b| {
-            let base = b * self.stream_len;
+            let base = b * self.stream_len + self.phase;
             base + from * self.t..base + to * self.t
         })
     }
@@ -124,6 +142,26 @@ mod tests {
         }
         let ranges: Vec<_> = bt.consumed(1, 3).collect();
         assert_eq!(ranges, vec![5..15, 30..40, 55..65, 80..90]);
+    }
+
+    #[test]
+    fn a_phase_starts_every_stream_later_and_keeps_one_window() {
+        let tokens: Vec<u32> = (0..100).collect();
+        let bt = Batcher::new(tokens.len(), 4, 5).unwrap().with_phase(3);
+        assert_eq!((bt.phase, bt.windows()), (3, 4)); // (25 − 1 − 3) / 5
+        let (mut x, mut y) = (vec![0; 20], vec![0; 20]);
+        bt.fill(&tokens, 0, &mut x, &mut y);
+        assert_eq!(&x[..4], &[3, 28, 53, 78]);
+        bt.fill(&tokens, 3, &mut x, &mut y);
+        // the last window's last target is still inside its stream
+        assert_eq!(&y[16..], &[23, 48, 73, 98]);
+        let ranges: Vec<_> = bt.consumed(1, 3).collect();
+        assert_eq!(ranges, vec![8..18, 33..43, 58..68, 83..93]);
+        assert_eq!(bt.with_phase(0), Batcher::new(100, 4, 5).unwrap());
+        // reduced below T, and to what leaves one window (S = 7, T = 5: at most 1)
+        assert_eq!(bt.with_phase(7).phase, 2);
+        let short = Batcher::new(28, 4, 5).unwrap().with_phase(4);
+        assert_eq!((short.phase, short.windows()), (1, 1));
     }
 
     #[test]

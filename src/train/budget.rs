@@ -54,6 +54,8 @@ pub struct Recipe {
     /// usual 1: 2 × 512 on tiny-shakespeare after 200 steps, 1.7476 nats/char against
     /// 1.7971, and 1.4270 against 1.4491 after 20 minutes (README).
     pub forget_bias: f32,
+    /// Each epoch's windows at their own phase (`--shift-windows`).
+    pub shift_windows: bool,
 }
 
 impl Recipe {
@@ -70,6 +72,7 @@ impl Recipe {
             weight_drop: self.weight_drop,
             ema: self.ema,
             forget_bias: self.forget_bias,
+            shift_windows: self.shift_windows,
             ..config
         }
     }
@@ -134,6 +137,7 @@ fn char_recipe(epochs512: f64) -> Recipe {
         dropout_mask: MaskShape::Stream,
         ema: 0.995,
         forget_bias: 0.0,
+        shift_windows: false,
     };
     // A 2 × 512 model would see the data under 6 times: 2 × 256 at B 32 sees it 3.5× as
     // often and ends lower. Measured on the default 8-minute run of the bundled corpus
@@ -186,6 +190,7 @@ fn word_recipe(epochs400: f64) -> Recipe {
         dropout_mask: MaskShape::Stream,
         ema: 0.995,
         forget_bias: 0.0,
+        shift_windows: false,
     };
     if epochs400 < 2.0 {
         Recipe {

@@ -79,6 +79,11 @@ pub struct TrainConfig {
     /// [`crate::nn::sampled`]). Validation, evaluation and generation use the full one.
     #[serde(default)]
     pub sampled_softmax: usize,
+    /// Start each epoch's windows, after the first epoch's, a different number of tokens
+    /// (0 to T − 1, drawn from the seed and the epoch) into every stream, so that a token is
+    /// not always at the same place in its window ([`crate::train::batcher`]).
+    #[serde(default)]
+    pub shift_windows: bool,
     /// Seed of initialisation and dropout.
     pub seed: u64,
     /// Fraction of the corpus (its end) held out for validation.
@@ -117,6 +122,7 @@ impl Default for TrainConfig {
             ema: 0.0,
             forget_bias: DEFAULT_FORGET_BIAS,
             sampled_softmax: 0,
+            shift_windows: false,
             seed: 1,
             val_fraction: 0.1,
             eval_every: 200,

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_pcg::Pcg32;
 
 use super::checkpoint::{self, Resumable, TrainMeta};
@@ -199,6 +199,16 @@ pub fn evaluate_tokens_each<T: Copy + Into<u32>>(
     (total, count)
 }
 
+/// Where epoch `epoch`'s windows start in every stream (the batcher's phase): 0 for the first
+/// epoch and without `shift_windows`, otherwise a draw from 0..T that depends on the seed and
+/// the epoch alone, so a resumed run draws what the uninterrupted one did.
+fn epoch_phase(config: &TrainConfig, epoch: u64) -> usize {
+    if !config.shift_windows || epoch == 0 {
+        return 0;
+    }
+    Pcg32::new(config.seed ^ 0x5bd1_e995_7f4a_7c15, epoch).random_range(0..config.seq)
+}
+
 /// A training session: model, optimizer, data and progress.
 pub struct Trainer {
     /// The model being trained (its raw weights; see [`Trainer::eval_model`]).
@@ -341,6 +351,11 @@ impl Trainer {
                 config.val_fraction as f64,
             ),
             ("seed", old.seed as f64, config.seed as f64),
+            (
+                "shift-windows",
+                f64::from(u8::from(old.shift_windows)),
+                f64::from(u8::from(config.shift_windows)),
+            ),
         ] {
             if a != b {
                 return Err(Error::Checkpoint {
@@ -385,12 +400,12 @@ impl Trainer {
         progress: Progress,
         config: TrainConfig,
     ) -> Result<Self> {
-        let batcher = Batcher::new(data.train.len(), config.batch, config.seq).map_err(|e| {
-            Error::Corpus {
+        let batcher = Batcher::new(data.train.len(), config.batch, config.seq)
+            .map_err(|e| Error::Corpus {
                 path: data.corpus.path.clone(),
                 msg: format!("training split: {e}"),
-            }
-        })?;
+            })?
+            .with_phase(epoch_phase(&config, progress.epoch));
         if progress.window >= batcher.windows() {
             return Err(Error::Corpus {
                 path: data.corpus.path.clone(),
@@ -509,6 +524,7 @@ impl Trainer {
             p.epoch += 1;
             self.released = 0;
             self.state.reset();
+            self.batcher = self.batcher.with_phase(epoch_phase(&self.config, p.epoch));
         }
         (loss, norm, lr)
     }

@@ -140,10 +140,11 @@ pub fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         if signals.fetch_add(1, Ordering::SeqCst) >= 1 {
             std::process::exit(130);
         }
+        // Refuse new requests first, so the message below is already true when it appears.
+        stopper.stop();
         eprintln!(
             "stopping: no new requests; running texts get {grace} s to finish (again to exit now)"
         );
-        stopper.stop();
     })?;
     server.join()?;
     eprintln!("stopped");

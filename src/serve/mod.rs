@@ -115,12 +115,19 @@ pub struct Server {
 
 /// Stops a [`Server`] (cheap to clone; any thread may call it, also a signal handler).
 #[derive(Clone, Debug)]
-pub struct Stopper(Arc<watch::Sender<bool>>);
+pub struct Stopper {
+    signal: Arc<watch::Sender<bool>>,
+    /// The handlers' "refuse new requests" flag, set here before `stop` returns, so a
+    /// request that arrives after it gets a 503 (the listener closes a moment later).
+    closing: Arc<AtomicBool>,
+}
 
 impl Stopper {
-    /// Starts the shutdown (see the module docs); repeated calls do nothing more.
+    /// Starts the shutdown (see the module docs); repeated calls do nothing more. New
+    /// requests are refused from the moment it returns.
     pub fn stop(&self) {
-        self.0.send_replace(true);
+        self.closing.store(true, Ordering::SeqCst);
+        self.signal.send_replace(true);
     }
 }
 
@@ -156,7 +163,7 @@ struct AppState {
     models: Vec<Model>,
     limits: Limits,
     metrics: Metrics,
-    closing: AtomicBool,
+    closing: Arc<AtomicBool>,
     page_js: String,
 }
 
@@ -284,7 +291,7 @@ pub fn start(models: Vec<ServedModel>, cfg: ServeConfig) -> Result<Server> {
         models: served,
         limits: cfg.limits,
         metrics,
-        closing: AtomicBool::new(false),
+        closing: Arc::new(AtomicBool::new(false)),
         page_js: page_js(&cfg.limits),
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -297,6 +304,7 @@ pub fn start(models: Vec<ServedModel>, cfg: ServeConfig) -> Result<Server> {
         .build()
         .map_err(|e| Error::Serve(format!("cannot start the async runtime: {e}")))?;
     let (stop_tx, stop_rx) = watch::channel(false);
+    let closing = Arc::clone(&state.closing);
     let grace = cfg.limits.shutdown_grace;
     let thread = std::thread::Builder::new()
         .name("quill-serve".into())
@@ -313,7 +321,10 @@ pub fn start(models: Vec<ServedModel>, cfg: ServeConfig) -> Result<Server> {
         .map_err(|e| Error::Serve(format!("cannot start the server thread: {e}")))?;
     Ok(Server {
         addr,
-        stop: Stopper(Arc::new(stop_tx)),
+        stop: Stopper {
+            signal: Arc::new(stop_tx),
+            closing,
+        },
         thread,
     })
 }
